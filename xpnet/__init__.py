@@ -1,0 +1,30 @@
+"""xpnet: a small, fast, honest deep-learning library written once against the Array API.
+
+The backend (NumPy, CuPy, PyTorch, array_api_strict) is chosen at runtime by ``XPNET_BACKEND`` or
+:func:`set_backend`; every layer, loss and optimizer runs unchanged on each.
+"""
+
+from .backend import (
+    Backend, BackendError, DeviceMismatchError, available_backends, current, get_backend,
+    set_backend, to_device, to_numpy,
+)
+from .conv import AvgPool2d, Conv2d, MaxPool2d
+from .layers import (
+    BatchNorm, Dropout, Flatten, LeakyReLU, Linear, ReLU, Sequential, Sigmoid, Softmax, Tanh,
+)
+from .losses import MSE, SoftmaxCrossEntropy
+from .module import Module, Parameter
+from .optim import SGD, AdaGrad, Adam, AdamW, Momentum, Nesterov, RMSProp, clip_grad_norm
+from .rng import Generator
+from .schedules import CosineLR, ExponentialLR, StepLR
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MSE", "SGD", "AdaGrad", "Adam", "AdamW", "AvgPool2d", "Backend", "BackendError",
+    "BatchNorm", "Conv2d", "CosineLR", "DeviceMismatchError", "Dropout", "ExponentialLR",
+    "Flatten", "Generator", "LeakyReLU", "Linear", "MaxPool2d", "Module", "Momentum", "Nesterov",
+    "Parameter", "RMSProp", "ReLU", "Sequential", "Sigmoid", "Softmax", "SoftmaxCrossEntropy",
+    "StepLR", "Tanh", "available_backends", "clip_grad_norm", "current", "get_backend",
+    "set_backend", "to_device", "to_numpy", "__version__",
+]

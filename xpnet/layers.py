@@ -1,0 +1,302 @@
+"""Dense layers, activations, Dropout, BatchNorm, Flatten and the Sequential container.
+
+Each layer caches in ``forward`` only what its ``backward`` needs, and ``backward(dout)`` returns
+the gradient with respect to the input while writing parameter gradients to ``param.grad``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace as _ns
+from array_api_compat import device
+
+from .backend import Backend, to_device
+from .init import InitSpec, init_array
+from .module import Module, check_input
+from .rng import Generator
+
+__all__ = ["BatchNorm", "Dropout", "Flatten", "LeakyReLU", "Linear", "ReLU", "Sequential",
+           "Sigmoid", "Softmax", "Tanh"]
+
+Array = Any
+
+
+def _positive(name: str, value: int, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
+    return value
+
+
+class Linear(Module):
+    """Affine layer ``y = x @ W + b`` with W of shape (in_features, out_features).
+
+    Input (N, in_features), output (N, out_features). ``init`` is 'he' (default), 'xavier', a
+    float std, or a callable (see :func:`xpnet.init.init_array`).
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, init: InitSpec = "he",
+                 bias: bool = True, rng: Generator | None = None, dtype: str = "float32",
+                 backend: Backend | None = None):
+        super().__init__()
+        self.in_features = _positive("in_features", in_features, "Linear")
+        self.out_features = _positive("out_features", out_features, "Linear")
+        rng = rng or Generator(0)
+        self.W = self.add_param("W", init_array(init, rng, (in_features, out_features),
+                                                in_features, out_features, dtype, backend))
+        self.b = self.add_param("b", init_array("zeros", rng, (out_features,), in_features,
+                                                out_features, dtype, backend)) if bias else None
+        self._x: Array = None
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.out_features}"
+
+    def forward(self, x: Array) -> Array:
+        check_input(self, x, 2, f"(N, {self.in_features}) (use Flatten() before Linear)",
+                    like=self.W.data)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"{self!r}: input x has shape {tuple(x.shape)}; expected "
+                             f"(N, {self.in_features})")
+        self._x = x
+        y = x @ self.W.data
+        return y + self.b.data if self.b is not None else y
+
+    def param_backward(self, dout: Array) -> None:
+        """Fill W.grad and b.grad only (the input gradient is not needed for a first layer)."""
+        self.W.grad = self._x.T @ dout
+        if self.b is not None:
+            xp = _ns(dout)
+            self.b.grad = xp.sum(dout, axis=0)
+
+    def backward(self, dout: Array) -> Array:
+        self.param_backward(dout)
+        return dout @ self.W.data.T
+
+
+class ReLU(Module):
+    """max(x, 0)."""
+
+    def forward(self, x: Array) -> Array:
+        xp = _ns(x)
+        self._mask = x > 0
+        return xp.where(self._mask, x, 0.0)
+
+    def backward(self, dout: Array) -> Array:
+        return _ns(dout).where(self._mask, dout, 0.0)
+
+
+class LeakyReLU(Module):
+    """x for x > 0, slope * x otherwise."""
+
+    def __init__(self, slope: float = 0.01):
+        super().__init__()
+        if slope < 0:
+            raise ValueError(f"LeakyReLU: slope must be >= 0, got {slope}")
+        self.slope = slope
+
+    def extra_repr(self) -> str:
+        return f"slope={self.slope}"
+
+    def forward(self, x: Array) -> Array:
+        self._mask = x > 0
+        return _ns(x).where(self._mask, x, self.slope * x)
+
+    def backward(self, dout: Array) -> Array:
+        return _ns(dout).where(self._mask, dout, self.slope * dout)
+
+
+class Sigmoid(Module):
+    """1 / (1 + exp(-x)), computed without overflow for large |x|."""
+
+    def forward(self, x: Array) -> Array:
+        xp = _ns(x)
+        e = xp.exp(-xp.abs(x))
+        self._y = xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        return self._y
+
+    def backward(self, dout: Array) -> Array:
+        return dout * self._y * (1.0 - self._y)
+
+
+class Tanh(Module):
+    """tanh(x)."""
+
+    def forward(self, x: Array) -> Array:
+        self._y = _ns(x).tanh(x)
+        return self._y
+
+    def backward(self, dout: Array) -> Array:
+        return dout * (1.0 - self._y * self._y)
+
+
+class Softmax(Module):
+    """Softmax over ``axis`` (default 1, the class axis). For training use
+    :class:`xpnet.losses.SoftmaxCrossEntropy`, which fuses softmax into the loss."""
+
+    def __init__(self, axis: int = 1):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x: Array) -> Array:
+        xp = _ns(x)
+        e = xp.exp(x - xp.max(x, axis=self.axis, keepdims=True))
+        self._y = e / xp.sum(e, axis=self.axis, keepdims=True)
+        return self._y
+
+    def backward(self, dout: Array) -> Array:
+        xp = _ns(dout)
+        y = self._y
+        return y * (dout - xp.sum(dout * y, axis=self.axis, keepdims=True))
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zero each unit with probability p and scale the rest by
+    1/(1-p), so evaluation is the identity. Masks are drawn on the device from ``rng``."""
+
+    def __init__(self, p: float = 0.5, *, rng: Generator | None = None):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = p
+        self.rng = rng or Generator(0)
+        self._scale: Array = None
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+    def forward(self, x: Array) -> Array:
+        if not self.training or self.p == 0.0:
+            self._scale = None
+            return x
+        xp = _ns(x)
+        u = self.rng.uniform(tuple(x.shape), x.dtype, xp=xp, device=device(x))
+        self._scale = xp.where(u >= self.p, 1.0 / (1.0 - self.p), 0.0)
+        return x * self._scale
+
+    def backward(self, dout: Array) -> Array:
+        return dout if self._scale is None else dout * self._scale
+
+
+class BatchNorm(Module):
+    """Batch normalisation (Ioffe & Szegedy, 2015) over (N, C) or (N, C, H, W) inputs.
+
+    Training uses batch statistics and updates running ones:
+    ``running = (1 - momentum) * running + momentum * batch`` (PyTorch's convention; running
+    variance unbiased). Evaluation uses the running statistics.
+    """
+
+    def __init__(self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5,
+                 dtype: str = "float32", backend: Backend | None = None):
+        super().__init__()
+        self.num_features = _positive("num_features", num_features, "BatchNorm")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"BatchNorm: momentum must be in [0, 1], got {momentum}")
+        if eps <= 0:
+            raise ValueError(f"BatchNorm: eps must be positive, got {eps}")
+        self.momentum, self.eps = momentum, eps
+        ones, zeros = np.ones(num_features), np.zeros(num_features)
+        self.gamma = self.add_param("gamma", to_device(ones, dtype=dtype, backend=backend))
+        self.beta = self.add_param("beta", to_device(zeros, dtype=dtype, backend=backend))
+        self.add_buffer("running_mean", to_device(zeros, dtype=dtype, backend=backend))
+        self.add_buffer("running_var", to_device(ones, dtype=dtype, backend=backend))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, momentum={self.momentum}"
+
+    def _axes_and_shape(self, x: Array) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        if x.ndim == 2:
+            return (0,), (1, self.num_features)
+        return (0, 2, 3), (1, self.num_features, 1, 1)
+
+    def forward(self, x: Array) -> Array:
+        c = self.num_features
+        if not (x.ndim in (2, 4) and x.shape[1] == c):
+            raise ValueError(f"{self!r}: input x has shape {tuple(x.shape)}; expected (N, {c}) "
+                             f"or (N, {c}, H, W)")
+        xp = check_input(self, x, x.ndim, "", like=self.gamma.data)
+        axes, bshape = self._axes_and_shape(x)
+        if self.training:
+            count = math.prod(x.shape[a] for a in axes)
+            if count < 2:
+                raise ValueError(f"{self!r}: training needs more than one value per channel, "
+                                 f"got input of shape {tuple(x.shape)}")
+            mean = xp.mean(x, axis=axes)
+            xc = x - xp.reshape(mean, bshape)
+            var = xp.mean(xc * xc, axis=axes)
+            m = self.momentum
+            self.running_mean = (1.0 - m) * self.running_mean + m * mean
+            self.running_var = (1.0 - m) * self.running_var + m * var * (count / (count - 1))
+        else:
+            xc = x - xp.reshape(self.running_mean, bshape)
+            var = self.running_var
+        inv_std = 1.0 / xp.sqrt(var + self.eps)
+        xhat = xc * xp.reshape(inv_std, bshape)
+        self._cache = (xhat, inv_std, axes, bshape)
+        return xhat * xp.reshape(self.gamma.data, bshape) + xp.reshape(self.beta.data, bshape)
+
+    def backward(self, dout: Array) -> Array:
+        xp = _ns(dout)
+        xhat, inv_std, axes, bshape = self._cache
+        self.beta.grad = xp.sum(dout, axis=axes)
+        self.gamma.grad = xp.sum(dout * xhat, axis=axes)
+        dxhat = dout * xp.reshape(self.gamma.data, bshape)
+        if not self.training:  # running statistics are constants
+            return dxhat * xp.reshape(inv_std, bshape)
+        mean_dxhat = xp.mean(dxhat, axis=axes, keepdims=True)
+        mean_dxhat_xhat = xp.mean(dxhat * xhat, axis=axes, keepdims=True)
+        return (dxhat - mean_dxhat - xhat * mean_dxhat_xhat) * xp.reshape(inv_std, bshape)
+
+
+class Flatten(Module):
+    """(N, d1, d2, ...) -> (N, d1*d2*...)."""
+
+    def forward(self, x: Array) -> Array:
+        if x.ndim < 2:
+            raise ValueError(f"{self!r}: input x has shape {tuple(x.shape)}; expected (N, ...)")
+        self._shape = tuple(x.shape)
+        return _ns(x).reshape(x, (x.shape[0], -1))
+
+    def backward(self, dout: Array) -> Array:
+        return _ns(dout).reshape(dout, self._shape)
+
+
+class Sequential(Module):
+    """Layers applied in order; parameters are named '<index>.<name>' ('0.W', '2.gamma')."""
+
+    def __init__(self, *layers: Module):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a Module")
+        self.layers = list(layers)
+
+    def children(self):
+        return ((str(i), layer) for i, layer in enumerate(self.layers))
+
+    def __getitem__(self, i: int) -> Module:
+        return self.layers[i]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n  ({i}) {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential({inner}\n)"
+
+    def forward(self, x: Array) -> Array:
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array | None:
+        """Backpropagate ``dout``; with ``input_grad=False`` the first layer skips its input
+        gradient (a saving for Linear and Conv2d first layers during training)."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            if i == 0 and not input_grad and hasattr(layer, "param_backward"):
+                layer.param_backward(dout)
+                return None
+            dout = layer.backward(dout)
+        return dout

@@ -1,0 +1,112 @@
+"""Loss functions: SoftmaxCrossEntropy (fused, log-sum-exp stable) and MSE.
+
+A loss's ``forward`` returns a 0-d array on the device (no host sync); ``backward()`` returns the
+gradient with respect to the predictions for a mean-reduced loss.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import array_api_compat
+import array_api_extra as xpx
+from array_api_compat import array_namespace
+
+from .backend import check_same_device
+
+__all__ = ["MSE", "SoftmaxCrossEntropy", "check_labels"]
+
+Array = Any
+
+
+def _check_logits(owner: str, y: Any) -> Any:
+    if not array_api_compat.is_array_api_obj(y):
+        raise TypeError(f"{owner}: predictions must be an array, got {type(y).__name__}")
+    xp = array_namespace(y)
+    if not xp.isdtype(y.dtype, "real floating"):
+        raise TypeError(f"{owner}: predictions have dtype {y.dtype}; expected a floating dtype")
+    return xp
+
+
+def check_labels(xp: Any, t: Array, n: int, num_classes: int, owner: str = "labels",
+                 check_range: bool = True) -> None:
+    """Raise a clear error unless t is (n,) integer labels in [0, num_classes).
+
+    The range check reads two values back from the device; ``check_range=False`` skips it.
+    """
+    if not xp.isdtype(t.dtype, "integral"):
+        raise TypeError(f"{owner}: integer class labels expected, got dtype {t.dtype}")
+    if t.ndim != 1 or t.shape[0] != n:
+        raise ValueError(f"{owner}: got {t.shape[0] if t.ndim else 0} labels of shape "
+                         f"{tuple(t.shape)} for a batch of {n}; expected shape ({n},)")
+    if check_range and n and (bool(xp.any(t < 0)) or bool(xp.any(t >= num_classes))):
+        lo, hi = int(xp.min(t)), int(xp.max(t))
+        raise ValueError(f"{owner}: labels must lie in [0, {num_classes - 1}] for "
+                         f"{num_classes} classes; got values from {lo} to {hi}")
+
+
+class SoftmaxCrossEntropy:
+    """Mean cross-entropy of softmax(logits) against integer labels (N,) or one-hot /
+    probability targets (N, C). Fuses softmax and log: ``loss = logsumexp(z) - z[t]``.
+
+    ``check_range`` validates label values, which costs one device-to-host sync per call;
+    the Trainer validates its data once and turns it off.
+    """
+
+    def __init__(self, check_range: bool = True):
+        self.check_range = check_range
+        self._cache: tuple | None = None
+
+    def __call__(self, logits: Array, target: Array) -> Array:
+        return self.forward(logits, target)
+
+    def forward(self, logits: Array, target: Array) -> Array:
+        owner = "SoftmaxCrossEntropy"
+        xp = _check_logits(owner, logits)
+        if logits.ndim != 2:
+            raise ValueError(f"{owner}: logits have shape {tuple(logits.shape)}; "
+                             "expected (N, C)")
+        if not array_api_compat.is_array_api_obj(target):
+            raise TypeError(f"{owner}: target must be an array, got {type(target).__name__}")
+        check_same_device(logits, target, "logits", "target")
+        n, c = logits.shape
+        shifted = logits - xp.max(logits, axis=1, keepdims=True)
+        e = xp.exp(shifted)
+        s = xp.sum(e, axis=1, keepdims=True)
+        logp = shifted - xp.log(s)
+        if target.ndim == 1:
+            check_labels(xp, target, n, c, f"{owner} target", self.check_range)
+            onehot = xpx.one_hot(target, c, dtype=logits.dtype, xp=xp)
+        elif tuple(target.shape) == (n, c) and xp.isdtype(target.dtype, "real floating"):
+            onehot = xp.astype(target, logits.dtype)
+        else:
+            raise ValueError(f"{owner}: target has shape {tuple(target.shape)} and dtype "
+                             f"{target.dtype}; expected integer labels ({n},) or float "
+                             f"one-hot ({n}, {c})")
+        self._cache = (e / s, onehot, n)
+        return -xp.sum(onehot * logp) / n
+
+    def backward(self, dloss: float = 1.0) -> Array:
+        prob, onehot, n = self._cache
+        return (prob - onehot) * (dloss / n)
+
+
+class MSE:
+    """Mean squared error ``mean((y - t)**2)`` over all elements (PyTorch's MSELoss)."""
+
+    def __call__(self, y: Array, t: Array) -> Array:
+        return self.forward(y, t)
+
+    def forward(self, y: Array, t: Array) -> Array:
+        xp = _check_logits("MSE", y)
+        if not array_api_compat.is_array_api_obj(t) or tuple(t.shape) != tuple(y.shape):
+            raise ValueError(f"MSE: target has shape {tuple(getattr(t, 'shape', ()))}; "
+                             f"expected the prediction's shape {tuple(y.shape)}")
+        check_same_device(y, t, "prediction", "target")
+        diff = y - xp.astype(t, y.dtype)
+        self._diff = diff
+        return xp.sum(diff * diff) / math.prod(diff.shape)
+
+    def backward(self, dloss: float = 1.0) -> Array:
+        return self._diff * (2.0 * dloss / math.prod(self._diff.shape))

@@ -1,0 +1,221 @@
+"""The one hook: array work the Array API standard lacks, with a portable fallback and fast paths.
+
+Every function here has a fallback written only in the standard (it runs on array_api_strict) and,
+where a library offers something better, a fast path for NumPy, CuPy or torch. Each fast path is
+tested against the fallback (``tests/test_ops.py``). Nothing outside this module and
+:mod:`xpnet.backend` names a concrete array library.
+
+==================  ===========================================  =================================
+function            fallback (standard only)                     fast paths
+==================  ===========================================  =================================
+``pad2d``           zeros + slice assignment                     numpy, cupy, torch (native pad
+                                                                 via array_api_extra.pad)
+``windows``         stack of k*k strided slices (a copy)         numpy, cupy (as_strided view),
+                                                                 torch (Tensor.unfold view)
+``add_windows``     k*k in-place slice-adds (scatter-add)        torch (F.fold when overlapping)
+``uniform``         host NumPy draw, then transfer               torch, cupy (device generator)
+==================  ===========================================  =================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import array_api_compat
+import array_api_extra as xpx
+import numpy as np
+
+__all__ = ["add_windows", "col2im", "fast_path_kind", "im2col", "out_size", "pad2d",
+           "uniform", "windows"]
+
+Array = Any
+
+
+def fast_path_kind(xp: Any) -> str:
+    """'numpy', 'cupy', 'torch' or 'generic': which fast-path table applies to namespace xp."""
+    if array_api_compat.is_numpy_namespace(xp):
+        return "numpy"
+    if array_api_compat.is_cupy_namespace(xp):
+        return "cupy"
+    if array_api_compat.is_torch_namespace(xp):
+        return "torch"
+    return "generic"
+
+
+def _dispatch(table: dict[str, Callable], fallback: Callable, xp: Any, generic: bool) -> Callable:
+    return fallback if generic else table.get(fast_path_kind(xp), fallback)
+
+
+def out_size(size: int, k: int, stride: int, pad: int = 0) -> int:
+    """Output length of a sliding window: floor((size + 2*pad - k) / stride) + 1."""
+    return (size + 2 * pad - k) // stride + 1
+
+
+# ----------------------------------------------------------------------------------- pad2d
+def _pad2d_generic(xp, x, pad, value):
+    n, c, h, w = x.shape
+    out = xp.full((n, c, h + 2 * pad, w + 2 * pad), value, dtype=x.dtype,
+                  device=array_api_compat.device(x))
+    out[:, :, pad:pad + h, pad:pad + w] = x
+    return out
+
+
+def _pad2d_native(xp, x, pad, value):
+    # array-api-extra's pad hands constant padding to the library's own pad where one exists
+    return xpx.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=value, xp=xp)
+
+
+_PAD = {"numpy": _pad2d_native, "cupy": _pad2d_native, "torch": _pad2d_native}
+
+
+def pad2d(x: Array, pad: int, value: float = 0.0, *, xp: Any = None,
+          generic: bool = False) -> Array:
+    """Pad the last two axes of an NCHW array by ``pad`` on every side with ``value``."""
+    if pad == 0:
+        return x
+    xp = xp or array_api_compat.array_namespace(x)
+    return _dispatch(_PAD, _pad2d_generic, xp, generic)(xp, x, pad, value)
+
+
+# --------------------------------------------------------------------------------- windows
+def _windows_generic(xp, x, kh, kw, stride):
+    n, c, h, w = x.shape
+    oh, ow = out_size(h, kh, stride), out_size(w, kw, stride)
+    parts = [x[:, :, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
+             for i in range(kh) for j in range(kw)]
+    stacked = xp.stack(parts, axis=-1)  # (N, C, OH, OW, kh*kw)
+    return xp.reshape(stacked, (n, c, oh, ow, kh, kw))
+
+
+def _windows_strided(xp, x, kh, kw, stride):
+    n, c, h, w = x.shape
+    oh, ow = out_size(h, kh, stride), out_size(w, kw, stride)
+    sn, sc, sh, sw = x.strides
+    lib = np.lib.stride_tricks if fast_path_kind(xp) == "numpy" \
+        else __import__("cupy").lib.stride_tricks
+    return lib.as_strided(x, shape=(n, c, oh, ow, kh, kw),
+                          strides=(sn, sc, sh * stride, sw * stride, sh, sw), writeable=False)
+
+
+def _windows_torch(xp, x, kh, kw, stride):
+    return x.unfold(2, kh, stride).unfold(3, kw, stride)
+
+
+_WINDOWS = {"numpy": _windows_strided, "cupy": _windows_strided, "torch": _windows_torch}
+
+
+def windows(x: Array, kh: int, kw: int, stride: int = 1, *, xp: Any = None,
+            generic: bool = False) -> Array:
+    """All kh x kw windows of an NCHW array, shape (N, C, OH, OW, kh, kw).
+
+    The fast paths return a read-only view (no copy); the fallback returns a copy.
+    """
+    xp = xp or array_api_compat.array_namespace(x)
+    return _dispatch(_WINDOWS, _windows_generic, xp, generic)(xp, x, kh, kw, stride)
+
+
+# ----------------------------------------------------------------------------- add_windows
+def _add_windows_generic(xp, img, patches, stride):
+    _, _, oh, ow, kh, kw = patches.shape
+    for i in range(kh):
+        for j in range(kw):
+            img[:, :, i:i + stride * (oh - 1) + 1:stride,
+                j:j + stride * (ow - 1) + 1:stride] += patches[:, :, :, :, i, j]
+    return img
+
+
+def _add_windows_torch(xp, img, patches, stride):
+    n, c, oh, ow, kh, kw = patches.shape
+    if stride >= kh and stride >= kw:  # windows do not overlap: the slice loop is cheapest
+        return _add_windows_generic(xp, img, patches, stride)
+    import torch.nn.functional as F
+    cols = patches.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, oh * ow)
+    h, w = img.shape[2], img.shape[3]
+    used_h, used_w = stride * (oh - 1) + kh, stride * (ow - 1) + kw
+    folded = F.fold(cols, (used_h, used_w), (kh, kw), stride=stride)
+    img[:, :, :used_h, :used_w] += folded
+    del h, w
+    return img
+
+
+_ADD_WINDOWS = {"torch": _add_windows_torch}
+
+
+def add_windows(img: Array, patches: Array, stride: int = 1, *, xp: Any = None,
+                generic: bool = False) -> Array:
+    """Scatter-add: add window patches (N, C, OH, OW, kh, kw) into ``img`` (N, C, H, W) in place.
+
+    The adjoint of :func:`windows`; col2im and the pooling backward passes are built on it.
+    Returns ``img``.
+    """
+    xp = xp or array_api_compat.array_namespace(img)
+    return _dispatch(_ADD_WINDOWS, _add_windows_generic, xp, generic)(xp, img, patches, stride)
+
+
+# ------------------------------------------------------------------------- im2col / col2im
+def im2col(x: Array, kh: int, kw: int, stride: int = 1, pad: int = 0, *, xp: Any = None,
+           generic: bool = False) -> Array:
+    """Unfold an NCHW array into a (N*OH*OW, C*kh*kw) matrix: one row per output pixel."""
+    xp = xp or array_api_compat.array_namespace(x)
+    n, c = x.shape[0], x.shape[1]
+    win = windows(pad2d(x, pad, xp=xp, generic=generic), kh, kw, stride, xp=xp, generic=generic)
+    oh, ow = win.shape[2], win.shape[3]
+    return xp.reshape(xp.permute_dims(win, (0, 2, 3, 1, 4, 5)), (n * oh * ow, c * kh * kw))
+
+
+def col2im(cols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int, stride: int = 1,
+           pad: int = 0, *, xp: Any = None, generic: bool = False) -> Array:
+    """Fold a (N*OH*OW, C*kh*kw) matrix back to NCHW, summing overlaps: the adjoint of im2col."""
+    xp = xp or array_api_compat.array_namespace(cols)
+    n, c, h, w = x_shape
+    oh, ow = out_size(h, kh, stride, pad), out_size(w, kw, stride, pad)
+    patches = xp.permute_dims(xp.reshape(cols, (n, oh, ow, c, kh, kw)), (0, 3, 1, 2, 4, 5))
+    img = xp.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=cols.dtype,
+                   device=array_api_compat.device(cols))
+    add_windows(img, patches, stride, xp=xp, generic=generic)
+    return img[:, :, pad:pad + h, pad:pad + w] if pad else img
+
+
+# --------------------------------------------------------------------------------- uniform
+def _uniform_host(xp, seed, shape, dtype, device):
+    draw = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    return xp.asarray(draw, dtype=dtype, device=device)
+
+
+_TORCH_GENERATORS: dict[Any, Any] = {}
+
+
+def _uniform_torch(xp, seed, shape, dtype, device):
+    import torch
+    gen = _TORCH_GENERATORS.get(device)
+    if gen is None:
+        gen = _TORCH_GENERATORS[device] = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return torch.rand(shape, generator=gen, dtype=dtype, device=device)
+
+
+_CUPY_STATES: dict[Any, Any] = {}
+
+
+def _uniform_cupy(xp, seed, shape, dtype, device):
+    import cupy
+    with device:
+        state = _CUPY_STATES.get(device.id)
+        if state is None:
+            state = _CUPY_STATES[device.id] = cupy.random.RandomState(seed)
+        state.seed(seed)
+        return state.random_sample(shape, dtype=dtype)
+
+
+_UNIFORM = {"torch": _uniform_torch, "cupy": _uniform_cupy}
+
+
+def uniform(seed: int, shape: tuple[int, ...], dtype: Any, *, xp: Any, device: Any,
+            generic: bool = False) -> Array:
+    """Uniform [0, 1) numbers of ``shape`` drawn on ``device`` from an integer seed.
+
+    Reproducible: the same seed gives the same numbers on the same backend. The fast paths draw
+    on the device (no host transfer); the fallback draws on the host with NumPy.
+    """
+    return _dispatch(_UNIFORM, _uniform_host, xp, generic)(xp, seed, tuple(shape), dtype, device)

@@ -1,0 +1,243 @@
+"""Optimizers, in order of increasing complexity. Each updates parameters in place on the device
+and keeps per-parameter state keyed by the parameter's stable name (so it can be checkpointed).
+
+Update rules follow PyTorch's ``torch.optim`` definitions, so results are comparable.
+Weight decay: ``weight_decay`` adds ``wd * p`` (L2) and ``l1`` adds ``l1 * sign(p)`` to the
+gradient; by default only parameters with two or more dimensions (weights, not biases or
+BatchNorm scales) are decayed, as in the textbook. AdamW decays decoupled from the gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from array_api_compat import array_namespace
+
+from .backend import to_device, to_numpy
+from .module import Module, Parameter
+
+__all__ = ["SGD", "AdaGrad", "Adam", "AdamW", "Momentum", "Nesterov", "Optimizer", "RMSProp",
+           "clip_grad_norm"]
+
+Array = Any
+Params = "dict[str, Parameter] | Module"
+
+
+def _is_weight(name: str, p: Parameter) -> bool:
+    return len(p.shape) >= 2
+
+
+def clip_grad_norm(params: dict[str, Parameter], max_norm: float) -> Array:
+    """Scale all gradients together so their global L2 norm is at most ``max_norm``.
+
+    Returns the norm before clipping as a 0-d device array (no host sync).
+    """
+    if max_norm <= 0:
+        raise ValueError(f"max_norm must be positive, got {max_norm}")
+    grads = [p.grad for p in params.values() if p.grad is not None]
+    if not grads:
+        raise ValueError("clip_grad_norm: no parameter has a gradient; call backward first")
+    xp = array_namespace(grads[0])
+    total = xp.sqrt(sum(xp.sum(g * g) for g in grads))
+    scale = xp.minimum(max_norm / (total + 1e-6), 1.0)
+    for p in params.values():
+        if p.grad is not None:
+            p.grad = p.grad * scale
+    return total
+
+
+class Optimizer:
+    """Base class: validation, weight decay, clipping and the state dict.
+
+    Subclasses implement ``_update(name, p, g, xp)``, writing into ``p.data`` in place.
+    """
+
+    def __init__(self, params: Params, lr: float, *, weight_decay: float = 0.0,
+                 l1: float = 0.0, clip_norm: float | None = None,
+                 decay_filter: Callable[[str, Parameter], bool] = _is_weight):
+        self.params: dict[str, Parameter] = dict(
+            params.parameters() if isinstance(params, Module) else params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: no parameters to optimise")
+        for name, value in (("lr", lr), ("weight_decay", weight_decay), ("l1", l1)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 \
+                    or math.isnan(value):
+                raise ValueError(f"{type(self).__name__}: {name} must be a non-negative number, "
+                                 f"got {value!r}")
+        if clip_norm is not None and clip_norm <= 0:
+            raise ValueError(f"{type(self).__name__}: clip_norm must be positive, got {clip_norm}")
+        self.lr, self.weight_decay, self.l1, self.clip_norm = float(lr), weight_decay, l1, clip_norm
+        self.decay_filter = decay_filter
+        self.t = 0
+        self.state: dict[str, dict[str, Array]] = {}
+
+    def _slot(self, name: str, key: str, like: Array) -> Array:
+        slots = self.state.setdefault(name, {})
+        if key not in slots:
+            slots[key] = array_namespace(like).zeros_like(like)
+        return slots[key]
+
+    def _grad(self, name: str, p: Parameter, xp: Any) -> Array:
+        g = p.grad
+        if self.decay_filter(name, p):
+            if self.weight_decay:
+                g = g + self.weight_decay * p.data
+            if self.l1:
+                g = g + self.l1 * xp.sign(p.data)
+        return g
+
+    def step(self) -> None:
+        """Apply one update to every parameter from its ``grad``."""
+        missing = [n for n, p in self.params.items() if p.grad is None]
+        if missing:
+            raise RuntimeError(f"{type(self).__name__}.step: parameters {missing} have no "
+                               "gradient; call backward() before step()")
+        if self.clip_norm is not None:
+            clip_grad_norm(self.params, self.clip_norm)
+        self.t += 1
+        for name, p in self.params.items():
+            xp = array_namespace(p.data)
+            self._update(name, p, self._grad(name, p, xp), xp)
+
+    def _update(self, name: str, p: Parameter, g: Array, xp: Any) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Step count, learning rate and per-parameter state as host NumPy arrays."""
+        return {"t": self.t, "lr": self.lr,
+                "state": {n: {k: to_numpy(v) for k, v in s.items()} for n, s in
+                          self.state.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict` (saved on any backend) onto the parameters' device."""
+        unknown = [n for n in state["state"] if n not in self.params]
+        if unknown:
+            raise KeyError(f"{type(self).__name__}: saved state names parameters {unknown} "
+                           "that this optimizer does not have")
+        self.t, self.lr = int(state["t"]), float(state["lr"])
+        self.state = {}
+        for n, slots in state["state"].items():
+            like = self.params[n].data
+            self.state[n] = {}
+            for k, v in slots.items():
+                if tuple(v.shape) != tuple(like.shape):
+                    raise ValueError(f"{type(self).__name__}: state {n}/{k} has shape "
+                                     f"{tuple(v.shape)}, parameter has {tuple(like.shape)}")
+                arr = to_device(v, dtype=like.dtype)
+                self.state[n][k] = arr
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lr={self.lr})"
+
+
+class SGD(Optimizer):
+    """Plain gradient descent: ``p -= lr * g``."""
+
+    def __init__(self, params: Params, lr: float = 0.01, **kw: Any):
+        super().__init__(params, lr, **kw)
+
+    def _update(self, name, p, g, xp):
+        p.data -= self.lr * g
+
+
+class Momentum(Optimizer):
+    """SGD with momentum (Polyak 1964; PyTorch form): ``v = mu*v + g; p -= lr*v``."""
+
+    nesterov = False
+
+    def __init__(self, params: Params, lr: float = 0.01, momentum: float = 0.9, **kw: Any):
+        super().__init__(params, lr, **kw)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"{type(self).__name__}: momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+
+    def _update(self, name, p, g, xp):
+        v = self._slot(name, "v", p.data)
+        v *= self.momentum
+        v += g
+        p.data -= self.lr * (g + self.momentum * v if self.nesterov else v)
+
+
+class Nesterov(Momentum):
+    """Nesterov accelerated gradient (Sutskever et al. 2013; PyTorch form):
+    ``v = mu*v + g; p -= lr*(g + mu*v)``."""
+
+    nesterov = True
+
+
+class AdaGrad(Optimizer):
+    """AdaGrad (Duchi et al. 2011): ``h += g**2; p -= lr * g / (sqrt(h) + eps)``."""
+
+    def __init__(self, params: Params, lr: float = 0.01, eps: float = 1e-10, **kw: Any):
+        super().__init__(params, lr, **kw)
+        self.eps = eps
+
+    def _update(self, name, p, g, xp):
+        h = self._slot(name, "h", p.data)
+        h += g * g
+        p.data -= self.lr * g / (xp.sqrt(h) + self.eps)
+
+
+class RMSProp(Optimizer):
+    """RMSProp (Tieleman & Hinton 2012): ``v = a*v + (1-a)*g**2; p -= lr*g/(sqrt(v)+eps)``."""
+
+    def __init__(self, params: Params, lr: float = 0.01, alpha: float = 0.99,
+                 eps: float = 1e-8, **kw: Any):
+        super().__init__(params, lr, **kw)
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"RMSProp: alpha must be in [0, 1), got {alpha}")
+        self.alpha, self.eps = alpha, eps
+
+    def _update(self, name, p, g, xp):
+        v = self._slot(name, "v", p.data)
+        v *= self.alpha
+        v += (1.0 - self.alpha) * (g * g)
+        p.data -= self.lr * g / (xp.sqrt(v) + self.eps)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015) with bias correction:
+    ``m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g**2;
+    p -= lr * (m / (1-b1**t)) / (sqrt(v / (1-b2**t)) + eps)``."""
+
+    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, **kw: Any):
+        super().__init__(params, lr, **kw)
+        b1, b2 = betas
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas}")
+        self.beta1, self.beta2, self.eps = b1, b2, eps
+
+    def _update(self, name, p, g, xp):
+        m = self._slot(name, "m", p.data)
+        v = self._slot(name, "v", p.data)
+        b1, b2 = self.beta1, self.beta2
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * (g * g)
+        step = self.lr / (1.0 - b1 ** self.t)
+        denom = xp.sqrt(v) * (1.0 / math.sqrt(1.0 - b2 ** self.t)) + self.eps
+        p.data -= step * (m / denom)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019):
+    ``p -= lr * wd * p`` before the Adam step; ``weight_decay`` defaults to 0.01."""
+
+    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01, **kw: Any):
+        super().__init__(params, lr, betas, eps, weight_decay=weight_decay, **kw)
+
+    def _grad(self, name, p, xp):
+        g = p.grad
+        if self.l1 and self.decay_filter(name, p):
+            g = g + self.l1 * xp.sign(p.data)
+        return g
+
+    def _update(self, name, p, g, xp):
+        if self.weight_decay and self.decay_filter(name, p):
+            p.data *= 1.0 - self.lr * self.weight_decay
+        super()._update(name, p, g, xp)
