@@ -78,25 +78,27 @@ class Conv2d(Module):
         oh, ow = _out_hw(self, x, self.k, self.stride, self.padding)
         self._x_shape = tuple(x.shape)
         self._cols = ops.im2col(x, self.k, self.k, self.stride, self.padding, xp=xp)
-        w_mat = xp.reshape(self.W.data, (self.out_channels, -1))
-        out = self._cols @ w_mat.T + self.b.data  # (N*OH*OW, F)
-        return xp.permute_dims(xp.reshape(out, (n, oh, ow, self.out_channels)), (0, 3, 1, 2))
+        out = self._w_matrix(xp) @ self._cols + xp.reshape(self.b.data, (-1, 1))  # (F, N*OH*OW)
+        return xp.permute_dims(xp.reshape(out, (self.out_channels, n, oh, ow)), (1, 0, 2, 3))
 
-    def _dout_matrix(self, xp: Any, dout: Array) -> Array:
-        return xp.reshape(xp.permute_dims(dout, (0, 2, 3, 1)), (-1, self.out_channels))
+    def _w_matrix(self, xp: Any) -> Array:
+        """W as (F, kh*kw*C), matching the row order of :func:`xpnet.ops.im2col`."""
+        return xp.reshape(xp.permute_dims(self.W.data, (0, 2, 3, 1)), (self.out_channels, -1))
 
     def param_backward(self, dout: Array) -> Array:
-        """Fill W.grad and b.grad; return dout as an (N*OH*OW, F) matrix."""
+        """Fill W.grad and b.grad; return dout as a (F, N*OH*OW) matrix."""
         xp = array_namespace(dout)
-        d = self._dout_matrix(xp, dout)
-        self.W.grad = xp.reshape(d.T @ self._cols, self.W.shape)
-        self.b.grad = xp.sum(d, axis=0)
+        d = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (self.out_channels, -1))
+        f, c, k = self.out_channels, self.in_channels, self.k
+        dw = xp.reshape(d @ self._cols.T, (f, k, k, c))
+        self.W.grad = xp.permute_dims(dw, (0, 3, 1, 2))
+        self.b.grad = xp.sum(d, axis=1)
         return d
 
     def backward(self, dout: Array) -> Array:
         xp = array_namespace(dout)
         d = self.param_backward(dout)
-        dcols = d @ xp.reshape(self.W.data, (self.out_channels, -1))
+        dcols = self._w_matrix(xp).T @ d
         return ops.col2im(dcols, self._x_shape, self.k, self.k, self.stride, self.padding, xp=xp)
 
 
@@ -139,33 +141,40 @@ class _Pool2d(Module):
 class MaxPool2d(_Pool2d):
     """Max pooling over k x k windows (stride defaults to k; padding pads with -inf).
 
-    The gradient goes to the first maximum of each window, as in PyTorch.
+    The gradient goes to the first maximum of each window, as in PyTorch. Forward is an
+    elementwise maximum over the k*k strided slices (no (N*OH*OW*C, k*k) matrix); in training
+    it also records, as a small int8 array, which slice won, so backward reads only that and
+    the incoming gradient instead of the whole input again.
     """
 
     def forward(self, x: Array) -> Array:
         xp, xpad, oh, ow = self._prepare(x, -float("inf"))
-        out, arg = None, None
+        track = self.training
+        out = arg = None
         for k, sl in enumerate(self._slices(oh, ow)):
             s = xpad[sl]
             if out is None:
                 out = s
-                arg = xp.zeros(s.shape, dtype=xp.int8 if self.k ** 2 < 128 else xp.int32,
-                               device=device(s))
-            else:
-                better = s > out
-                out = xp.where(better, s, out)
-                arg = xp.where(better, k, arg)
+                if track:
+                    arg = xp.zeros(s.shape, dtype=xp.int16, device=device(s))
+                continue
+            if track:
+                better = xp.astype(s > out, xp.int16)
+                arg = arg + better * (k - arg)  # arg = k where this slice is strictly larger
+            out = xp.maximum(out, s)
         self._arg = arg
         return out
 
     def backward(self, dout: Array) -> Array:
+        if self._arg is None:
+            raise RuntimeError(f"{self!r}: backward needs a forward pass in training mode")
         xp = array_namespace(dout)
-        k2 = self.k ** 2
-        offsets = xp.reshape(xp.arange(k2, dtype=self._arg.dtype, device=device(dout)),
-                             (self.k, self.k))
-        hit = self._arg[:, :, :, :, None, None] == offsets  # (N, C, OH, OW, k, k)
-        patches = xp.where(hit, dout[:, :, :, :, None, None], 0.0)
-        return self._fold(xp, patches)
+        n, c, h, w = self._x_shape
+        p = self.padding
+        img = xp.zeros((n, c, h + 2 * p, w + 2 * p), dtype=dout.dtype, device=device(dout))
+        for k, sl in enumerate(self._slices(*self._arg.shape[2:])):
+            img[sl] += dout * xp.astype(self._arg == k, dout.dtype)
+        return img[:, :, p:p + h, p:p + w] if p else img
 
 
 class AvgPool2d(_Pool2d):

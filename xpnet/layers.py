@@ -76,15 +76,16 @@ class Linear(Module):
 
 
 class ReLU(Module):
-    """max(x, 0)."""
+    """max(x, 0). The mask is kept as a float array: multiplying by it is several times
+    faster than ``where`` with a scalar on NumPy."""
 
     def forward(self, x: Array) -> Array:
         xp = _ns(x)
-        self._mask = x > 0
-        return xp.where(self._mask, x, 0.0)
+        self._mask = xp.astype(x > 0, x.dtype)
+        return x * self._mask
 
     def backward(self, dout: Array) -> Array:
-        return _ns(dout).where(self._mask, dout, 0.0)
+        return dout * self._mask
 
 
 class LeakyReLU(Module):
@@ -172,7 +173,7 @@ class Dropout(Module):
             return x
         xp = _ns(x)
         u = self.rng.uniform(tuple(x.shape), x.dtype, xp=xp, device=device(x))
-        self._scale = xp.where(u >= self.p, 1.0 / (1.0 - self.p), 0.0)
+        self._scale = xp.astype(u >= self.p, x.dtype) * (1.0 / (1.0 - self.p))
         return x * self._scale
 
     def backward(self, dout: Array) -> Array:

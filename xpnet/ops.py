@@ -25,6 +25,7 @@ from typing import Any
 import array_api_compat
 import array_api_extra as xpx
 import numpy as np
+from array_api_compat import array_namespace, device
 
 __all__ = ["add_windows", "col2im", "fast_path_kind", "im2col", "out_size", "pad2d",
            "uniform", "windows"]
@@ -56,7 +57,7 @@ def out_size(size: int, k: int, stride: int, pad: int = 0) -> int:
 def _pad2d_generic(xp, x, pad, value):
     n, c, h, w = x.shape
     out = xp.full((n, c, h + 2 * pad, w + 2 * pad), value, dtype=x.dtype,
-                  device=array_api_compat.device(x))
+                  device=device(x))
     out[:, :, pad:pad + h, pad:pad + w] = x
     return out
 
@@ -74,7 +75,7 @@ def pad2d(x: Array, pad: int, value: float = 0.0, *, xp: Any = None,
     """Pad the last two axes of an NCHW array by ``pad`` on every side with ``value``."""
     if pad == 0:
         return x
-    xp = xp or array_api_compat.array_namespace(x)
+    xp = xp or array_namespace(x)
     return _dispatch(_PAD, _pad2d_generic, xp, generic)(xp, x, pad, value)
 
 
@@ -111,7 +112,7 @@ def windows(x: Array, kh: int, kw: int, stride: int = 1, *, xp: Any = None,
 
     The fast paths return a read-only view (no copy); the fallback returns a copy.
     """
-    xp = xp or array_api_compat.array_namespace(x)
+    xp = xp or array_namespace(x)
     return _dispatch(_WINDOWS, _windows_generic, xp, generic)(xp, x, kh, kw, stride)
 
 
@@ -149,30 +150,36 @@ def add_windows(img: Array, patches: Array, stride: int = 1, *, xp: Any = None,
     The adjoint of :func:`windows`; col2im and the pooling backward passes are built on it.
     Returns ``img``.
     """
-    xp = xp or array_api_compat.array_namespace(img)
+    xp = xp or array_namespace(img)
     return _dispatch(_ADD_WINDOWS, _add_windows_generic, xp, generic)(xp, img, patches, stride)
 
 
 # ------------------------------------------------------------------------- im2col / col2im
 def im2col(x: Array, kh: int, kw: int, stride: int = 1, pad: int = 0, *, xp: Any = None,
            generic: bool = False) -> Array:
-    """Unfold an NCHW array into a (N*OH*OW, C*kh*kw) matrix: one row per output pixel."""
-    xp = xp or array_api_compat.array_namespace(x)
-    n, c = x.shape[0], x.shape[1]
+    """Unfold an NCHW array into a (kh*kw*C, N*OH*OW) matrix: one column per output pixel.
+
+    Rows are ordered (kernel row, kernel column, channel), so a (F, C, kh, kw) weight must be
+    permuted to (F, kh, kw, C) before the matmul. This layout makes the single copy run over
+    long contiguous rows, and lets ``W @ cols`` give a (F, N*OH*OW) result whose NCHW view
+    is channel-major: the next convolution's im2col then reads contiguous memory.
+    """
+    xp = xp or array_namespace(x)
+    c = x.shape[1]
     win = windows(pad2d(x, pad, xp=xp, generic=generic), kh, kw, stride, xp=xp, generic=generic)
-    oh, ow = win.shape[2], win.shape[3]
-    return xp.reshape(xp.permute_dims(win, (0, 2, 3, 1, 4, 5)), (n * oh * ow, c * kh * kw))
+    n, oh, ow = win.shape[0], win.shape[2], win.shape[3]
+    return xp.reshape(xp.permute_dims(win, (4, 5, 1, 0, 2, 3)), (kh * kw * c, n * oh * ow))
 
 
 def col2im(cols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int, stride: int = 1,
            pad: int = 0, *, xp: Any = None, generic: bool = False) -> Array:
-    """Fold a (N*OH*OW, C*kh*kw) matrix back to NCHW, summing overlaps: the adjoint of im2col."""
-    xp = xp or array_api_compat.array_namespace(cols)
+    """Fold a (kh*kw*C, N*OH*OW) matrix back to NCHW, summing overlaps: the adjoint of im2col."""
+    xp = xp or array_namespace(cols)
     n, c, h, w = x_shape
     oh, ow = out_size(h, kh, stride, pad), out_size(w, kw, stride, pad)
-    patches = xp.permute_dims(xp.reshape(cols, (n, oh, ow, c, kh, kw)), (0, 3, 1, 2, 4, 5))
-    img = xp.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=cols.dtype,
-                   device=array_api_compat.device(cols))
+    patches = xp.permute_dims(xp.reshape(cols, (kh, kw, c, n, oh, ow)), (3, 2, 4, 5, 0, 1))
+    img = xp.zeros((c, n, h + 2 * pad, w + 2 * pad), dtype=cols.dtype, device=device(cols))
+    img = xp.permute_dims(img, (1, 0, 2, 3))  # NCHW view of channel-major memory
     add_windows(img, patches, stride, xp=xp, generic=generic)
     return img[:, :, pad:pad + h, pad:pad + w] if pad else img
 
