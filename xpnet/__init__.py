@@ -5,12 +5,28 @@ The backend (NumPy, CuPy, PyTorch, array_api_strict) is chosen at runtime by ``X
 """
 
 from .backend import (
-    Backend, BackendError, DeviceMismatchError, available_backends, current, get_backend,
-    set_backend, to_device, to_numpy,
+    Backend,
+    BackendError,
+    DeviceMismatchError,
+    available_backends,
+    current,
+    get_backend,
+    set_backend,
+    to_device,
+    to_numpy,
 )
 from .conv import AvgPool2d, Conv2d, MaxPool2d
 from .layers import (
-    BatchNorm, Dropout, Flatten, LeakyReLU, Linear, ReLU, Sequential, Sigmoid, Softmax, Tanh,
+    BatchNorm,
+    Dropout,
+    Flatten,
+    LeakyReLU,
+    Linear,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    Softmax,
+    Tanh,
 )
 from .losses import MSE, SoftmaxCrossEntropy
 from .module import Module, Parameter

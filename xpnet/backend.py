@@ -99,7 +99,10 @@ def _make(name: str, device: str | int | None) -> Backend:
     if name == "cupy":
         ok, why = _cuda_status()
         if not ok:
-            raise BackendError(f"backend 'cupy' cannot run here: {why}")
+            hint = "" if CUPY_INSTALL in why else (
+                f"; check the NVIDIA driver and that the CuPy wheel matches its CUDA version: "
+                f"{CUPY_INSTALL}")
+            raise BackendError(f"backend 'cupy' cannot run here: {why}{hint}")
         import cupy
         index = _parse_device_index(device, "cuda")
         if index >= cupy.cuda.runtime.getDeviceCount():

@@ -66,8 +66,8 @@ def check_module(module: Module, x: Any, *, seed: int = 0, eps: float = 1e-6,
         original = p.data
         host = to_numpy(original).astype(np.float64)
 
-        def with_param(h: np.ndarray, p=p) -> float:
-            p.data = to_device(h, dtype=original.dtype, backend=backend)
+        def with_param(h: np.ndarray, p=p, dtype=original.dtype) -> float:
+            p.data = to_device(h, dtype=dtype, backend=backend)
             return objective(x)
 
         results[n].append(numerical_gradient(with_param, host, eps))

@@ -197,11 +197,15 @@ class BatchNorm(Module):
         if eps <= 0:
             raise ValueError(f"BatchNorm: eps must be positive, got {eps}")
         self.momentum, self.eps = momentum, eps
-        ones, zeros = np.ones(num_features), np.zeros(num_features)
-        self.gamma = self.add_param("gamma", to_device(ones, dtype=dtype, backend=backend))
-        self.beta = self.add_param("beta", to_device(zeros, dtype=dtype, backend=backend))
-        self.add_buffer("running_mean", to_device(zeros, dtype=dtype, backend=backend))
-        self.add_buffer("running_var", to_device(ones, dtype=dtype, backend=backend))
+        # a fresh host array each: to_device may share memory with it, and the optimizer
+        # updates gamma and beta in place, which must not move the running statistics
+        def fill(value: float) -> Array:
+            return to_device(np.full(num_features, value), dtype=dtype, backend=backend)
+
+        self.gamma = self.add_param("gamma", fill(1.0))
+        self.beta = self.add_param("beta", fill(0.0))
+        self.add_buffer("running_mean", fill(0.0))
+        self.add_buffer("running_var", fill(1.0))
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, momentum={self.momentum}"

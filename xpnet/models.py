@@ -11,7 +11,15 @@ from collections.abc import Sequence
 from .conv import Conv2d, MaxPool2d
 from .init import InitSpec
 from .layers import (
-    BatchNorm, Dropout, Flatten, Linear, ReLU, Sequential, Sigmoid, Tanh, _positive,
+    BatchNorm,
+    Dropout,
+    Flatten,
+    Linear,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    Tanh,
+    _positive,
 )
 from .module import Module
 from .rng import Generator

@@ -133,9 +133,9 @@ class Module:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Parameters and buffers as host NumPy arrays, keyed by stable names."""
-        out = {k: to_numpy(p.data) for k, p in self.parameters().items()}
-        out.update({k: to_numpy(v) for k, v in self.buffers().items()})
+        """Parameters and buffers as host NumPy copies, keyed by stable names."""
+        out = {k: np.array(to_numpy(p.data)) for k, p in self.parameters().items()}
+        out.update({k: np.array(to_numpy(v)) for k, v in self.buffers().items()})
         return out
 
     def load_state_dict(self, state: dict[str, Any], backend: Backend | None = None) -> None:
@@ -157,7 +157,8 @@ class Module:
         params = self.parameters()
         for k in expected:
             old = params[k].data if k in params else self.buffers()[k]
-            new = to_device(to_numpy(state[k]), backend=backend)
+            # a private copy: in-place optimizer steps must not write into the caller's dict
+            new = to_device(np.array(to_numpy(state[k])), backend=backend)
             new = to_device(new, dtype=old.dtype, backend=backend)
             if k in params:
                 params[k].data = new

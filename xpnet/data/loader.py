@@ -1,0 +1,140 @@
+"""Mini-batches on the backend's device, reshuffled every epoch from a seeded generator."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..backend import Backend, current, to_device
+from ..rng import Generator
+
+__all__ = ["BatchLoader"]
+
+
+class BatchLoader:
+    """Iterate over ``(xb, yb)`` mini-batches already on the backend's device.
+
+    Each ``iter()`` is one epoch: with ``shuffle`` the examples are visited in a fresh
+    permutation drawn from ``rng`` (without replacement, reproducible from its seed), otherwise
+    in order. Batches are gathered either on the host and transferred one by one, or, when the
+    data set is *resident*, moved to the device once and gathered there with ``xp.take``.
+
+    Parameters
+    ----------
+    x : array_like, (N, ...)
+        Host inputs; their dtype is kept (float32 images stay float32).
+    y : array_like of int, (N, ...)
+        Host integer labels, delivered as int64.
+    batch_size : int
+        Examples per batch (default 100).
+    shuffle : bool
+        Draw a new order every epoch (default True).
+    rng : xpnet.Generator, optional
+        Source of the permutations (default ``Generator(0)``).
+    drop_last : bool
+        Skip the last batch when it is smaller than ``batch_size`` (default False).
+    backend : xpnet.Backend, optional
+        Where batches go (default :func:`xpnet.backend.current`).
+    resident : True, False or 'auto'
+        Keep the whole data set on the device. 'auto' (default) does so on a GPU backend
+        when the data take at most half of the free device memory.
+
+    Notes
+    -----
+    Batches may share memory with ``x`` and ``y`` (NumPy backend, or no shuffling): treat them
+    as read-only.
+
+    Examples
+    --------
+    >>> import numpy as np, xpnet
+    >>> x, y = np.zeros((250, 2), np.float32), np.zeros(250, np.int64)
+    >>> loader = BatchLoader(x, y, 100, rng=xpnet.Generator(0))
+    >>> len(loader), [len(yb) for _, yb in loader]
+    (3, [100, 100, 50])
+    """
+
+    def __init__(self, x: Any, y: Any, batch_size: int = 100, *, shuffle: bool = True,
+                 rng: Generator | None = None, drop_last: bool = False,
+                 backend: Backend | None = None, resident: bool | str = "auto"):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.ndim == 0 or y.ndim == 0:
+            raise ValueError(f"x and y: expected arrays with a leading example axis, got shapes "
+                             f"{x.shape} and {y.shape}")
+        if len(x) != len(y):
+            raise ValueError(f"x and y: expected the same number of examples, got {len(x)} "
+                             f"inputs and {len(y)} labels")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"y: expected integer class labels, got dtype {y.dtype}")
+        if not (resident is True or resident is False or resident == "auto"):
+            raise ValueError(f"resident: expected True, False or 'auto', got {resident!r}")
+        self.x, self.y = x, y.astype(np.int64, copy=False)
+        self.batch_size = int(batch_size)
+        self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
+        self.rng = rng or Generator(0)
+        self.backend = backend or current()
+        if resident == "auto":
+            resident = fits_on_device(self.x.nbytes + self.y.nbytes, self.backend)
+        self.resident = bool(resident)
+        if self.resident:  # one transfer now; every batch is then gathered on the device
+            self._xd = to_device(self.x, backend=self.backend)
+            self._yd = to_device(self.y, backend=self.backend)
+
+    def __len__(self) -> int:
+        n, bs = len(self.y), self.batch_size
+        return n // bs if self.drop_last else -(-n // bs)
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        # The permutation is drawn here, not lazily, so each iter() call is one epoch's order.
+        order = self.rng.permutation(len(self.y)) if self.shuffle else None
+        return self._device_batches(order) if self.resident else self._host_batches(order)
+
+    def _starts(self) -> range:
+        n, bs = len(self.y), self.batch_size
+        return range(0, n - n % bs if self.drop_last else n, bs)
+
+    def _host_batches(self, order: np.ndarray | None) -> Iterator[tuple[Any, Any]]:
+        """Gather on the host (a view when unshuffled), then transfer the batch."""
+        bs, b = self.batch_size, self.backend
+        for s in self._starts():
+            if order is None:
+                xb, yb = self.x[s:s + bs], self.y[s:s + bs]  # views
+            else:
+                i = order[s:s + bs]
+                xb, yb = self.x[i], self.y[i]
+            yield to_device(xb, backend=b), to_device(yb, backend=b)
+
+    def _device_batches(self, order: np.ndarray | None) -> Iterator[tuple[Any, Any]]:
+        """Slice or gather (``xp.take``) the resident arrays on the device."""
+        n, bs, xp = len(self.y), self.batch_size, self.backend.xp
+        idx = None if order is None else to_device(order, backend=self.backend)
+        for s in self._starts():
+            e = min(s + bs, n)
+            if idx is None:
+                yield self._xd[s:e, ...], self._yd[s:e, ...]
+            else:
+                i = idx[s:e]
+                yield xp.take(self._xd, i, axis=0), xp.take(self._yd, i, axis=0)
+
+
+def fits_on_device(nbytes: int, backend: Backend, fraction: float = 0.5) -> bool:
+    """True when ``backend`` is on a GPU and ``nbytes`` fit in ``fraction`` of its free memory.
+
+    CPU backends return False: there, host gathering is already zero-transfer.
+    """
+    if backend.name == "cupy":
+        import cupy
+        with backend.device:
+            free, _ = cupy.cuda.runtime.memGetInfo()
+        free += cupy.get_default_memory_pool().free_bytes()  # cached by CuPy, reusable
+    elif backend.name == "torch" and backend.device.type == "cuda":
+        import torch
+        free, _ = torch.cuda.mem_get_info(backend.device)
+    else:
+        return False
+    return nbytes <= fraction * free

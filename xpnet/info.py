@@ -1,0 +1,172 @@
+"""Environment report behind ``python -m xpnet info``: backends, devices and the selection.
+
+:func:`collect_info` gathers everything into a JSON-serialisable dict and :func:`format_info`
+renders it as the plain-text table the CLI prints. Neither leaves the selected backend changed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import Any
+
+from . import __version__
+from . import backend as _backend
+
+__all__ = ["collect_info", "cuda_devices", "format_info", "strict_devices", "torch_devices"]
+
+
+def cuda_devices() -> list[dict[str, Any]]:
+    """CUDA devices seen through CuPy (empty when CuPy or a usable GPU is missing).
+
+    Returns
+    -------
+    list of dict
+        One entry per device: ``index``, ``name``, ``total_memory_gib`` and
+        ``compute_capability`` ('8.0').
+    """
+    ok, _ = _backend._cuda_status()
+    if not ok:
+        return []
+    import cupy
+
+    out = []
+    for i in range(cupy.cuda.runtime.getDeviceCount()):
+        props = cupy.cuda.runtime.getDeviceProperties(i)
+        name = props["name"]
+        out.append({
+            "index": i,
+            "name": name.decode() if isinstance(name, bytes) else str(name),
+            "total_memory_gib": round(props["totalGlobalMem"] / 2**30, 2),
+            "compute_capability": f"{props['major']}.{props['minor']}",
+        })
+    return out
+
+
+def torch_devices() -> list[dict[str, Any]]:
+    """Torch CUDA devices (empty when torch is missing or was built without CUDA).
+
+    Returns
+    -------
+    list of dict
+        Like :func:`cuda_devices`, named ``cuda:N``.
+    """
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    out = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        out.append({
+            "index": i,
+            "name": props.name,
+            "total_memory_gib": round(props.total_memory / 2**30, 2),
+            "compute_capability": f"{props.major}.{props.minor}",
+        })
+    return out
+
+
+def strict_devices() -> list[str]:
+    """The simulated devices array_api_strict offers (empty when it is not installed)."""
+    try:
+        import array_api_strict as xp
+    except ImportError:
+        return []
+    return [str(getattr(d, "_device", d)) for d in xp.__array_namespace_info__().devices()]
+
+
+def _selection() -> dict[str, Any]:
+    """Resolve ``XPNET_BACKEND``/``XPNET_DEVICE`` as :func:`xpnet.set_backend` would.
+
+    The previously selected backend is restored afterwards. The result holds ``backend``
+    and ``device`` on success, else ``error`` (the message) and ``error_type``.
+    """
+    saved = _backend._current
+    try:
+        b = _backend.set_backend()
+        return {"backend": b.name, "device": str(b.device), "version": b.version}
+    except (_backend.BackendError, ValueError) as exc:
+        return {"error": str(exc), "error_type": type(exc).__name__}
+    finally:
+        _backend._current = saved
+
+
+def collect_info() -> dict[str, Any]:
+    """Everything ``xpnet info`` reports, as a JSON-serialisable dict.
+
+    Returns
+    -------
+    dict
+        Keys ``xpnet``, ``python``, ``platform``, ``backends`` (name -> ``available``,
+        ``version`` or ``reason``), ``devices`` (``cupy``, ``torch_cuda``,
+        ``array_api_strict``), ``auto`` (``choice``, ``reason``), ``env`` and ``selection``.
+    """
+    backends = {}
+    for name, text in _backend.available_backends().items():
+        if text.startswith("unavailable: "):
+            backends[name] = {"available": False, "reason": text[len("unavailable: "):]}
+        else:
+            backends[name] = {"available": True, "version": text}
+    ok, why = _backend._cuda_status()
+    return {
+        "xpnet": __version__,
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "backends": backends,
+        "devices": {
+            "cupy": cuda_devices(),
+            "torch_cuda": torch_devices(),
+            "array_api_strict": strict_devices(),
+        },
+        "auto": {"choice": "cupy" if ok else "numpy", "reason": why},
+        "env": {k: os.environ.get(k) for k in ("XPNET_BACKEND", "XPNET_DEVICE")},
+        "selection": _selection(),
+    }
+
+
+def _gpu_line(d: dict[str, Any], prefix: str) -> str:
+    return (f"    {prefix}{d['index']}: {d['name']}, {d['total_memory_gib']} GiB, "
+            f"compute capability {d['compute_capability']}")
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """Render :func:`collect_info`'s dict as the text ``xpnet info`` prints.
+
+    Parameters
+    ----------
+    info : dict
+        The result of :func:`collect_info`.
+
+    Returns
+    -------
+    str
+        A multi-line report (no trailing newline).
+    """
+    lines = [f"xpnet {info['xpnet']}",
+             f"Python {info['python']} ({info['executable']})",
+             f"Platform {info['platform']}", "", "Backends:"]
+    width = max(len(n) for n in info["backends"])
+    for name, b in info["backends"].items():
+        state = f"yes  {b['version']}" if b["available"] else f"no   {b['reason']}"
+        lines.append(f"  {name:<{width}}  {state}")
+    devs = info["devices"]
+    lines += ["", "Devices:"]
+    lines += ["  CuPy CUDA:"] + ([_gpu_line(d, "cuda:") for d in devs["cupy"]] or ["    none"])
+    lines += ["  torch CUDA:"] + ([_gpu_line(d, "cuda:") for d in devs["torch_cuda"]]
+                                  or ["    none"])
+    lines.append("  array_api_strict: " + (", ".join(devs["array_api_strict"]) or "none"))
+    lines += ["", f"auto -> {info['auto']['choice']} ({info['auto']['reason']})", "",
+              "Environment:"]
+    lines += [f"  {k}={v}" if v is not None else f"  {k} (unset)" for k, v in info["env"].items()]
+    sel = info["selection"]
+    lines.append("")
+    if "error" in sel:
+        lines.append(f"Selected: none ({sel['error_type']}; the reason follows on stderr)")
+    else:
+        lines.append(f"Selected: {sel['backend']} {sel['version']} on {sel['device']}")
+    return "\n".join(lines)
