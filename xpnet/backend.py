@@ -17,6 +17,8 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from .hostmem import keep_freed_memory
+
 __all__ = [
     "BACKENDS", "Backend", "BackendError", "DeviceMismatchError", "available_backends",
     "check_same_device", "current", "get_backend", "set_backend", "to_device", "to_numpy",
@@ -161,8 +163,16 @@ def set_backend(name: str | None = None, device: str | int | None = None) -> Bac
         log.info("xpnet: backend auto -> %s (%s)", backend, why)
     else:
         backend = _make(name, device)
+    if _computes_on_host(backend):
+        keep_freed_memory()  # stop re-faulting the same pages every training step
     _current = backend
     return backend
+
+
+def _computes_on_host(b: Backend) -> bool:
+    """True when the backend's arrays live in host memory (NumPy, array_api_strict, torch CPU)."""
+    return b.name in ("numpy", "array_api_strict") or (
+        b.name == "torch" and getattr(b.device, "type", "") == "cpu")
 
 
 def current() -> Backend:
@@ -252,5 +262,5 @@ def check_same_device(a: Any, b: Any, a_name: str, b_name: str) -> None:
     if da == db:
         return
     raise DeviceMismatchError(
-        f"{a_name} is a {da} but {b_name} is a {db}; they cannot be combined. "
-        "Move data with xpnet.to_device(x) (or the model with model.to_device()) first.")
+        f"{a_name} ({da}) and {b_name} ({db}) cannot be combined in one operation; move the "
+        "data with xpnet.to_device(x), or the model with model.to_device(), first")

@@ -143,37 +143,50 @@ class MaxPool2d(_Pool2d):
 
     The gradient goes to the first maximum of each window, as in PyTorch. Forward is an
     elementwise maximum over the k*k strided slices (no (N*OH*OW*C, k*k) matrix); in training
-    it also records, as a small int8 array, which slice won, so backward reads only that and
-    the incoming gradient instead of the whole input again.
+    it keeps, per slice, the boolean mask "this slice beat every earlier one", so backward
+    needs neither the input nor an argmax.
     """
 
     def forward(self, x: Array) -> Array:
         xp, xpad, oh, ow = self._prepare(x, -float("inf"))
-        track = self.training
-        out = arg = None
-        for k, sl in enumerate(self._slices(oh, ow)):
-            s = xpad[sl]
+        out, beats = None, []
+        for sl in self._slices(oh, ow):
             if out is None:
-                out = s
-                if track:
-                    arg = xp.zeros(s.shape, dtype=xp.int16, device=device(s))
+                out = xpad[sl]
                 continue
-            if track:
-                better = xp.astype(s > out, xp.int16)
-                arg = arg + better * (k - arg)  # arg = k where this slice is strictly larger
-            out = xp.maximum(out, s)
-        self._arg = arg
+            new = xp.maximum(out, xpad[sl])
+            if self.training:
+                beats.append(new != out)  # strictly larger; cheaper than re-reading the slice
+            out = new
+        self._beats = beats if self.training else None
         return out
 
     def backward(self, dout: Array) -> Array:
-        if self._arg is None:
+        if self._beats is None:
             raise RuntimeError(f"{self!r}: backward needs a forward pass in training mode")
         xp = array_namespace(dout)
         n, c, h, w = self._x_shape
-        p = self.padding
-        img = xp.zeros((n, c, h + 2 * p, w + 2 * p), dtype=dout.dtype, device=device(dout))
-        for k, sl in enumerate(self._slices(*self._arg.shape[2:])):
-            img[sl] += dout * xp.astype(self._arg == k, dout.dtype)
+        p, k, s = self.padding, self.k, self.stride
+        oh, ow = dout.shape[2], dout.shape[3]
+        hp, wp = h + 2 * p, w + 2 * p
+        tiled = s == k and hp == oh * k and wp == ow * k  # every input in exactly one window
+        alloc = xp.empty if tiled else xp.zeros
+        img = alloc((n, c, hp, wp), dtype=dout.dtype, device=device(dout))
+        slices = list(self._slices(oh, ow))
+        # The last slice that beat all earlier ones holds the (first) maximum: hand out the
+        # gradient from the last slice backwards; slice 0 keeps what no later slice took.
+        remaining = dout
+        for sl, beat in zip(reversed(slices[1:]), reversed(self._beats)):
+            g = remaining * xp.astype(beat, dout.dtype)
+            remaining = remaining - g
+            if tiled:
+                img[sl] = g
+            else:
+                img[sl] += g
+        if tiled:
+            img[slices[0]] = remaining
+        else:
+            img[slices[0]] += remaining
         return img[:, :, p:p + h, p:p + w] if p else img
 
 

@@ -93,10 +93,11 @@ def _windows_strided(xp, x, kh, kw, stride):
     n, c, h, w = x.shape
     oh, ow = out_size(h, kh, stride), out_size(w, kw, stride)
     sn, sc, sh, sw = x.strides
-    lib = np.lib.stride_tricks if fast_path_kind(xp) == "numpy" \
-        else __import__("cupy").lib.stride_tricks
-    return lib.as_strided(x, shape=(n, c, oh, ow, kh, kw),
-                          strides=(sn, sc, sh * stride, sw * stride, sh, sw), writeable=False)
+    shape, strides = (n, c, oh, ow, kh, kw), (sn, sc, sh * stride, sw * stride, sh, sw)
+    if fast_path_kind(xp) == "numpy":
+        return np.lib.stride_tricks.as_strided(x, shape, strides, writeable=False)
+    import cupy  # CuPy's as_strided has no ``writeable`` flag
+    return cupy.lib.stride_tricks.as_strided(x, shape, strides)
 
 
 def _windows_torch(xp, x, kh, kw, stride):

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Side-by-side MNIST benchmark: xpnet vs the PyTorch CPU and textbook NumPy references.
+
+Every run is its own process (so peak RSS is per framework), all with the same thread count,
+data, seed and timing protocol (../shared/bench/bench_common.py), interleaved round by round:
+torch, xpnet, textbook NumPy, torch, xpnet, ... Medians over rounds are reported with the ratio
+xpnet / reference, and optionally the examples' own ``images_per_second`` and a scaling table.
+
+    python benchmarks/run.py                          # main table, 2 rounds (about 4 minutes)
+    python benchmarks/run.py --scaling --examples     # plus batch-size/thread table and examples
+    python benchmarks/run.py --json results.json      # also write every raw result
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("XPNET_SHARED", ROOT.parent / "shared"))
+REFERENCES = {
+    "torch": SHARED / "bench" / "torch_reference.py",
+    "xpnet": ROOT / "benchmarks" / "xpnet_bench.py",
+    "numpy-textbook": SHARED / "bench" / "numpy_reference.py",
+}
+
+
+def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run a command and parse the JSON object on its last stdout line."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench(impl: str, model: str, args: argparse.Namespace, batch_size: int = 100,
+          threads: int | None = None, train_limit: int | None = None) -> dict:
+    cmd = [sys.executable, str(REFERENCES[impl]), "--model", model, "--json",
+           "--threads", str(threads or args.threads), "--batch-size", str(batch_size),
+           "--data-dir", str(args.data_dir / "mnist")]
+    if impl == "xpnet":
+        cmd += ["--backend", args.backend]
+    if train_limit:
+        cmd += ["--train-limit", str(train_limit)]
+    res = run_json(cmd)
+    res["impl"] = impl
+    print(f"  {impl:>15} {model}: {res['images_per_s']:>10,.0f} img/s  "
+          f"acc {res['test_accuracy']:.4f}  peak RSS {res['peak_rss_mb']:.0f} MB",
+          file=sys.stderr)
+    return res
+
+
+def median(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def main_table(args: argparse.Namespace) -> dict:
+    results: dict[str, dict[str, list[dict]]] = {m: {i: [] for i in REFERENCES}
+                                                 for m in args.models}
+    for rnd in range(1, args.rounds + 1):
+        print(f"round {rnd}/{args.rounds}", file=sys.stderr)
+        for model in args.models:
+            for impl in REFERENCES:
+                limit = args.train_limit
+                if impl == "numpy-textbook" and model == "cnn":
+                    limit = args.textbook_train_limit or limit
+                results[model][impl].append(bench(impl, model, args, train_limit=limit))
+    summary = {}
+    for model, by_impl in results.items():
+        row = {impl: {"images_per_s": median(runs, "images_per_s"),
+                      "epoch_seconds_60k": 60000 / median(runs, "images_per_s"),
+                      "test_accuracy": median(runs, "test_accuracy"),
+                      "peak_rss_mb": median(runs, "peak_rss_mb"),
+                      "runs_images_per_s": [r["images_per_s"] for r in runs]}
+               for impl, runs in by_impl.items()}
+        x = row["xpnet"]["images_per_s"]
+        row["ratio_vs_torch"] = x / row["torch"]["images_per_s"]
+        row["ratio_vs_numpy_textbook"] = x / row["numpy-textbook"]["images_per_s"]
+        summary[model] = row
+    return {"summary": summary, "raw": results}
+
+
+def print_table(summary: dict) -> None:
+    print("\n| model | framework | img/s (median) | epoch s (60k) | test acc | peak RSS MB |"
+          " runs img/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for model, row in summary.items():
+        for impl in REFERENCES:
+            r = row[impl]
+            runs = " / ".join(f"{v:,.0f}" for v in r["runs_images_per_s"])
+            print(f"| {model} | {impl} | {r['images_per_s']:,.0f} | "
+                  f"{r['epoch_seconds_60k']:.2f} | {r['test_accuracy']:.4f} | "
+                  f"{r['peak_rss_mb']:.0f} | {runs} |")
+    print("\n| model | xpnet / torch | xpnet / textbook NumPy |")
+    print("| --- | --- | --- |")
+    for model, row in summary.items():
+        print(f"| {model} | {row['ratio_vs_torch']:.2f}x | {row['ratio_vs_numpy_textbook']:.2f}x |")
+
+
+def scaling(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    print("scaling", file=sys.stderr)
+    for threads in (1, 2):
+        for bs in (32, 100, 256, 1024):
+            for impl in ("xpnet", "torch"):
+                r = bench(impl, "cnn", args, batch_size=bs, threads=threads,
+                          train_limit=args.scaling_train_limit)
+                rows.append({"impl": impl, "threads": threads, "batch_size": bs,
+                             "images_per_s": r["images_per_s"],
+                             "test_accuracy": r["test_accuracy"]})
+    print("\n| threads | batch | xpnet img/s | torch img/s | xpnet / torch |")
+    print("| --- | --- | --- | --- | --- |")
+    for threads in (1, 2):
+        for bs in (32, 100, 256, 1024):
+            x, t = (next(r["images_per_s"] for r in rows if r["impl"] == i and
+                         r["threads"] == threads and r["batch_size"] == bs)
+                    for i in ("xpnet", "torch"))
+            print(f"| {threads} | {bs} | {x:,.0f} | {t:,.0f} | {x / t:.2f}x |")
+    return rows
+
+
+def examples(args: argparse.Namespace) -> dict:
+    out = {}
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+               OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               XPNET_BACKEND=args.backend)
+    print("examples", file=sys.stderr)
+    for script in ("mnist_cnn.py", "mnist_mlp.py"):
+        res = run_json([sys.executable, str(ROOT / "examples" / script), "--epochs", "1",
+                        "--json", "--data-dir", str(args.data_dir)], env=env)
+        out[script] = {k: res[k] for k in ("images_per_second", "train_seconds",
+                                           "test_accuracy")}
+        print(f"  examples/{script} --epochs 1: {res['images_per_second']:,.0f} img/s, "
+              f"test acc {res['test_accuracy']:.4f}", file=sys.stderr)
+    print("\n| example (--epochs 1) | images_per_second | test_accuracy |")
+    print("| --- | --- | --- |")
+    for script, r in out.items():
+        print(f"| {script} | {r['images_per_second']:,.0f} | {r['test_accuracy']:.4f} |")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", choices=["cnn", "mlp"], default=["cnn", "mlp"],
+                   help="models to run (default: cnn mlp)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default: 2)")
+    p.add_argument("--threads", type=int, default=2, help="threads for all (default: 2)")
+    p.add_argument("--backend", default="numpy", help="xpnet backend (default: numpy)")
+    p.add_argument("--train-limit", type=int, default=None,
+                   help="training images per epoch, all frameworks (default: all 60000)")
+    p.add_argument("--textbook-train-limit", type=int, default=None,
+                   help="images for the slow textbook CNN only; img/s is per image "
+                        "(default: same as --train-limit)")
+    p.add_argument("--scaling", action="store_true",
+                   help="also run batch sizes 32/100/256/1024 x 1/2 threads (default: off)")
+    p.add_argument("--scaling-train-limit", type=int, default=12000,
+                   help="images per scaling run (default: 12000)")
+    p.add_argument("--examples", action="store_true",
+                   help="also run examples/mnist_cnn.py and mnist_mlp.py --epochs 1 "
+                        "(default: off)")
+    p.add_argument("--data-dir", type=Path, default=SHARED / "data",
+                   help="folder holding mnist/ (default: ../shared/data)")
+    p.add_argument("--json", type=Path, default=None, help="write all results here "
+                   "(default: none)")
+    args = p.parse_args(argv)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    out = {"date": started, "machine": machine_line(), "argv": sys.argv[1:]}
+    out.update(main_table(args))
+    print(f"\n{started}  {out['machine']}")
+    print_table(out["summary"])
+    if args.scaling:
+        out["scaling"] = scaling(args)
+    if args.examples:
+        out["examples"] = examples(args)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+def machine_line() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import numpy
+    return (f"{cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+            f"NumPy {numpy.__version__}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Conv2d, MaxPool2d and AvgPool2d (xpnet/conv.py): gradient checks and loop references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_gradients_close, dev, to_np
+
+import xpnet
+from xpnet.gradcheck import check_module
+
+# (kernel, stride, padding)
+CONV_CASES = [
+    pytest.param(3, 1, 0, id="k3s1p0"),
+    pytest.param(3, 1, 1, id="k3s1p1"),
+    pytest.param(3, 2, 1, id="k3s2p1"),
+    pytest.param(2, 2, 0, id="k2s2p0"),
+    pytest.param(2, 1, 2, id="k2s1p2"),
+    pytest.param(1, 1, 0, id="k1s1p0"),
+]
+POOL_CASES = [
+    pytest.param(2, 2, 0, id="k2s2p0"),
+    pytest.param(2, 1, 0, id="k2s1p0-overlap"),
+    pytest.param(3, 2, 1, id="k3s2p1-overlap"),
+    pytest.param(3, 1, 1, id="k3s1p1-overlap"),
+    pytest.param(3, 3, 0, id="k3s3p0"),
+]
+X_SHAPE = (2, 2, 5, 6)  # H != W catches swapped axes
+
+
+def _rand(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def _distinct(shape, seed=0):
+    """Values 0.1 apart in random order: no ties in any max-pooling window."""
+    n = int(np.prod(shape))
+    return (np.random.default_rng(seed).permutation(n) * 0.1 - n * 0.05).reshape(shape)
+
+
+def _out(size, k, s, p):
+    return (size + 2 * p - k) // s + 1
+
+
+def _pad(x, p, value=0.0):
+    return np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=value)
+
+
+# ---------------------------------------------------------------------- loop references
+def _ref_conv(x, w, b, s, p):
+    n, c, h, wd = x.shape
+    f, _, k, _ = w.shape
+    xp_ = _pad(x, p)
+    oh, ow = _out(h, k, s, p), _out(wd, k, s, p)
+    out = np.zeros((n, f, oh, ow))
+    for i_n in range(n):
+        for i_f in range(f):
+            for i in range(oh):
+                for j in range(ow):
+                    acc = b[i_f]
+                    for i_c in range(c):
+                        for a in range(k):
+                            for bb in range(k):
+                                acc += xp_[i_n, i_c, i * s + a, j * s + bb] * w[i_f, i_c, a, bb]
+                    out[i_n, i_f, i, j] = acc
+    return out
+
+
+def _ref_pool(x, k, s, p, kind):
+    n, c, h, w = x.shape
+    xp_ = _pad(x, p, -np.inf if kind == "max" else 0.0)
+    oh, ow = _out(h, k, s, p), _out(w, k, s, p)
+    out = np.zeros((n, c, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            win = xp_[:, :, i * s:i * s + k, j * s:j * s + k]
+            out[:, :, i, j] = win.max(axis=(2, 3)) if kind == "max" else win.sum(axis=(2, 3)) / k**2
+    return out
+
+
+def _ref_maxpool_backward(x, dout, k, s, p):
+    """Each window's gradient goes to its first maximum in row-major order (PyTorch's rule)."""
+    n, c, h, w = x.shape
+    xp_ = _pad(x, p, -np.inf)
+    dx = np.zeros_like(xp_)
+    for b in range(n):
+        for ch in range(c):
+            for i in range(dout.shape[2]):
+                for j in range(dout.shape[3]):
+                    win = xp_[b, ch, i * s:i * s + k, j * s:j * s + k]
+                    a, bb = np.unravel_index(np.argmax(win), win.shape)
+                    dx[b, ch, i * s + a, j * s + bb] += dout[b, ch, i, j]
+    return dx[:, :, p:p + h, p:p + w]
+
+
+def _conv(k, s, p, dtype="float64", seed=1):
+    layer = xpnet.Conv2d(2, 3, k, stride=s, padding=p, dtype=dtype, rng=xpnet.Generator(seed))
+    layer.b.data = dev(_rand(3, seed=seed + 10), dtype=dtype)
+    return layer
+
+
+# ---------------------------------------------------------------------- Conv2d
+@pytest.mark.parametrize("k,s,p", CONV_CASES)
+def test_conv2d_gradcheck(backend, k, s, p):
+    results = check_module(_conv(k, s, p), dev(_rand(X_SHAPE)))
+    assert_gradients_close(results, {"x", "W", "b"})
+
+
+@pytest.mark.parametrize("k,s,p", CONV_CASES)
+def test_conv2d_forward_matches_loop_reference(backend, k, s, p):
+    layer = _conv(k, s, p)
+    x = _rand(X_SHAPE)
+    y = layer(dev(x))
+    expected = _ref_conv(x, to_np(layer.W.data), to_np(layer.b.data), s, p)
+    assert tuple(y.shape) == expected.shape
+    np.testing.assert_allclose(to_np(y), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_conv2d_parameters_and_shapes(backend):
+    layer = xpnet.Conv2d(3, 5, 3, stride=2, padding=1)
+    assert layer.W.shape == (5, 3, 3, 3) and layer.b.shape == (5,)
+    assert set(layer.parameters()) == {"W", "b"}
+    y = layer(dev(np.zeros((4, 3, 7, 8), dtype=np.float32)))
+    assert tuple(y.shape) == (4, 5, 4, 4)
+    assert "3 -> 5, k=3, stride=2, padding=1" in repr(layer)
+
+
+def test_conv2d_first_layer_without_input_grad(backend):
+    rng = xpnet.Generator(2)
+    model = xpnet.Sequential(xpnet.Conv2d(2, 3, 3, padding=1, dtype="float64", rng=rng),
+                             xpnet.ReLU(), xpnet.Flatten(),
+                             xpnet.Linear(3 * 5 * 6, 2, dtype="float64", rng=rng))
+    x, dout = dev(_rand(X_SHAPE)), dev(_rand((2, 2), seed=1))
+    model(x)
+    model.backward(dout)
+    full = {n: to_np(p.grad).copy() for n, p in model.parameters().items()}
+    model.zero_grad()
+    model(x)
+    assert model.backward(dout, input_grad=False) is None
+    for n, p in model.parameters().items():
+        np.testing.assert_allclose(to_np(p.grad), full[n], rtol=1e-13, atol=1e-15, err_msg=n)
+
+
+# ---------------------------------------------------------------------- pooling
+@pytest.mark.parametrize("k,s,p", POOL_CASES)
+def test_maxpool2d_gradcheck(backend, k, s, p):
+    results = check_module(xpnet.MaxPool2d(k, stride=s, padding=p), dev(_distinct(X_SHAPE)))
+    assert_gradients_close(results, {"x"})
+
+
+@pytest.mark.parametrize("k,s,p", POOL_CASES)
+def test_avgpool2d_gradcheck(backend, k, s, p):
+    results = check_module(xpnet.AvgPool2d(k, stride=s, padding=p), dev(_rand(X_SHAPE)))
+    assert_gradients_close(results, {"x"})
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("k,s,p", POOL_CASES)
+def test_pool_forward_matches_loop_reference(backend, k, s, p, kind):
+    layer = (xpnet.MaxPool2d if kind == "max" else xpnet.AvgPool2d)(k, stride=s, padding=p)
+    x = _rand(X_SHAPE)
+    y = layer(dev(x))
+    expected = _ref_pool(x, k, s, p, kind)
+    assert tuple(y.shape) == expected.shape
+    np.testing.assert_allclose(to_np(y), expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("k,s,p", POOL_CASES)
+def test_maxpool2d_ties_send_the_gradient_to_the_first_maximum(backend, k, s, p):
+    x = np.random.default_rng(3).integers(0, 2, X_SHAPE).astype(np.float64)  # many ties
+    dout = _rand((2, 2, _out(5, k, s, p), _out(6, k, s, p)), seed=4)
+    layer = xpnet.MaxPool2d(k, stride=s, padding=p)
+    layer(dev(x))
+    dx = to_np(layer.backward(dev(dout)))
+    np.testing.assert_allclose(dx, _ref_maxpool_backward(x, dout, k, s, p), rtol=1e-12,
+                               atol=1e-14)
+
+
+def test_pool_stride_defaults_to_kernel(backend):
+    layer = xpnet.MaxPool2d(2)
+    assert layer.stride == 2
+    assert tuple(layer(dev(np.zeros((1, 1, 6, 6)))).shape) == (1, 1, 3, 3)
+
+
+def test_avgpool_counts_padding_in_the_average(backend):
+    y = to_np(xpnet.AvgPool2d(3, stride=1, padding=1)(dev(np.ones((1, 1, 3, 3)))))
+    assert y[0, 0, 0, 0] == pytest.approx(4 / 9) and y[0, 0, 1, 1] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------- bad input (item 9)
+@pytest.mark.parametrize("make,match", [
+    (lambda: xpnet.Conv2d(1, 2, 0), "kernel_size.*0"),
+    (lambda: xpnet.Conv2d(0, 2, 3), "in_channels.*0"),
+    (lambda: xpnet.Conv2d(1, -1, 3), "out_channels.*-1"),
+    (lambda: xpnet.Conv2d(1, 2, 3, stride=0), "stride.*0"),
+    (lambda: xpnet.Conv2d(1, 2, 3, padding=-1), "padding.*-1"),
+    (lambda: xpnet.MaxPool2d(0), "kernel_size.*0"),
+    (lambda: xpnet.MaxPool2d(2, padding=-1), "padding.*-1"),
+    (lambda: xpnet.MaxPool2d(2, padding=2), "at most"),
+    (lambda: xpnet.AvgPool2d(2, stride=-1), "stride.*-1"),
+], ids=["conv-k0", "conv-in0", "conv-out-neg", "conv-stride0", "conv-pad-neg", "max-k0",
+        "max-pad-neg", "max-pad-big", "avg-stride-neg"])
+def test_bad_constructor_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_conv2d_wrong_channels_names_layer_and_both_shapes(backend):
+    layer = xpnet.Conv2d(3, 4, 3)
+    with pytest.raises(ValueError) as info:
+        layer(dev(np.zeros((2, 1, 8, 8), dtype=np.float32)))
+    msg = str(info.value)
+    assert "Conv2d(3 -> 4" in msg and "(2, 1, 8, 8)" in msg and "(N, 3, H, W)" in msg
+
+
+def test_conv2d_needs_a_4d_input(backend):
+    with pytest.raises(ValueError, match=r"\(2, 64\).*\(N, 1, H, W\)"):
+        xpnet.Conv2d(1, 4, 3)(dev(np.zeros((2, 64), dtype=np.float32)))
+
+
+def test_image_smaller_than_kernel_is_refused(backend):
+    with pytest.raises(ValueError, match="smaller than the 5x5 kernel"):
+        xpnet.Conv2d(1, 2, 5)(dev(np.zeros((1, 1, 3, 3), dtype=np.float32)))
+    with pytest.raises(ValueError, match="smaller than the 3x3 kernel"):
+        xpnet.MaxPool2d(3)(dev(np.zeros((1, 1, 2, 2), dtype=np.float32)))
+
+
+def test_pool_refuses_integer_input(backend):
+    with pytest.raises(TypeError, match="floating"):
+        xpnet.MaxPool2d(2)(dev(np.zeros((1, 1, 4, 4), dtype=np.int32)))

@@ -1,0 +1,263 @@
+"""The ops hook: every fast path against the portable fallback and a direct loop reference."""
+
+from __future__ import annotations
+
+import array_api_compat
+import numpy as np
+import pytest
+from conftest import dev, to_np
+
+from xpnet import ops
+
+# (shape, kh, kw, stride, pad): overlapping (stride < k), exact tiling, gaps (stride > k)
+CASES = [
+    pytest.param((2, 3, 7, 7), 3, 3, 1, 0, id="k3s1p0-overlap"),
+    pytest.param((2, 3, 7, 7), 3, 3, 2, 1, id="k3s2p1-overlap"),
+    pytest.param((1, 2, 8, 8), 4, 4, 2, 1, id="k4s2p1-overlap"),
+    pytest.param((1, 2, 6, 6), 2, 2, 2, 0, id="k2s2p0-tiling"),
+    pytest.param((1, 2, 7, 5), 2, 2, 3, 0, id="k2s3p0-gaps"),
+    pytest.param((2, 1, 5, 6), 3, 3, 1, 2, id="k3s1p2-overlap"),
+    pytest.param((1, 3, 5, 6), 2, 3, 1, 1, id="k2x3s1p1-rect"),
+    pytest.param((1, 1, 4, 4), 1, 1, 1, 0, id="k1s1p0"),
+]
+
+EXPECTED_KIND = {"numpy": "numpy", "torch": "torch", "cupy": "cupy",
+                 "array_api_strict": "generic"}
+
+
+def _rand(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+# ---------------------------------------------------------------------- loop references
+def _ref_pad(x, pad, value=0.0):
+    return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=value)
+
+
+def _ref_windows(x, kh, kw, s):
+    n, c, h, w = x.shape
+    oh, ow = (h - kh) // s + 1, (w - kw) // s + 1
+    out = np.zeros((n, c, oh, ow, kh, kw), dtype=x.dtype)
+    for i in range(oh):
+        for j in range(ow):
+            for a in range(kh):
+                for b in range(kw):
+                    out[:, :, i, j, a, b] = x[:, :, i * s + a, j * s + b]
+    return out
+
+
+def _ref_add_windows(img, patches, s):
+    img = img.copy()
+    _, _, oh, ow, kh, kw = patches.shape
+    for i in range(oh):
+        for j in range(ow):
+            for a in range(kh):
+                for b in range(kw):
+                    img[:, :, i * s + a, j * s + b] += patches[:, :, i, j, a, b]
+    return img
+
+
+def _ref_im2col(x, kh, kw, s, pad):
+    """(kh*kw*C, N*OH*OW): rows ordered (kernel row, kernel column, channel), one column per
+    output pixel ordered (n, oh, ow), as documented in xpnet.ops.im2col."""
+    xpad = _ref_pad(x, pad)
+    n, c = x.shape[:2]
+    oh, ow = (xpad.shape[2] - kh) // s + 1, (xpad.shape[3] - kw) // s + 1
+    cols = np.zeros((kh * kw * c, n * oh * ow), dtype=x.dtype)
+    for p in range(kh):
+        for q in range(kw):
+            for ch in range(c):
+                for b in range(n):
+                    for i in range(oh):
+                        for j in range(ow):
+                            cols[(p * kw + q) * c + ch, (b * oh + i) * ow + j] = \
+                                xpad[b, ch, i * s + p, j * s + q]
+    return cols
+
+
+def _ref_col2im(cols, shape, kh, kw, s, pad):
+    n, c, h, w = shape
+    oh, ow = (h + 2 * pad - kh) // s + 1, (w + 2 * pad - kw) // s + 1
+    img = np.zeros((n, c, h + 2 * pad, w + 2 * pad))
+    for p in range(kh):
+        for q in range(kw):
+            for ch in range(c):
+                for b in range(n):
+                    for i in range(oh):
+                        for j in range(ow):
+                            img[b, ch, i * s + p, j * s + q] += \
+                                cols[(p * kw + q) * c + ch, (b * oh + i) * ow + j]
+    return img[:, :, pad:pad + h, pad:pad + w]
+
+
+def _cols_shape(shape, kh, kw, s, pad):
+    n, c, h, w = shape
+    return (kh * kw * c, n * ops.out_size(h, kh, s, pad) * ops.out_size(w, kw, s, pad))
+
+
+# ---------------------------------------------------------------------- dispatch
+def test_fast_path_kind_names_the_table(backend):
+    assert ops.fast_path_kind(backend.xp) == EXPECTED_KIND[backend.name]
+    x = dev(np.ones((1, 1, 2, 2)))
+    assert ops.fast_path_kind(array_api_compat.array_namespace(x)) == EXPECTED_KIND[backend.name]
+
+
+def test_fast_windows_are_views_and_generic_ones_copies(backend):
+    """Proves the dispatch really takes the fast path where one exists."""
+    host = _rand((1, 2, 5, 5))
+    x = dev(host)
+    fast, generic = ops.windows(x, 2, 2, 1), ops.windows(x, 2, 2, 1, generic=True)
+    if backend.name == "numpy":
+        assert np.shares_memory(fast, x) and not fast.flags.writeable
+        assert not np.shares_memory(generic, x)
+    elif backend.name == "torch":
+        assert fast.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+        assert generic.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+    np.testing.assert_array_equal(to_np(fast), to_np(generic))
+
+
+@pytest.mark.parametrize("size,k,stride,pad", [(28, 5, 1, 0), (28, 3, 1, 1), (7, 2, 2, 0),
+                                               (7, 3, 2, 1), (5, 5, 1, 0), (6, 2, 3, 0)])
+def test_out_size(size, k, stride, pad):
+    assert ops.out_size(size, k, stride, pad) == len(range(0, size + 2 * pad - k + 1, stride))
+
+
+# ---------------------------------------------------------------------- pad2d
+@pytest.mark.parametrize("pad,value", [(1, 0.0), (2, -np.inf), (3, 2.5)])
+def test_pad2d_fast_matches_generic_and_reference(backend, pad, value):
+    host = _rand((2, 3, 4, 5))
+    x = dev(host)
+    fast = ops.pad2d(x, pad, value)
+    generic = ops.pad2d(x, pad, value, generic=True)
+    assert fast.dtype == x.dtype and generic.dtype == x.dtype
+    assert array_api_compat.device(fast) == backend.device
+    np.testing.assert_array_equal(to_np(fast), _ref_pad(host, pad, value))
+    np.testing.assert_array_equal(to_np(generic), _ref_pad(host, pad, value))
+
+
+def test_pad2d_zero_is_a_no_op(backend):
+    x = dev(_rand((1, 1, 3, 3)))
+    assert ops.pad2d(x, 0) is x
+    assert ops.pad2d(x, 0, generic=True) is x
+
+
+# ---------------------------------------------------------------------- windows
+@pytest.mark.parametrize("shape,kh,kw,stride,pad", CASES)
+def test_windows_fast_matches_generic_and_reference(backend, shape, kh, kw, stride, pad):
+    host = _rand(shape)
+    x = dev(host)
+    expected = _ref_windows(host, kh, kw, stride)
+    fast = ops.windows(x, kh, kw, stride)
+    generic = ops.windows(x, kh, kw, stride, generic=True)
+    assert tuple(fast.shape) == tuple(generic.shape) == expected.shape
+    np.testing.assert_array_equal(to_np(fast), expected)
+    np.testing.assert_array_equal(to_np(generic), expected)
+
+
+def test_windows_of_a_non_contiguous_input(backend):
+    host = _rand((2, 3, 6, 6))
+    x = backend.xp.permute_dims(dev(host), (1, 0, 2, 3))  # a strided view on numpy / torch
+    expected = _ref_windows(host.transpose(1, 0, 2, 3), 3, 3, 1)
+    np.testing.assert_array_equal(to_np(ops.windows(x, 3, 3, 1)), expected)
+    np.testing.assert_array_equal(to_np(ops.windows(x, 3, 3, 1, generic=True)), expected)
+
+
+# ---------------------------------------------------------------------- add_windows
+@pytest.mark.parametrize("shape,kh,kw,stride,pad", CASES)
+def test_add_windows_fast_matches_generic_and_reference(backend, shape, kh, kw, stride, pad):
+    xp = backend.xp
+    n, c, h, w = shape
+    oh, ow = ops.out_size(h, kh, stride), ops.out_size(w, kw, stride)
+    patches_host = _rand((n, c, oh, ow, kh, kw), seed=1)
+    start = _rand(shape, seed=2)  # add into a non-zero image: the op accumulates
+    expected = _ref_add_windows(start, patches_host, stride)
+    results = []
+    for generic in (False, True):
+        img = dev(start)
+        out = ops.add_windows(img, dev(patches_host), stride, generic=generic)
+        assert out is img  # in place
+        assert out.dtype == xp.float64
+        results.append(to_np(out))
+    np.testing.assert_allclose(results[0], expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(results[1], expected, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------- im2col / col2im
+@pytest.mark.parametrize("shape,kh,kw,stride,pad", CASES)
+def test_im2col_fast_matches_generic_and_loop_reference(backend, shape, kh, kw, stride, pad):
+    host = _rand(shape)
+    x = dev(host)
+    expected = _ref_im2col(host, kh, kw, stride, pad)
+    assert expected.shape == _cols_shape(shape, kh, kw, stride, pad)
+    fast = ops.im2col(x, kh, kw, stride, pad)
+    generic = ops.im2col(x, kh, kw, stride, pad, generic=True)
+    np.testing.assert_array_equal(to_np(fast), expected)
+    np.testing.assert_array_equal(to_np(generic), expected)
+
+
+@pytest.mark.parametrize("shape,kh,kw,stride,pad", CASES)
+def test_col2im_fast_matches_generic_and_loop_reference(backend, shape, kh, kw, stride, pad):
+    cols_host = _rand(_cols_shape(shape, kh, kw, stride, pad), seed=3)
+    cols = dev(cols_host)
+    expected = _ref_col2im(cols_host, shape, kh, kw, stride, pad)
+    fast = ops.col2im(cols, shape, kh, kw, stride, pad)
+    generic = ops.col2im(cols, shape, kh, kw, stride, pad, generic=True)
+    assert tuple(fast.shape) == shape and tuple(generic.shape) == shape
+    np.testing.assert_allclose(to_np(fast), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(to_np(generic), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["fast", "generic"])
+@pytest.mark.parametrize("shape,kh,kw,stride,pad", CASES)
+def test_col2im_is_the_adjoint_of_im2col(backend, shape, kh, kw, stride, pad, generic):
+    """<col2im(y), x> == <y, im2col(x)> in float64."""
+    xp = backend.xp
+    x_host = _rand(shape, seed=4)
+    y_host = _rand(_cols_shape(shape, kh, kw, stride, pad), seed=5)
+    x, y = dev(x_host), dev(y_host)
+    assert x.dtype == xp.float64
+    lhs = float(xp.sum(ops.col2im(y, shape, kh, kw, stride, pad, generic=generic) * x))
+    rhs = float(xp.sum(y * ops.im2col(x, kh, kw, stride, pad, generic=generic)))
+    assert abs(lhs) > 1e-3  # not a vacuous 0 == 0
+    assert lhs == pytest.approx(rhs, rel=1e-12, abs=1e-12)
+
+
+def test_im2col_keeps_dtype_and_device(backend):
+    xp = backend.xp
+    x = dev(_rand((1, 2, 5, 5)).astype(np.float32))
+    cols = ops.im2col(x, 3, 3, 1, 1)
+    assert cols.dtype == xp.float32
+    assert array_api_compat.device(cols) == backend.device
+    img = ops.col2im(cols, (1, 2, 5, 5), 3, 3, 1, 1)
+    assert img.dtype == xp.float32
+    assert array_api_compat.device(img) == backend.device
+
+
+# ---------------------------------------------------------------------- uniform
+@pytest.mark.parametrize("generic", [False, True], ids=["fast", "generic"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_uniform_is_reproducible_in_range_with_dtype_and_device(backend, generic, dtype):
+    xp = backend.xp
+    shape = (50, 40)
+
+    def draw(seed):
+        return ops.uniform(seed, shape, getattr(xp, dtype), xp=xp, device=backend.device,
+                           generic=generic)
+
+    a, b, c = draw(123), draw(123), draw(124)
+    assert tuple(a.shape) == shape
+    assert a.dtype == getattr(xp, dtype)
+    assert array_api_compat.device(a) == backend.device
+    a_np, b_np, c_np = to_np(a), to_np(b), to_np(c)
+    np.testing.assert_array_equal(a_np, b_np)
+    assert not np.array_equal(a_np, c_np)
+    assert a_np.min() >= 0.0 and a_np.max() < 1.0
+    assert abs(a_np.mean() - 0.5) < 0.03  # 2000 draws: std of the mean is about 0.0065
+    assert len(np.unique(a_np)) > 0.99 * a_np.size
+
+
+def test_uniform_generic_draws_on_the_host_with_numpy(backend):
+    xp = backend.xp
+    u = ops.uniform(7, (3, 4), xp.float32, xp=xp, device=backend.device, generic=True)
+    expected = np.random.default_rng(7).random((3, 4), dtype=np.float32)
+    np.testing.assert_array_equal(to_np(u), expected)

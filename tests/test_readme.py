@@ -1,0 +1,36 @@
+"""The README's Python snippets run as written, in order, on every backend."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def snippets() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_has_api_tour():
+    text = README.read_text()
+    assert "## Quick start" in text
+    blocks = re.findall(r"## Quick start.*?```bash\n(.*?)```", text, flags=re.S)
+    commands = [line for line in blocks[0].splitlines() if line.strip()]
+    assert len(commands) == 2, commands
+    assert "examples/mnist_cnn.py" in commands[0]
+    assert "pytest" in commands[1] and ".[test]" in commands[1]
+    assert len(snippets()) >= 5
+
+
+def test_readme_snippets_run(backend, capsys):
+    namespace: dict = {}
+    for i, code in enumerate(snippets()):
+        try:
+            exec(compile(code, f"README.md snippet {i + 1}", "exec"), namespace)
+        except Exception as exc:  # pragma: no cover - the failure message is the point
+            raise AssertionError(f"README snippet {i + 1} failed on {backend.name}:\n{code}") \
+                from exc
+    out = capsys.readouterr().out
+    assert "['0.W', '0.b', '2.W', '2.b']" in out
+    assert "(8, 10)" in out
+    assert "expected (N, 2)" in out
+    assert "unknown backend 'tensorflow'" in out
