@@ -77,8 +77,11 @@ class Conv2d(Module):
         n = x.shape[0]
         oh, ow = _out_hw(self, x, self.k, self.stride, self.padding)
         self._x_shape = tuple(x.shape)
-        self._cols = ops.im2col(x, self.k, self.k, self.stride, self.padding, xp=xp)
-        out = self._w_matrix(xp) @ self._cols + xp.reshape(self.b.data, (-1, 1))  # (F, N*OH*OW)
+        # a ones row in cols and the bias as W's last column: the bias add rides in the matmul
+        self._cols = ops.im2col(x, self.k, self.k, self.stride, self.padding, ones_row=True,
+                                xp=xp)
+        w_aug = xp.concat([self._w_matrix(xp), xp.reshape(self.b.data, (-1, 1))], axis=1)
+        out = w_aug @ self._cols  # (F, N*OH*OW)
         return xp.permute_dims(xp.reshape(out, (self.out_channels, n, oh, ow)), (1, 0, 2, 3))
 
     def _w_matrix(self, xp: Any) -> Array:
@@ -90,9 +93,9 @@ class Conv2d(Module):
         xp = array_namespace(dout)
         d = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (self.out_channels, -1))
         f, c, k = self.out_channels, self.in_channels, self.k
-        dw = xp.reshape(d @ self._cols.T, (f, k, k, c))
-        self.W.grad = xp.permute_dims(dw, (0, 3, 1, 2))
-        self.b.grad = xp.sum(d, axis=1)
+        dw_aug = d @ self._cols.T  # (F, kh*kw*C + 1): the last column is the bias gradient
+        self.W.grad = xp.permute_dims(xp.reshape(dw_aug[:, :-1], (f, k, k, c)), (0, 3, 1, 2))
+        self.b.grad = dw_aug[:, -1]
         return d
 
     def backward(self, dout: Array) -> Array:

@@ -156,20 +156,44 @@ def add_windows(img: Array, patches: Array, stride: int = 1, *, xp: Any = None,
 
 
 # ------------------------------------------------------------------------- im2col / col2im
-def im2col(x: Array, kh: int, kw: int, stride: int = 1, pad: int = 0, *, xp: Any = None,
-           generic: bool = False) -> Array:
+def _im2col_generic(xp, win, k, m, ones_row):
+    cols = xp.reshape(xp.permute_dims(win, (4, 5, 1, 0, 2, 3)), (k, m))
+    if not ones_row:
+        return cols
+    return xp.concat([cols, xp.ones((1, m), dtype=cols.dtype, device=device(cols))], axis=0)
+
+
+def _im2col_copy_into(xp, win, k, m, ones_row):
+    # one copy of the windows straight into the (k [+ 1], m) result, ones row included
+    n, c, oh, ow, kh, kw = win.shape
+    cols = xp.empty((k + int(ones_row), m), dtype=win.dtype, device=device(win))
+    target = cols[:k].reshape(kh, kw, c, n, oh, ow)  # a view on NumPy, CuPy and torch
+    target[...] = xp.permute_dims(win, (4, 5, 1, 0, 2, 3))
+    if ones_row:
+        cols[k] = 1.0
+    return cols
+
+
+_IM2COL = {"numpy": _im2col_copy_into, "cupy": _im2col_copy_into, "torch": _im2col_copy_into}
+
+
+def im2col(x: Array, kh: int, kw: int, stride: int = 1, pad: int = 0, *, ones_row: bool = False,
+           xp: Any = None, generic: bool = False) -> Array:
     """Unfold an NCHW array into a (kh*kw*C, N*OH*OW) matrix: one column per output pixel.
 
     Rows are ordered (kernel row, kernel column, channel), so a (F, C, kh, kw) weight must be
     permuted to (F, kh, kw, C) before the matmul. This layout makes the single copy run over
     long contiguous rows, and lets ``W @ cols`` give a (F, N*OH*OW) result whose NCHW view
     is channel-major: the next convolution's im2col then reads contiguous memory.
+    With ``ones_row`` a last row of ones is appended, so a bias column in W rides along in the
+    same matmul (and its gradient comes out of the weight-gradient matmul).
     """
     xp = xp or array_namespace(x)
     c = x.shape[1]
     win = windows(pad2d(x, pad, xp=xp, generic=generic), kh, kw, stride, xp=xp, generic=generic)
     n, oh, ow = win.shape[0], win.shape[2], win.shape[3]
-    return xp.reshape(xp.permute_dims(win, (4, 5, 1, 0, 2, 3)), (kh * kw * c, n * oh * ow))
+    fn = _dispatch(_IM2COL, _im2col_generic, xp, generic)
+    return fn(xp, win, kh * kw * c, n * oh * ow, ones_row)
 
 
 def col2im(cols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int, stride: int = 1,
