@@ -174,7 +174,10 @@ class MaxPool2d(_Pool2d):
         hp, wp = h + 2 * p, w + 2 * p
         tiled = s == k and hp == oh * k and wp == ow * k  # every input in exactly one window
         alloc = xp.empty if tiled else xp.zeros
-        img = alloc((n, c, hp, wp), dtype=dout.dtype, device=device(dout))
+        # channel-major memory, like a convolution's output: the gradient flowing on into
+        # ReLU and Conv2d backward then needs no layout-changing copy
+        img = xp.permute_dims(alloc((c, n, hp, wp), dtype=dout.dtype, device=device(dout)),
+                              (1, 0, 2, 3))
         slices = list(self._slices(oh, ow))
         # The last slice that beat all earlier ones holds the (first) maximum: hand out the
         # gradient from the last slice backwards; slice 0 keeps what no later slice took.

@@ -218,9 +218,13 @@ class Adam(Optimizer):
         m += (1.0 - b1) * g
         v *= b2
         v += (1.0 - b2) * (g * g)
-        step = self.lr / (1.0 - b1 ** self.t)
-        denom = xp.sqrt(v) * (1.0 / math.sqrt(1.0 - b2 ** self.t)) + self.eps
-        p.data -= step * (m / denom)
+        # in-place on one temporary: every full-size allocation is memory traffic
+        update = xp.sqrt(v)
+        update *= 1.0 / math.sqrt(1.0 - b2 ** self.t)
+        update += self.eps
+        update = m / update
+        update *= self.lr / (1.0 - b1 ** self.t)
+        p.data -= update
 
 
 class AdamW(Adam):

@@ -1,0 +1,235 @@
+"""Plumbing shared by the example scripts, kept out of them so each reads as a tutorial.
+
+Not part of xpnet. It holds the argument parser with the flags every example has, the clean
+one-line exit for expected errors (unknown backend, missing library, corrupt data file), MNIST
+loading with ``--dry-run`` / ``--train-limit``, a stopwatch, a text table and ``--json`` output.
+
+Convention: progress and tables are human output and go to stderr while ``--json`` is on, so the
+last line on stdout is exactly one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import inspect
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace
+
+try:
+    import xpnet
+except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import xpnet
+from xpnet.data import BatchLoader
+from xpnet.data import load_mnist as _load_mnist
+from xpnet.train import TrainingDiverged
+
+# What a user can cause and fix without reading a traceback: a backend that cannot run here
+# (BackendError), a bad backend name, argument, data file or checkpoint (ValueError, which
+# covers xpnet.data.DataError and CheckpointError), a missing file or failed download (OSError)
+# and a diverged run (TrainingDiverged).
+EXPECTED_ERRORS = (xpnet.BackendError, ValueError, OSError, TrainingDiverged)
+
+DRY_RUN_IMAGES = 200  # MNIST train and test images used by --dry-run
+
+
+def prog(file: str) -> str:
+    """The name errors are reported under: 'examples/<script>.py'."""
+    return f"examples/{Path(file).name}"
+
+
+def make_parser(file: str, doc: str, *, epochs: int, lr: float | None, batch_size: int = 100,
+                seed: int = 0, mnist: bool = True, train_limit: int | None = None,
+                epochs_help: str = "number of epochs to train",
+                batch_help: str = "input batch size for training",
+                lr_help: str = "learning rate", lr_shown: str | None = None
+                ) -> argparse.ArgumentParser:
+    """An argument parser with the flags every example has, each help ending "(default: N)".
+
+    ``mnist`` adds ``--data-dir`` and ``--train-limit``; the synthetic examples (spiral, moons)
+    make their own data and leave those out. ``lr_shown`` replaces the default in the help text
+    when it is not a single number.
+    """
+    parser = argparse.ArgumentParser(prog=prog(file), description=doc.split("\n\n")[0],
+                                     epilog=f"What it reproduces and the results to expect: "
+                                            f"the docstring at the top of {prog(file)}.")
+    parser.add_argument("--backend", default=None, metavar="NAME",
+                        help="numpy, torch, array_api_strict, cupy or auto; overrides "
+                             "XPNET_BACKEND (default: XPNET_BACKEND, else auto)")
+    parser.add_argument("--epochs", type=int, default=epochs, metavar="N",
+                        help=f"{epochs_help} (default: {epochs})")
+    parser.add_argument("--batch-size", type=int, default=batch_size, metavar="N",
+                        help=f"{batch_help} (default: {batch_size})")
+    parser.add_argument("--lr", type=float, default=lr, metavar="LR",
+                        help=f"{lr_help} (default: {lr_shown or lr})")
+    parser.add_argument("--seed", type=int, default=seed, metavar="S",
+                        help=f"random seed of data, weights and batch order (default: {seed})")
+    if mnist:
+        parser.add_argument("--data-dir", default=None, metavar="DIR",
+                            help="folder holding the four MNIST .gz files or a mnist/ folder "
+                                 "with them; downloads into ~/.cache/xpnet when no folder has "
+                                 "them (default: $XPNET_DATA_DIR, then ~/.cache/xpnet)")
+        shown = "all 60000" if train_limit is None else train_limit
+        parser.add_argument("--train-limit", type=int, default=train_limit, metavar="N",
+                            help=f"use only the first N training images (default: {shown})")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="a few steps on tiny data, to check that the script runs "
+                             "(default: False)")
+    parser.add_argument("--plot", default=None, metavar="PATH",
+                        help="save a PNG figure to PATH (default: no figure)")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON summary as the last line of stdout; human output "
+                             "goes to stderr (default: False)")
+    return parser
+
+
+def check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   *names: str) -> None:
+    """parser.error() unless every named integer flag is at least 1 (or None)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
+
+
+def cli(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorate an example's ``main``: an expected error becomes one line on stderr, exit 1.
+
+    The line reads ``examples/<name>.py: error: <message>``, like argparse's usage errors.
+    """
+    name = prog(inspect.getfile(main))
+
+    @functools.wraps(main)
+    def wrapper(argv: Sequence[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except EXPECTED_ERRORS as exc:
+            message = str(exc).replace("\n", " ") or type(exc).__name__
+            print(f"{name}: error: {message}", file=sys.stderr)
+            return 1
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------- output
+def log(*parts: Any) -> None:
+    """Progress: always to stderr, so stdout stays clean for ``--json``."""
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def show(args: argparse.Namespace, text: str) -> None:
+    """Final human-readable results: stdout normally, stderr when ``--json`` is on."""
+    print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: NumPy scalars to Python numbers, NaN and infinities to None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def print_json(summary: dict[str, Any]) -> None:
+    """Print ``summary`` as one line of strict JSON on stdout."""
+    print(json.dumps(_plain(summary), allow_nan=False), flush=True)
+
+
+def backend_fields(backend: xpnet.Backend) -> dict[str, str]:
+    """The JSON fields every example reports about where it ran."""
+    return {"backend": backend.name, "backend_version": backend.version,
+            "device": str(backend.device)}
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | dict[str, str]) -> str:
+    """A plain-text table of ``rows`` (dicts); ``columns`` lists keys, or maps key -> header.
+
+    Numbers are right-aligned (floats with 4 decimals, or 3 significant digits below 0.01).
+    """
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if 0 < abs(v) < 0.01 else f"{v:.4f}"
+        return str(v)
+
+    headers = columns if isinstance(columns, dict) else {c: c for c in columns}
+    keys = list(headers)
+    cells = [[cell(r[k]) for k in keys] for r in rows]
+    widths = [max(len(headers[k]), *(len(row[i]) for row in cells)) for i, k in enumerate(keys)]
+    numeric = [all(isinstance(r[k], (int, float)) for r in rows) for k in keys]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    return "\n".join([line(list(headers.values())), line(["-" * w for w in widths]),
+                      *map(line, cells)])
+
+
+class Stopwatch:
+    """``with Stopwatch() as sw: ...`` then ``sw.seconds`` (wall-clock, perf_counter)."""
+
+    def __enter__(self) -> Stopwatch:
+        self.start, self.seconds = time.perf_counter(), 0.0
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+# ---------------------------------------------------------------------------- models and data
+def predictor(model: xpnet.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """``predict(points) -> class indices`` (host NumPy in and out), for xpnet.plot."""
+    def predict(points: np.ndarray) -> np.ndarray:
+        model.eval()
+        logits = model(xpnet.to_device(points))
+        return xpnet.to_numpy(array_namespace(logits).argmax(logits, axis=1))
+
+    return predict
+
+
+def l2_penalty(model: xpnet.Module, reg: float) -> Any:
+    """``0.5 * reg * sum(W**2)`` over the weight matrices (not biases): the regularisation loss
+    whose gradient ``reg * W`` is what an optimizer's ``weight_decay=reg`` adds."""
+    total = 0.0
+    for p in model.parameters().values():
+        if len(p.shape) >= 2:
+            xp = array_namespace(p.data)
+            total = total + 0.5 * reg * xp.sum(p.data * p.data)
+    return total
+
+
+def full_or_mini_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int
+                         ) -> list[tuple[Any, Any]] | BatchLoader:
+    """The whole host set as one device batch (``batch_size`` 0), else shuffled mini-batches."""
+    if batch_size == 0 or batch_size >= len(x):
+        return [(xpnet.to_device(x), xpnet.to_device(y))]
+    return BatchLoader(x, y, batch_size, rng=xpnet.Generator(seed))
+
+
+def load_mnist(args: argparse.Namespace, *, flatten: bool
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST as host arrays, honouring ``--data-dir``, ``--train-limit`` and ``--dry-run``
+    (which keeps 200 training and 200 test images)."""
+    limit = args.train_limit
+    if args.dry_run:
+        limit = min(limit or DRY_RUN_IMAGES, DRY_RUN_IMAGES)
+    x_train, y_train, x_test, y_test = _load_mnist(args.data_dir, flatten=flatten,
+                                                   train_limit=limit)
+    if args.dry_run:
+        x_test, y_test = x_test[:DRY_RUN_IMAGES], y_test[:DRY_RUN_IMAGES]
+    log(f"MNIST: {len(x_train)} training and {len(x_test)} test images")
+    return x_train, y_train, x_test, y_test
