@@ -3,6 +3,8 @@
 # on a machine with an NVIDIA GPU, CuPy and PyTorch CUDA installed, and MNIST in DATA:
 #   DATA=/path/to/data bash benchmarks/gpu_check.sh [OUT_DIR]
 # It writes OUT_DIR/gpu_check.log and one JSON line per measurement in OUT_DIR/gpu_results.jsonl.
+# Needs xpnet's dependencies importable: `pip install -e ".[test]"` (on a machine without an
+# index, install array-api-compat, array-api-extra, array-api-strict and tqdm from wheels first).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-gpu-results}
