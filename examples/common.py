@@ -233,3 +233,35 @@ def load_mnist(args: argparse.Namespace, *, flatten: bool
         x_test, y_test = x_test[:DRY_RUN_IMAGES], y_test[:DRY_RUN_IMAGES]
     log(f"MNIST: {len(x_train)} training and {len(x_test)} test images")
     return x_train, y_train, x_test, y_test
+
+
+def report_mnist_run(args: argparse.Namespace, backend: xpnet.Backend, history: Any,
+                     data: tuple, test: tuple[float, float], *, example: str, model: str,
+                     label: str, resumed_at: int) -> None:
+    """The shared ending of mnist_mlp.py and mnist_cnn.py: summary line, plot, JSON.
+
+    Timings cover the training loop only (the Trainer's per-epoch seconds: no data loading, no
+    evaluation), so ``images_per_second`` is comparable with benchmarks/run.py.
+    """
+    x_train, _, x_test, _ = data
+    test_loss, test_accuracy = test
+    train_seconds = sum(history["seconds"])
+    images_per_second = len(x_train) * len(history) / train_seconds if train_seconds else 0.0
+    last = history.last
+    show(args, f"{label} on {backend.name}: test accuracy {test_accuracy:.4f}, test loss "
+               f"{test_loss:.4f} after {len(history)} epoch(s); training {train_seconds:.1f} s, "
+               f"{images_per_second:,.0f} images/s")
+    if args.plot:
+        from xpnet.plot import learning_curves
+        learning_curves(history, args.plot, title=f"{label}, MNIST")
+        log(f"saved {args.plot}")
+    if args.json:
+        print_json({
+            "example": example, **backend_fields(backend), "model": model,
+            "epochs": len(history), "batch_size": args.batch_size, "lr": args.lr,
+            "schedule": args.schedule, "weight_decay": args.weight_decay,
+            "train_images": len(x_train), "test_images": len(x_test),
+            "test_accuracy": test_accuracy, "test_loss": test_loss,
+            "train_loss": last["loss"], "train_accuracy": last["train_acc"],
+            "train_seconds": train_seconds, "images_per_second": images_per_second,
+            "resumed_from_epoch": resumed_at, "history": history.records})

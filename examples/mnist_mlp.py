@@ -20,7 +20,6 @@ import common
 
 import xpnet
 from xpnet.models import TwoLayerNet
-from xpnet.plot import learning_curves
 from xpnet.train import Trainer
 
 
@@ -78,29 +77,10 @@ def main(argv=None):
     resumed_at = trainer.epoch
 
     history = train(trainer, data, args.epochs)
-    test_loss, test_accuracy = evaluate(trainer, x_test, y_test)
-
-    # timings cover the training loop only (no data loading, no evaluation)
-    train_seconds = sum(history["seconds"])
-    images_per_second = len(x_train) * len(history) / train_seconds if train_seconds else 0.0
-    last = history.last
-    common.show(args, f"TwoLayerNet 784-{args.hidden}-10 on {backend.name}: test accuracy "
-                      f"{test_accuracy:.4f}, test loss {test_loss:.4f} after {len(history)} "
-                      f"epoch(s); training {train_seconds:.1f} s, {images_per_second:,.0f} "
-                      f"images/s")
-    if args.plot:
-        learning_curves(history, args.plot, title=f"TwoLayerNet 784-{args.hidden}-10, MNIST")
-        common.log(f"saved {args.plot}")
-    if args.json:
-        common.print_json({
-            "example": "mnist_mlp", **common.backend_fields(backend), "model": "two_layer",
-            "epochs": len(history), "batch_size": args.batch_size, "lr": args.lr,
-            "schedule": args.schedule, "weight_decay": args.weight_decay,
-            "train_images": len(x_train), "test_images": len(x_test),
-            "test_accuracy": test_accuracy, "test_loss": test_loss,
-            "train_loss": last["loss"], "train_accuracy": last["train_acc"],
-            "train_seconds": train_seconds, "images_per_second": images_per_second,
-            "resumed_from_epoch": resumed_at, "history": history.records})
+    test = evaluate(trainer, x_test, y_test)
+    common.report_mnist_run(args, backend, history, data, test, example="mnist_mlp",
+                            model="two_layer", label=f"TwoLayerNet 784-{args.hidden}-10",
+                            resumed_at=resumed_at)
     return 0
 
 
