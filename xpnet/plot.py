@@ -41,17 +41,20 @@ def learning_curves(histories: Mapping[str, Any] | Any, path: str | Path,
     plt = _pyplot()
     runs = histories if isinstance(histories, Mapping) else {"": histories}
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for label, hist in runs.items():
+    for i, (label, hist) in enumerate(runs.items()):
         recs = _records(hist)
         epochs = [r["epoch"] for r in recs]
         prefix = f"{label} " if label else ""
-        ax_loss.plot(epochs, [r["loss"] for r in recs], marker="o", label=f"{prefix}train")
-        ax_acc.plot(epochs, [r["train_acc"] for r in recs], marker="o", label=f"{prefix}train")
+        # one colour per run (test dashed); markers only while they stay readable
+        style = {"color": f"C{i % 10}", "marker": "o" if len(recs) <= 30 else None,
+                 "markersize": 4}
+        ax_loss.plot(epochs, [r["loss"] for r in recs], label=f"{prefix}train", **style)
+        ax_acc.plot(epochs, [r["train_acc"] for r in recs], label=f"{prefix}train", **style)
         if recs and "test_acc" in recs[0]:
-            ax_acc.plot(epochs, [r["test_acc"] for r in recs], marker="s", linestyle="--",
-                        label=f"{prefix}test")
-            ax_loss.plot(epochs, [r["test_loss"] for r in recs], marker="s", linestyle="--",
-                         label=f"{prefix}test")
+            ax_acc.plot(epochs, [r["test_acc"] for r in recs], linestyle="--",
+                        label=f"{prefix}test", **style)
+            ax_loss.plot(epochs, [r["test_loss"] for r in recs], linestyle="--",
+                         label=f"{prefix}test", **style)
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
