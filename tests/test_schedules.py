@@ -86,3 +86,24 @@ def test_schedule_drives_the_optimizer_update(backend):
         opt.step()
         np.testing.assert_allclose(to_np(params["w"].data), expected, rtol=1e-15)
         sched.step()
+
+
+def test_cosine_warmup_values_and_per_step_in_trainer():
+    from xpnet.train import Trainer
+
+    opt = _opt(1.0)
+    sched = xpnet.CosineLR(opt, total_epochs=10, warmup=4, per_step=True)
+    assert opt.lr == pytest.approx(0.25)  # the warm-up starts at base / warmup
+    rates = _rates(sched, 10)
+    assert rates[:3] == pytest.approx([0.5, 0.75, 1.0])
+    assert rates[3] == pytest.approx(1.0) and rates[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(rates[3:], rates[4:]))  # decays after the warm-up
+
+    model = xpnet.Sequential(xpnet.Linear(2, 3))
+    optimizer = xpnet.SGD(model, lr=0.1)
+    sched = xpnet.CosineLR(optimizer, total_epochs=8, warmup=2, per_step=True)
+    x = np.random.default_rng(0).standard_normal((40, 2)).astype(np.float32)
+    y = np.arange(40) % 3
+    Trainer(model, optimizer, schedule=sched, batch_size=10, progress=False).fit(x, y, 2)
+    assert sched.epoch == 8  # 4 batches x 2 epochs: stepped once per optimizer step
+    assert optimizer.lr == pytest.approx(0.0, abs=1e-12)

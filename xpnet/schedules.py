@@ -1,6 +1,7 @@
-"""Learning-rate schedules: small objects a training loop calls once per epoch.
+"""Learning-rate schedules: small objects a training loop calls once per epoch (or, with
+``per_step=True``, once per optimizer step).
 
-``sched.step()`` advances one epoch and writes the new rate into ``optimizer.lr``.
+``sched.step()`` advances one unit and writes the new rate into ``optimizer.lr``.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ __all__ = ["CosineLR", "ExponentialLR", "Schedule", "StepLR"]
 
 
 class Schedule:
-    """Base class: remembers the optimizer's initial rate and the epoch count."""
+    """Base class: remembers the optimizer's initial rate and how often ``step`` was called
+    (``epoch``; optimizer steps when ``per_step`` is True, which the Trainer honours)."""
 
-    def __init__(self, optimizer: Any):
+    def __init__(self, optimizer: Any, per_step: bool = False):
         self.optimizer = optimizer
         self.base_lr = optimizer.lr
         self.epoch = 0
+        self.per_step = per_step
 
     def rate(self, epoch: int) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -63,16 +66,23 @@ class ExponentialLR(Schedule):
 
 
 class CosineLR(Schedule):
-    """Cosine annealing from the initial rate to ``min_lr`` over ``total_epochs``
-    (Loshchilov & Hutter 2017, without restarts); constant ``min_lr`` afterwards."""
+    """Cosine annealing from the initial rate to ``min_lr`` over ``total_epochs`` (Loshchilov &
+    Hutter 2017, without restarts), after an optional linear warm-up of ``warmup`` units;
+    constant ``min_lr`` afterwards. With ``per_step=True`` the units are optimizer steps
+    (``total_epochs`` then counts steps), which lets a single epoch anneal."""
 
-    def __init__(self, optimizer: Any, total_epochs: int, min_lr: float = 0.0):
-        super().__init__(optimizer)
+    def __init__(self, optimizer: Any, total_epochs: int, min_lr: float = 0.0, *,
+                 warmup: int = 0, per_step: bool = False):
+        super().__init__(optimizer, per_step)
         if total_epochs <= 0:
             raise ValueError(f"CosineLR: total_epochs must be positive, got {total_epochs}")
-        self.total_epochs, self.min_lr = total_epochs, min_lr
+        if not 0 <= warmup < total_epochs:
+            raise ValueError(f"CosineLR: warmup must be in [0, total_epochs), got {warmup}")
+        self.total_epochs, self.min_lr, self.warmup = total_epochs, min_lr, warmup
+        optimizer.lr = self.rate(0)  # the warm-up starts below the base rate
 
     def rate(self, epoch: int) -> float:
-        e = min(epoch, self.total_epochs)
-        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (
-            1.0 + math.cos(math.pi * e / self.total_epochs))
+        if epoch < self.warmup:
+            return self.base_lr * (epoch + 1) / self.warmup
+        done = min(1.0, (epoch - self.warmup) / (self.total_epochs - self.warmup))
+        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * done))

@@ -80,7 +80,8 @@ class Trainer:
     ----------
     model, optimizer : the model (its parameters already on the backend) and its optimizer.
     loss : defaults to :class:`SoftmaxCrossEntropy`.
-    schedule : an LR schedule stepped once per epoch.
+    schedule : an LR schedule, stepped once per epoch (per optimizer step if its
+        ``per_step`` is True).
     batch_size : images per step; the last partial batch is kept.
     seed : seeds the batch order.
     progress : show a tqdm bar per epoch (default: only when stderr is a terminal).
@@ -141,6 +142,8 @@ class Trainer:
             loss = self.loss.forward(logits, yb)
             self._backward(self.loss.backward())
             self.optimizer.step()
+            if self.schedule is not None and self.schedule.per_step:
+                self.schedule.step()
             xp = array_namespace(logits)
             hits = xp.sum(xp.astype(xp.argmax(logits, axis=1) == yb, xp.int32))
             loss_sum = loss if loss_sum is None else loss_sum + loss
@@ -193,7 +196,7 @@ class Trainer:
             if x_test is not None:
                 record["test_loss"], record["test_acc"] = self.evaluate(x_test, y_test)
             self.epoch += 1
-            if self.schedule is not None:
+            if self.schedule is not None and not self.schedule.per_step:
                 self.schedule.step()
             self.history.records.append(record)
             if self.verbose:
