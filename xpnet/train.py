@@ -135,7 +135,9 @@ class Trainer:
         self.model.train()
         loss_sum = correct = None
         seen = steps = 0
-        bar = tqdm(loader, total=total, disable=not self.progress, leave=False,
+        # an iterator, not the loader: tqdm.auto's async variant calls iter() on what it is
+        # given in __init__ and again to loop, which would draw (and waste) a second shuffle
+        bar = tqdm(iter(loader), total=total, disable=not self.progress, leave=False,
                    desc=f"epoch {self.epoch + 1}", unit="batch", file=sys.stderr)
         for xb, yb in bar:
             logits = self.model.forward(xb)
