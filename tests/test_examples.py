@@ -260,4 +260,4 @@ def test_mnist_cnn_one_epoch_accuracy():
     out = summary(run_example("mnist_cnn", "--epochs", "1", "--train-limit", "6000", "--json",
                               "--data-dir", str(mnist_dir()), threads=None))
     assert out["train_images"] == 6000 and out["test_images"] == 10000
-    assert out["test_accuracy"] >= 0.92, out["test_accuracy"]
+    assert out["test_accuracy"] >= 0.90, out["test_accuracy"]
