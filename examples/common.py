@@ -31,7 +31,7 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     import xpnet
 from xpnet.data import BatchLoader
 from xpnet.data import load_mnist as _load_mnist
-from xpnet.train import TrainingDiverged
+from xpnet.train import Trainer, TrainingDiverged
 
 # What a user can cause and fix without reading a traceback: a backend that cannot run here
 # (BackendError), a bad backend name, argument, data file or checkpoint (ValueError, which
@@ -265,3 +265,40 @@ def report_mnist_run(args: argparse.Namespace, backend: xpnet.Backend, history: 
             "train_loss": last["loss"], "train_accuracy": last["train_acc"],
             "train_seconds": train_seconds, "images_per_second": images_per_second,
             "resumed_from_epoch": resumed_at, "history": history.records})
+
+
+def add_trainer_flags(parser: argparse.ArgumentParser, *, weight_decay: float) -> None:
+    """--schedule, --weight-decay, --checkpoint and --resume, shared by the MNIST scripts."""
+    parser.add_argument("--schedule", choices=("cosine", "none"), default="cosine",
+                        help="learning-rate schedule: cosine decay to 0 over --epochs, or a "
+                             "constant rate (default: cosine)")
+    parser.add_argument("--weight-decay", type=float, default=weight_decay, metavar="WD",
+                        help=f"L2 weight decay of the weights (default: {weight_decay})")
+    parser.add_argument("--checkpoint", default=None, metavar="PATH",
+                        help="save a checkpoint to PATH after every epoch (default: none)")
+    parser.add_argument("--resume", action="store_true",
+                        help="load --checkpoint PATH first and continue to --epochs in total "
+                             "(default: False)")
+
+
+def check_resume(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--resume needs --checkpoint (an argparse error, exit 2)."""
+    if args.resume and not args.checkpoint:
+        parser.error("--resume needs --checkpoint PATH")
+
+
+def make_trainer(args: argparse.Namespace, model: xpnet.Module) -> tuple[Trainer, int]:
+    """Adam with the flags' rate and weight decay, the schedule, and a Trainer that saves to
+    --checkpoint after every epoch; with --resume, restored from it first.
+
+    Returns the trainer and the epoch it resumed after (0 for a fresh run).
+    """
+    optimizer = xpnet.Adam(model, lr=args.lr, weight_decay=args.weight_decay)
+    # the schedule is stepped once per epoch; a checkpoint saves and --resume restores it
+    schedule = xpnet.CosineLR(optimizer, args.epochs) if args.schedule == "cosine" else None
+    trainer = Trainer(model, optimizer, schedule=schedule, batch_size=args.batch_size,
+                      seed=args.seed, verbose=True, checkpoint=args.checkpoint)
+    if args.resume:
+        trainer.resume(args.checkpoint)
+        log(f"resumed from {args.checkpoint} after epoch {trainer.epoch}")
+    return trainer, trainer.epoch

@@ -27,7 +27,6 @@ import common
 
 import xpnet
 from xpnet.models import DeepConvNet, SimpleConvNet
-from xpnet.train import Trainer
 
 MODELS = {"simple": SimpleConvNet, "deep": DeepConvNet}
 
@@ -52,39 +51,21 @@ def main(argv=None):
     parser = common.make_parser(__file__, __doc__, epochs=8, lr=1e-3, batch_size=100)
     parser.add_argument("--model", choices=sorted(MODELS), default="simple",
                         help="SimpleConvNet or the deeper DeepConvNet (default: simple)")
-    parser.add_argument("--schedule", choices=("cosine", "none"), default="cosine",
-                        help="learning-rate schedule: cosine decay to 0 over --epochs, or a "
-                             "constant rate (default: cosine)")
-    parser.add_argument("--weight-decay", type=float, default=5e-4, metavar="WD",
-                        help="L2 weight decay of the weights (default: 0.0005)")
-    parser.add_argument("--checkpoint", default=None, metavar="PATH",
-                        help="save a checkpoint to PATH after every epoch (default: none)")
-    parser.add_argument("--resume", action="store_true",
-                        help="load --checkpoint PATH first and continue to --epochs in total "
-                             "(default: False)")
+    common.add_trainer_flags(parser, weight_decay=5e-4)
     args = parser.parse_args(argv)
     common.check_positive(parser, args, "epochs", "batch_size", "train_limit")
-    if args.resume and not args.checkpoint:
-        parser.error("--resume needs --checkpoint PATH")
+    common.check_resume(parser, args)
     if args.dry_run:
         args.epochs = 1
 
     backend = xpnet.set_backend(args.backend)  # None reads XPNET_BACKEND
     common.log(f"backend: {backend}")
     data = common.load_mnist(args, flatten=False)  # images (N, 1, 28, 28) in [0, 1]
-    x_train, _, x_test, y_test = data
+    _, _, x_test, y_test = data
 
     model = MODELS[args.model](seed=args.seed)
-    optimizer = xpnet.Adam(model, lr=args.lr, weight_decay=args.weight_decay)
-    # the schedule is stepped once per epoch; a checkpoint saves and --resume restores it
-    schedule = xpnet.CosineLR(optimizer, args.epochs) if args.schedule == "cosine" else None
-    trainer = Trainer(model, optimizer, schedule=schedule, batch_size=args.batch_size,
-                      seed=args.seed, verbose=True, checkpoint=args.checkpoint)
     common.log(f"{type(model).__name__}: {model.num_parameters():,} parameters")
-    if args.resume:
-        trainer.resume(args.checkpoint)
-        common.log(f"resumed from {args.checkpoint} after epoch {trainer.epoch}")
-    resumed_at = trainer.epoch
+    trainer, resumed_at = common.make_trainer(args, model)
 
     history = train(trainer, data, args.epochs)
     test = evaluate(trainer, x_test, y_test)

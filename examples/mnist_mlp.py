@@ -20,7 +20,6 @@ import common
 
 import xpnet
 from xpnet.models import TwoLayerNet
-from xpnet.train import Trainer
 
 
 def train(trainer, data, epochs):
@@ -43,38 +42,20 @@ def main(argv=None):
     parser = common.make_parser(__file__, __doc__, epochs=10, lr=1e-3, batch_size=100)
     parser.add_argument("--hidden", type=int, default=100, metavar="N",
                         help="hidden layer size (default: 100)")
-    parser.add_argument("--schedule", choices=("cosine", "none"), default="cosine",
-                        help="learning-rate schedule: cosine decay to 0 over --epochs, or a "
-                             "constant rate (default: cosine)")
-    parser.add_argument("--weight-decay", type=float, default=0.0, metavar="WD",
-                        help="L2 weight decay of the weights (default: 0.0)")
-    parser.add_argument("--checkpoint", default=None, metavar="PATH",
-                        help="save a checkpoint to PATH after every epoch (default: none)")
-    parser.add_argument("--resume", action="store_true",
-                        help="load --checkpoint PATH first and continue to --epochs in total "
-                             "(default: False)")
+    common.add_trainer_flags(parser, weight_decay=0.0)
     args = parser.parse_args(argv)
     common.check_positive(parser, args, "epochs", "batch_size", "train_limit", "hidden")
-    if args.resume and not args.checkpoint:
-        parser.error("--resume needs --checkpoint PATH")
+    common.check_resume(parser, args)
     if args.dry_run:
         args.epochs = 1
 
     backend = xpnet.set_backend(args.backend)  # None reads XPNET_BACKEND
     common.log(f"backend: {backend}")
     data = common.load_mnist(args, flatten=True)  # images (N, 784) in [0, 1]
-    x_train, _, x_test, y_test = data
+    _, _, x_test, y_test = data
 
     model = TwoLayerNet(784, args.hidden, 10, seed=args.seed)
-    optimizer = xpnet.Adam(model, lr=args.lr, weight_decay=args.weight_decay)
-    # the schedule is stepped once per epoch; a checkpoint saves and --resume restores it
-    schedule = xpnet.CosineLR(optimizer, args.epochs) if args.schedule == "cosine" else None
-    trainer = Trainer(model, optimizer, schedule=schedule, batch_size=args.batch_size,
-                      seed=args.seed, verbose=True, checkpoint=args.checkpoint)
-    if args.resume:
-        trainer.resume(args.checkpoint)
-        common.log(f"resumed from {args.checkpoint} after epoch {trainer.epoch}")
-    resumed_at = trainer.epoch
+    trainer, resumed_at = common.make_trainer(args, model)
 
     history = train(trainer, data, args.epochs)
     test = evaluate(trainer, x_test, y_test)

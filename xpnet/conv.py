@@ -119,11 +119,7 @@ class _Pool2d(Module):
         return f"k={self.k}, stride={self.stride}, padding={self.padding}"
 
     def _slices(self, oh: int, ow: int):
-        s, k = self.stride, self.k
-        for i in range(k):
-            for j in range(k):
-                yield (slice(None), slice(None), slice(i, i + s * (oh - 1) + 1, s),
-                       slice(j, j + s * (ow - 1) + 1, s))
+        return (index for _, _, index in ops.offset_slices(self.k, self.k, self.stride, oh, ow))
 
     def _prepare(self, x: Array, pad_value: float) -> tuple[Any, Array, int, int]:
         xp = check_input(self, x, 4, "(N, C, H, W)")

@@ -27,8 +27,8 @@ import array_api_extra as xpx
 import numpy as np
 from array_api_compat import array_namespace, device
 
-__all__ = ["add_windows", "col2im", "fast_path_kind", "im2col", "out_size", "pad2d",
-           "uniform", "windows"]
+__all__ = ["add_windows", "col2im", "fast_path_kind", "im2col", "offset_slices", "out_size",
+           "pad2d", "uniform", "windows"]
 
 Array = Any
 
@@ -51,6 +51,15 @@ def _dispatch(table: dict[str, Callable], fallback: Callable, xp: Any, generic: 
 def out_size(size: int, k: int, stride: int, pad: int = 0) -> int:
     """Output length of a sliding window: floor((size + 2*pad - k) / stride) + 1."""
     return (size + 2 * pad - k) // stride + 1
+
+
+def offset_slices(kh: int, kw: int, stride: int, oh: int, ow: int):
+    """Yield (i, j, index) for each kernel offset; ``x[index]`` is the (N, C, OH, OW) strided
+    slice of an NCHW array that offset (i, j) of every window reads."""
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, (slice(None), slice(None), slice(i, i + stride * (oh - 1) + 1, stride),
+                         slice(j, j + stride * (ow - 1) + 1, stride))
 
 
 # ----------------------------------------------------------------------------------- pad2d
@@ -83,8 +92,7 @@ def pad2d(x: Array, pad: int, value: float = 0.0, *, xp: Any = None,
 def _windows_generic(xp, x, kh, kw, stride):
     n, c, h, w = x.shape
     oh, ow = out_size(h, kh, stride), out_size(w, kw, stride)
-    parts = [x[:, :, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
-             for i in range(kh) for j in range(kw)]
+    parts = [x[index] for _, _, index in offset_slices(kh, kw, stride, oh, ow)]
     stacked = xp.stack(parts, axis=-1)  # (N, C, OH, OW, kh*kw)
     return xp.reshape(stacked, (n, c, oh, ow, kh, kw))
 
@@ -120,10 +128,8 @@ def windows(x: Array, kh: int, kw: int, stride: int = 1, *, xp: Any = None,
 # ----------------------------------------------------------------------------- add_windows
 def _add_windows_generic(xp, img, patches, stride):
     _, _, oh, ow, kh, kw = patches.shape
-    for i in range(kh):
-        for j in range(kw):
-            img[:, :, i:i + stride * (oh - 1) + 1:stride,
-                j:j + stride * (ow - 1) + 1:stride] += patches[:, :, :, :, i, j]
+    for i, j, index in offset_slices(kh, kw, stride, oh, ow):
+        img[index] += patches[:, :, :, :, i, j]
     return img
 
 
@@ -133,11 +139,9 @@ def _add_windows_torch(xp, img, patches, stride):
         return _add_windows_generic(xp, img, patches, stride)
     import torch.nn.functional as F
     cols = patches.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, oh * ow)
-    h, w = img.shape[2], img.shape[3]
     used_h, used_w = stride * (oh - 1) + kh, stride * (ow - 1) + kw
     folded = F.fold(cols, (used_h, used_w), (kh, kw), stride=stride)
     img[:, :, :used_h, :used_w] += folded
-    del h, w
     return img
 
 
