@@ -1,4 +1,5 @@
-"""Conv2d, MaxPool2d and AvgPool2d (xpnet/conv.py): gradient checks and loop references."""
+"""Conv2d, ConvMaxPool2d, MaxPool2d and AvgPool2d (xpnet/conv.py): gradient checks, loop
+references, and the fused conv+pool against the two layers it replaces."""
 
 from __future__ import annotations
 
@@ -139,6 +140,73 @@ def test_conv2d_first_layer_without_input_grad(backend):
     assert model.backward(dout, input_grad=False) is None
     for n, p in model.parameters().items():
         np.testing.assert_allclose(to_np(p.grad), full[n], rtol=1e-13, atol=1e-15, err_msg=n)
+
+
+# ---------------------------------------------------------------------- ConvMaxPool2d
+# (kernel, stride, padding, pool): conv outputs of 5x6 (k3s1p1: odd rows a floor-mode pool
+# drops), 3x3 (k3s2p1), 6x7 (k2s1p1), 7x8 (k3s1p2, pool 3 drops a row and two columns)
+FUSED_CASES = [
+    pytest.param(3, 1, 1, 2, id="k3s1p1-pool2"),
+    pytest.param(3, 2, 1, 2, id="k3s2p1-pool2"),
+    pytest.param(2, 1, 1, 2, id="k2s1p1-pool2"),
+    pytest.param(3, 1, 2, 3, id="k3s1p2-pool3"),
+    pytest.param(3, 1, 1, 1, id="k3s1p1-pool1"),
+]
+
+
+def _fused_and_book(k, s, p, pool, seed=1):
+    """A ConvMaxPool2d and Sequential(Conv2d, MaxPool2d) sharing the same W and b."""
+    fused = xpnet.ConvMaxPool2d(2, 3, k, stride=s, padding=p, pool=pool, dtype="float64",
+                                rng=xpnet.Generator(seed))
+    fused.b.data = dev(_rand(3, seed=seed + 10))
+    conv = xpnet.Conv2d(2, 3, k, stride=s, padding=p, dtype="float64")
+    conv.W, conv.b = fused.W, fused.b
+    return fused, xpnet.Sequential(conv, xpnet.MaxPool2d(pool))
+
+
+@pytest.mark.parametrize("k,s,p,pool", FUSED_CASES)
+def test_conv_maxpool2d_gradcheck(backend, k, s, p, pool):
+    fused, _ = _fused_and_book(k, s, p, pool)
+    results = check_module(fused, dev(_rand(X_SHAPE)))
+    assert_gradients_close(results, {"x", "W", "b"})
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("k,s,p,pool", FUSED_CASES)
+def test_conv_maxpool2d_equals_conv2d_then_maxpool2d(backend, k, s, p, pool, ties):
+    """Outputs and all gradients equal the unfused layers, ties going to the first maximum."""
+    fused, book = _fused_and_book(k, s, p, pool)
+    if ties:  # integer inputs and weights: many exactly equal conv outputs in a window
+        x = np.random.default_rng(3).integers(0, 2, X_SHAPE).astype(np.float64)
+        fused.W.data = dev(np.random.default_rng(4).integers(-1, 2, fused.W.shape) * 1.0)
+        fused.b.data = dev(np.zeros(3))
+    else:
+        x = _rand(X_SHAPE)
+    y = fused(dev(x))
+    np.testing.assert_allclose(to_np(y), to_np(book(dev(x))), rtol=1e-13, atol=1e-13)
+    dout = dev(_rand(tuple(y.shape), seed=6))
+    book(dev(x))
+    dx_book = to_np(book.backward(dout))
+    grads_book = {n: to_np(q.grad).copy() for n, q in fused.parameters().items()}
+    fused(dev(x))
+    np.testing.assert_allclose(to_np(fused.backward(dout)), dx_book, rtol=1e-12, atol=1e-12)
+    for n, q in fused.parameters().items():
+        np.testing.assert_allclose(to_np(q.grad), grads_book[n], rtol=1e-12, atol=1e-12,
+                                   err_msg=n)
+
+
+def test_conv_maxpool2d_shapes_repr_and_errors(backend):
+    layer = xpnet.ConvMaxPool2d(1, 4, 5, pool=2)
+    assert tuple(layer(dev(np.zeros((3, 1, 28, 28), dtype=np.float32))).shape) == (3, 4, 12, 12)
+    assert set(layer.parameters()) == {"W", "b"} and "pool=2" in repr(layer)
+    with pytest.raises(ValueError, match="pool.*0"):
+        xpnet.ConvMaxPool2d(1, 4, 3, pool=0)
+    with pytest.raises(ValueError, match=r"3x3 convolution output is smaller than the 4x4"):
+        xpnet.ConvMaxPool2d(1, 4, 3, pool=4)(dev(np.zeros((1, 1, 5, 5), dtype=np.float32)))
+    layer.eval()
+    y = layer(dev(np.zeros((1, 1, 28, 28), dtype=np.float32)))
+    with pytest.raises(RuntimeError, match="training mode"):
+        layer.backward(y)
 
 
 # ---------------------------------------------------------------------- pooling

@@ -57,42 +57,52 @@ def _ref_add_windows(img, patches, s):
     return img
 
 
-def _ref_im2col(x, kh, kw, s, pad):
+def _ref_im2col(x, kh, kw, s, pad, pool=1):
     """(kh*kw*C, N*OH*OW): rows ordered (kernel row, kernel column, channel), one column per
-    output pixel ordered (n, oh, ow), as documented in xpnet.ops.im2col."""
+    output pixel ordered (n, oh, ow), as documented in xpnet.ops.im2col; with ``pool`` the
+    columns are ordered (di, dj, n, a, b) for output pixel (pool*a + di, pool*b + dj), and
+    pixels a floor-mode pool drops are left out."""
     xpad = _ref_pad(x, pad)
     n, c = x.shape[:2]
     oh, ow = (xpad.shape[2] - kh) // s + 1, (xpad.shape[3] - kw) // s + 1
-    cols = np.zeros((kh * kw * c, n * oh * ow), dtype=x.dtype)
+    na, nb = oh // pool, ow // pool
+    cols = np.zeros((kh * kw * c, n * na * nb * pool * pool), dtype=x.dtype)
     for p in range(kh):
         for q in range(kw):
             for ch in range(c):
-                for b in range(n):
-                    for i in range(oh):
-                        for j in range(ow):
-                            cols[(p * kw + q) * c + ch, (b * oh + i) * ow + j] = \
-                                xpad[b, ch, i * s + p, j * s + q]
+                for col, (b, i, j) in _pixels(n, na, nb, pool):
+                    cols[(p * kw + q) * c + ch, col] = xpad[b, ch, i * s + p, j * s + q]
     return cols
 
 
-def _ref_col2im(cols, shape, kh, kw, s, pad):
+def _pixels(n, na, nb, pool):
+    """(column, (image, output row, output column)) in im2col's column order."""
+    col = 0
+    for di in range(pool):
+        for dj in range(pool):
+            for b in range(n):
+                for a in range(na):
+                    for bb in range(nb):
+                        yield col, (b, pool * a + di, pool * bb + dj)
+                        col += 1
+
+
+def _ref_col2im(cols, shape, kh, kw, s, pad, pool=1):
     n, c, h, w = shape
     oh, ow = (h + 2 * pad - kh) // s + 1, (w + 2 * pad - kw) // s + 1
     img = np.zeros((n, c, h + 2 * pad, w + 2 * pad))
     for p in range(kh):
         for q in range(kw):
             for ch in range(c):
-                for b in range(n):
-                    for i in range(oh):
-                        for j in range(ow):
-                            img[b, ch, i * s + p, j * s + q] += \
-                                cols[(p * kw + q) * c + ch, (b * oh + i) * ow + j]
+                for col, (b, i, j) in _pixels(n, oh // pool, ow // pool, pool):
+                    img[b, ch, i * s + p, j * s + q] += cols[(p * kw + q) * c + ch, col]
     return img[:, :, pad:pad + h, pad:pad + w]
 
 
-def _cols_shape(shape, kh, kw, s, pad):
+def _cols_shape(shape, kh, kw, s, pad, pool=1):
     n, c, h, w = shape
-    return (kh * kw * c, n * ops.out_size(h, kh, s, pad) * ops.out_size(w, kw, s, pad))
+    oh, ow = ops.out_size(h, kh, s, pad), ops.out_size(w, kw, s, pad)
+    return (kh * kw * c, n * (oh // pool) * (ow // pool) * pool * pool)
 
 
 # ---------------------------------------------------------------------- dispatch
@@ -183,41 +193,50 @@ def test_add_windows_fast_matches_generic_and_reference(backend, shape, kh, kw, 
 
 
 # ---------------------------------------------------------------------- im2col / col2im
+POOLS = pytest.mark.parametrize("pool", [1, 2], ids=["pool1", "pool2"])
+
+
+@POOLS
 @pytest.mark.parametrize("shape,kh,kw,stride,pad", CASES)
-def test_im2col_fast_matches_generic_and_loop_reference(backend, shape, kh, kw, stride, pad):
+def test_im2col_fast_matches_generic_and_loop_reference(backend, shape, kh, kw, stride, pad,
+                                                        pool):
     host = _rand(shape)
     x = dev(host)
-    expected = _ref_im2col(host, kh, kw, stride, pad)
-    assert expected.shape == _cols_shape(shape, kh, kw, stride, pad)
-    fast = ops.im2col(x, kh, kw, stride, pad)
-    generic = ops.im2col(x, kh, kw, stride, pad, generic=True)
+    expected = _ref_im2col(host, kh, kw, stride, pad, pool)
+    assert expected.shape == _cols_shape(shape, kh, kw, stride, pad, pool)
+    fast = ops.im2col(x, kh, kw, stride, pad, pool=pool)
+    generic = ops.im2col(x, kh, kw, stride, pad, pool=pool, generic=True)
     np.testing.assert_array_equal(to_np(fast), expected)
     np.testing.assert_array_equal(to_np(generic), expected)
 
 
+@POOLS
 @pytest.mark.parametrize("shape,kh,kw,stride,pad", CASES)
-def test_col2im_fast_matches_generic_and_loop_reference(backend, shape, kh, kw, stride, pad):
-    cols_host = _rand(_cols_shape(shape, kh, kw, stride, pad), seed=3)
+def test_col2im_fast_matches_generic_and_loop_reference(backend, shape, kh, kw, stride, pad,
+                                                        pool):
+    cols_host = _rand(_cols_shape(shape, kh, kw, stride, pad, pool), seed=3)
     cols = dev(cols_host)
-    expected = _ref_col2im(cols_host, shape, kh, kw, stride, pad)
-    fast = ops.col2im(cols, shape, kh, kw, stride, pad)
-    generic = ops.col2im(cols, shape, kh, kw, stride, pad, generic=True)
+    expected = _ref_col2im(cols_host, shape, kh, kw, stride, pad, pool)
+    fast = ops.col2im(cols, shape, kh, kw, stride, pad, pool=pool)
+    generic = ops.col2im(cols, shape, kh, kw, stride, pad, pool=pool, generic=True)
     assert tuple(fast.shape) == shape and tuple(generic.shape) == shape
     np.testing.assert_allclose(to_np(fast), expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(to_np(generic), expected, rtol=1e-12, atol=1e-12)
 
 
+@POOLS
 @pytest.mark.parametrize("generic", [False, True], ids=["fast", "generic"])
 @pytest.mark.parametrize("shape,kh,kw,stride,pad", CASES)
-def test_col2im_is_the_adjoint_of_im2col(backend, shape, kh, kw, stride, pad, generic):
+def test_col2im_is_the_adjoint_of_im2col(backend, shape, kh, kw, stride, pad, generic, pool):
     """<col2im(y), x> == <y, im2col(x)> in float64."""
     xp = backend.xp
     x_host = _rand(shape, seed=4)
-    y_host = _rand(_cols_shape(shape, kh, kw, stride, pad), seed=5)
+    y_host = _rand(_cols_shape(shape, kh, kw, stride, pad, pool), seed=5)
     x, y = dev(x_host), dev(y_host)
     assert x.dtype == xp.float64
-    lhs = float(xp.sum(ops.col2im(y, shape, kh, kw, stride, pad, generic=generic) * x))
-    rhs = float(xp.sum(y * ops.im2col(x, kh, kw, stride, pad, generic=generic)))
+    lhs = float(xp.sum(ops.col2im(y, shape, kh, kw, stride, pad, pool=pool, generic=generic)
+                       * x))
+    rhs = float(xp.sum(y * ops.im2col(x, kh, kw, stride, pad, pool=pool, generic=generic)))
     assert abs(lhs) > 1e-3  # not a vacuous 0 == 0
     assert lhs == pytest.approx(rhs, rel=1e-12, abs=1e-12)
 

@@ -15,7 +15,7 @@ from .backend import (
     to_device,
     to_numpy,
 )
-from .conv import AvgPool2d, Conv2d, MaxPool2d
+from .conv import AvgPool2d, Conv2d, ConvMaxPool2d, MaxPool2d
 from .layers import (
     BatchNorm,
     Dropout,
@@ -37,10 +37,10 @@ from .schedules import CosineLR, ExponentialLR, StepLR
 __version__ = "0.1.0"
 
 __all__ = [
-    "MSE", "SGD", "AdaGrad", "Adam", "AdamW", "AvgPool2d", "Backend", "BackendError",
-    "BatchNorm", "Conv2d", "CosineLR", "DeviceMismatchError", "Dropout", "ExponentialLR",
-    "Flatten", "Generator", "LeakyReLU", "Linear", "MaxPool2d", "Module", "Momentum", "Nesterov",
-    "Parameter", "RMSProp", "ReLU", "Sequential", "Sigmoid", "Softmax", "SoftmaxCrossEntropy",
-    "StepLR", "Tanh", "available_backends", "clip_grad_norm", "current", "get_backend",
-    "set_backend", "to_device", "to_numpy", "__version__",
+    "AdaGrad", "Adam", "AdamW", "AvgPool2d", "Backend", "BackendError", "BatchNorm", "Conv2d",
+    "ConvMaxPool2d", "CosineLR", "DeviceMismatchError", "Dropout", "ExponentialLR", "Flatten",
+    "Generator", "LeakyReLU", "Linear", "MSE", "MaxPool2d", "Module", "Momentum", "Nesterov",
+    "Parameter", "RMSProp", "ReLU", "SGD", "Sequential", "Sigmoid", "Softmax",
+    "SoftmaxCrossEntropy", "StepLR", "Tanh", "available_backends", "clip_grad_norm", "current",
+    "get_backend", "set_backend", "to_device", "to_numpy", "__version__",
 ]

@@ -19,7 +19,7 @@ from .layers import _positive
 from .module import Module, check_input
 from .rng import Generator
 
-__all__ = ["AvgPool2d", "Conv2d", "MaxPool2d"]
+__all__ = ["AvgPool2d", "Conv2d", "ConvMaxPool2d", "MaxPool2d"]
 
 Array = Any
 
@@ -70,28 +70,39 @@ class Conv2d(Module):
                 f"padding={self.padding}")
 
     def forward(self, x: Array) -> Array:
+        xp, out = self._conv_matrix(x, pool=1)
+        n, _, oh, ow = self._out_shape
+        return xp.permute_dims(xp.reshape(out, (self.out_channels, n, oh, ow)), (1, 0, 2, 3))
+
+    def _conv_matrix(self, x: Array, pool: int) -> tuple[Any, Array]:
+        """Check x, keep its im2col matrix, return (xp, W @ cols): the (F, N*OH*OW) output
+        (columns in im2col's ``pool`` order)."""
         xp = check_input(self, x, 4, f"(N, {self.in_channels}, H, W)", like=self.W.data)
         if x.shape[1] != self.in_channels:
             raise ValueError(f"{self!r}: input x has shape {tuple(x.shape)}; expected "
                              f"(N, {self.in_channels}, H, W)")
-        n = x.shape[0]
         oh, ow = _out_hw(self, x, self.k, self.stride, self.padding)
-        self._x_shape = tuple(x.shape)
+        self._x_shape, self._out_shape = tuple(x.shape), (x.shape[0], self.out_channels, oh, ow)
+        self._pool = pool
         # a ones row in cols and the bias as W's last column: the bias add rides in the matmul
         self._cols = ops.im2col(x, self.k, self.k, self.stride, self.padding, ones_row=True,
-                                xp=xp)
+                                pool=pool, xp=xp)
         w_aug = xp.concat([self._w_matrix(xp), xp.reshape(self.b.data, (-1, 1))], axis=1)
-        out = w_aug @ self._cols  # (F, N*OH*OW)
-        return xp.permute_dims(xp.reshape(out, (self.out_channels, n, oh, ow)), (1, 0, 2, 3))
+        return xp, w_aug @ self._cols
 
     def _w_matrix(self, xp: Any) -> Array:
         """W as (F, kh*kw*C), matching the row order of :func:`xpnet.ops.im2col`."""
         return xp.reshape(xp.permute_dims(self.W.data, (0, 2, 3, 1)), (self.out_channels, -1))
 
+    def _output_grad_matrix(self, dout: Array) -> Array:
+        """dout (N, F, OH, OW) as the (F, N*OH*OW) matrix matching the forward's columns."""
+        xp = array_namespace(dout)
+        return xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (self.out_channels, -1))
+
     def param_backward(self, dout: Array) -> Array:
         """Fill W.grad and b.grad; return dout as a (F, N*OH*OW) matrix."""
         xp = array_namespace(dout)
-        d = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (self.out_channels, -1))
+        d = self._output_grad_matrix(dout)
         f, c, k = self.out_channels, self.in_channels, self.k
         dw_aug = d @ self._cols.T  # (F, kh*kw*C + 1): the last column is the bias gradient
         self.W.grad = xp.permute_dims(xp.reshape(dw_aug[:, :-1], (f, k, k, c)), (0, 3, 1, 2))
@@ -102,7 +113,42 @@ class Conv2d(Module):
         xp = array_namespace(dout)
         d = self.param_backward(dout)
         dcols = self._w_matrix(xp).T @ d
-        return ops.col2im(dcols, self._x_shape, self.k, self.k, self.stride, self.padding, xp=xp)
+        return ops.col2im(dcols, self._x_shape, self.k, self.k, self.stride, self.padding,
+                          pool=self._pool, xp=xp)
+
+
+def _max_of(xp: Any, parts: list[Array], keep_beats: bool) -> tuple[Array, list[Array] | None]:
+    """Elementwise maximum of ``parts``; with ``keep_beats`` also the masks "part i beat every
+    earlier part" (i >= 1), from which :func:`_route_max_grad` sends the gradient to the first
+    maximum, as PyTorch does, without the input or an argmax."""
+    out, beats = parts[0], []
+    for part in parts[1:]:
+        new = xp.maximum(out, part)
+        if keep_beats:
+            beats.append(new != out)  # strictly larger; cheaper than re-reading the part
+        out = new
+    return out, beats if keep_beats else None
+
+
+def _route_max_grad(dout: Array, beats: list[Array]):
+    """Yield (part index, gradient) for each part of :func:`_max_of`, last part first.
+
+    The last part that beat all earlier ones holds the (first) maximum: hand out the gradient
+    from the last part backwards; part 0 keeps what no later part took.
+    """
+    xp = array_namespace(dout)
+    remaining = dout
+    for i in range(len(beats), 0, -1):
+        g = remaining * xp.astype(beats[i - 1], dout.dtype)
+        # in place once remaining is our own array (never on the caller's dout)
+        remaining = remaining - g if remaining is dout else _isub(remaining, g)
+        yield i, g
+    yield 0, remaining
+
+
+def _isub(a: Array, b: Array) -> Array:
+    a -= b
+    return a
 
 
 class _Pool2d(Module):
@@ -148,16 +194,7 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, x: Array) -> Array:
         xp, xpad, oh, ow = self._prepare(x, -float("inf"))
-        out, beats = None, []
-        for sl in self._slices(oh, ow):
-            if out is None:
-                out = xpad[sl]
-                continue
-            new = xp.maximum(out, xpad[sl])
-            if self.training:
-                beats.append(new != out)  # strictly larger; cheaper than re-reading the slice
-            out = new
-        self._beats = beats if self.training else None
+        out, self._beats = _max_of(xp, [xpad[sl] for sl in self._slices(oh, ow)], self.training)
         return out
 
     def backward(self, dout: Array) -> Array:
@@ -175,20 +212,11 @@ class MaxPool2d(_Pool2d):
         img = xp.permute_dims(alloc((c, n, hp, wp), dtype=dout.dtype, device=device(dout)),
                               (1, 0, 2, 3))
         slices = list(self._slices(oh, ow))
-        # The last slice that beat all earlier ones holds the (first) maximum: hand out the
-        # gradient from the last slice backwards; slice 0 keeps what no later slice took.
-        remaining = dout
-        for sl, beat in zip(reversed(slices[1:]), reversed(self._beats)):
-            g = remaining * xp.astype(beat, dout.dtype)
-            remaining = remaining - g
+        for i, g in _route_max_grad(dout, self._beats):
             if tiled:
-                img[sl] = g
+                img[slices[i]] = g
             else:
-                img[sl] += g
-        if tiled:
-            img[slices[0]] = remaining
-        else:
-            img[slices[0]] += remaining
+                img[slices[i]] += g
         return img[:, :, p:p + h, p:p + w] if p else img
 
 
@@ -209,3 +237,59 @@ class AvgPool2d(_Pool2d):
         n, c, oh, ow = share.shape
         patches = xp.broadcast_to(share[:, :, :, :, None, None], (n, c, oh, ow, self.k, self.k))
         return self._fold(xp, patches)
+
+
+class ConvMaxPool2d(Conv2d):
+    """Conv2d followed by MaxPool2d(pool) (stride ``pool``, no padding), fused: the same
+    outputs and gradients as ``Sequential(Conv2d(...), MaxPool2d(pool))``, and the same
+    parameters W and b as the Conv2d.
+
+    Why: a max-pool over a convolution's output reads it through stride-``pool`` slices, which
+    NumPy processes about 9x slower than contiguous memory. Here im2col orders its columns
+    pool-offset-major (:func:`xpnet.ops.im2col` with ``pool``), so the convolution's matmul
+    writes each of the pool*pool window offsets as one contiguous block and the max (and its
+    gradient) run over whole blocks. Convolution outputs a floor-mode pool would drop are not
+    computed. Output (N, out_channels, OH // pool, OW // pool).
+
+    It pays on large outputs with few channels: SimpleConvNet's 30 x 24 x 24 conv + pool at
+    batch 100 takes 6.0 instead of 8.1 ms (forward + backward). With many channels on small
+    images the pool-blocked im2col copy runs over short rows and costs more than it saves
+    (DeepConvNet keeps Conv2d + MaxPool2d).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
+                 pool: int = 2, stride: int = 1, padding: int = 0, init: InitSpec = "he",
+                 rng: Generator | None = None, dtype: str = "float32",
+                 backend: Backend | None = None):
+        _positive("pool", pool, "ConvMaxPool2d")
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
+                         padding=padding, init=init, rng=rng, dtype=dtype, backend=backend)
+        self.pool = pool
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, pool={self.pool}"
+
+    def forward(self, x: Array) -> Array:
+        xp, out = self._conv_matrix(x, pool=self.pool)
+        n, f, oh, ow = self._out_shape
+        a, b = oh // self.pool, ow // self.pool
+        if a == 0 or b == 0:
+            raise ValueError(f"{self!r}: input x has shape {tuple(x.shape)}; its {oh}x{ow} "
+                             f"convolution output is smaller than the {self.pool}x{self.pool} "
+                             "pooling window")
+        blocks = xp.reshape(out, (f, self.pool ** 2, n * a * b))
+        parts = [blocks[:, i, :] for i in range(self.pool ** 2)]
+        pooled, self._beats = _max_of(xp, parts, self.training)
+        return xp.permute_dims(xp.reshape(pooled, (f, n, a, b)), (1, 0, 2, 3))
+
+    def _output_grad_matrix(self, dout: Array) -> Array:
+        if self._beats is None:
+            raise RuntimeError(f"{self!r}: backward needs a forward pass in training mode")
+        xp = array_namespace(dout)
+        f = self.out_channels
+        d_pooled = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (f, -1))
+        blocks = xp.empty((f, self.pool ** 2, d_pooled.shape[1]), dtype=dout.dtype,
+                          device=device(dout))
+        for i, g in _route_max_grad(d_pooled, self._beats):
+            blocks[:, i, :] = g
+        return xp.reshape(blocks, (f, -1))

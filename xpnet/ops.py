@@ -160,19 +160,37 @@ def add_windows(img: Array, patches: Array, stride: int = 1, *, xp: Any = None,
 
 
 # ------------------------------------------------------------------------- im2col / col2im
-def _im2col_generic(xp, win, k, m, ones_row):
-    cols = xp.reshape(xp.permute_dims(win, (4, 5, 1, 0, 2, 3)), (k, m))
+# im2col's (kh*kw*C, N*OH*OW) matrix, seen as 8 axes: its rows (kh, kw, C) and its columns in
+# "pool-blocked" order (P, P, N, A, B), where output pixel (oh, ow) = (P*a + di, P*b + dj). With
+# pool=1 that is the plain (N, OH, OW) order; with pool=P the P*P offsets of every P x P pooling
+# window sit in P*P contiguous column blocks, so a following max-pool runs on contiguous memory.
+_COLS_FROM_WINDOWS = (6, 7, 1, 3, 5, 0, 2, 4)  # (N, C, A, P, B, P, kh, kw) -> column order
+
+
+def _blocked_windows(xp, win, pool):
+    n, c, oh, ow, kh, kw = win.shape
+    a, b = oh // pool, ow // pool  # outputs a floor-mode pool would drop are never computed
+    win = win[:, :, :a * pool, :b * pool, ...]
+    return xp.permute_dims(xp.reshape(win, (n, c, a, pool, b, pool, kh, kw)), _COLS_FROM_WINDOWS)
+
+
+def _im2col_generic(xp, win, pool, ones_row):
+    blocked = _blocked_windows(xp, win, pool)
+    rows = blocked.shape[0] * blocked.shape[1] * blocked.shape[2]
+    cols = xp.reshape(blocked, (rows, -1))
     if not ones_row:
         return cols
-    return xp.concat([cols, xp.ones((1, m), dtype=cols.dtype, device=device(cols))], axis=0)
+    ones = xp.ones((1, cols.shape[1]), dtype=cols.dtype, device=device(cols))
+    return xp.concat([cols, ones], axis=0)
 
 
-def _im2col_copy_into(xp, win, k, m, ones_row):
-    # one copy of the windows straight into the (k [+ 1], m) result, ones row included
-    n, c, oh, ow, kh, kw = win.shape
+def _im2col_copy_into(xp, win, pool, ones_row):
+    # one copy of the (strided view of the) windows straight into the result, ones row included
+    blocked = _blocked_windows(xp, win, pool)
+    shape = tuple(blocked.shape)
+    k, m = shape[0] * shape[1] * shape[2], int(np.prod(shape[3:]))
     cols = xp.empty((k + int(ones_row), m), dtype=win.dtype, device=device(win))
-    target = cols[:k].reshape(kh, kw, c, n, oh, ow)  # a view on NumPy, CuPy and torch
-    target[...] = xp.permute_dims(win, (4, 5, 1, 0, 2, 3))
+    cols[:k].reshape(shape)[...] = blocked  # reshape of a contiguous block: a view
     if ones_row:
         cols[k] = 1.0
     return cols
@@ -182,7 +200,7 @@ _IM2COL = {"numpy": _im2col_copy_into, "cupy": _im2col_copy_into, "torch": _im2c
 
 
 def im2col(x: Array, kh: int, kw: int, stride: int = 1, pad: int = 0, *, ones_row: bool = False,
-           xp: Any = None, generic: bool = False) -> Array:
+           pool: int = 1, xp: Any = None, generic: bool = False) -> Array:
     """Unfold an NCHW array into a (kh*kw*C, N*OH*OW) matrix: one column per output pixel.
 
     Rows are ordered (kernel row, kernel column, channel), so a (F, C, kh, kw) weight must be
@@ -191,25 +209,30 @@ def im2col(x: Array, kh: int, kw: int, stride: int = 1, pad: int = 0, *, ones_ro
     is channel-major: the next convolution's im2col then reads contiguous memory.
     With ``ones_row`` a last row of ones is appended, so a bias column in W rides along in the
     same matmul (and its gradient comes out of the weight-gradient matmul).
+    With ``pool=P`` the columns come in pool-blocked order (P, P, N, OH//P, OW//P) for a
+    following P x P max-pool with stride P: see :class:`xpnet.conv.ConvMaxPool2d`. Output
+    rows or columns that such a pool would drop (OH or OW not a multiple of P) are left out.
     """
     xp = xp or array_namespace(x)
-    c = x.shape[1]
     win = windows(pad2d(x, pad, xp=xp, generic=generic), kh, kw, stride, xp=xp, generic=generic)
-    n, oh, ow = win.shape[0], win.shape[2], win.shape[3]
-    fn = _dispatch(_IM2COL, _im2col_generic, xp, generic)
-    return fn(xp, win, kh * kw * c, n * oh * ow, ones_row)
+    return _dispatch(_IM2COL, _im2col_generic, xp, generic)(xp, win, pool, ones_row)
 
 
 def col2im(cols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int, stride: int = 1,
-           pad: int = 0, *, xp: Any = None, generic: bool = False) -> Array:
-    """Fold a (kh*kw*C, N*OH*OW) matrix back to NCHW, summing overlaps: the adjoint of im2col."""
+           pad: int = 0, *, pool: int = 1, xp: Any = None, generic: bool = False) -> Array:
+    """Fold a (kh*kw*C, N*OH*OW) matrix back to NCHW, summing overlaps: the adjoint of im2col
+    (``pool`` as there)."""
     xp = xp or array_namespace(cols)
     n, c, h, w = x_shape
-    oh, ow = out_size(h, kh, stride, pad), out_size(w, kw, stride, pad)
-    patches = xp.permute_dims(xp.reshape(cols, (kh, kw, c, n, oh, ow)), (3, 2, 4, 5, 0, 1))
+    a, b = out_size(h, kh, stride, pad) // pool, out_size(w, kw, stride, pad) // pool
+    blocked = xp.reshape(cols, (kh, kw, c, pool, pool, n, a, b))
     img = xp.zeros((c, n, h + 2 * pad, w + 2 * pad), dtype=cols.dtype, device=device(cols))
     img = xp.permute_dims(img, (1, 0, 2, 3))  # NCHW view of channel-major memory
-    add_windows(img, patches, stride, xp=xp, generic=generic)
+    for di in range(pool):  # pool offset (di, dj): windows P*stride apart, shifted
+        for dj in range(pool):
+            patches = xp.permute_dims(blocked[:, :, :, di, dj, ...], (3, 2, 4, 5, 0, 1))
+            add_windows(img[:, :, di * stride:, dj * stride:], patches, stride * pool, xp=xp,
+                        generic=generic)
     return img[:, :, pad:pad + h, pad:pad + w] if pad else img
 
 
