@@ -259,7 +259,7 @@ def report_mnist_run(args: argparse.Namespace, backend: xpnet.Backend, history: 
         print_json({
             "example": example, **backend_fields(backend), "model": model,
             "epochs": len(history), "batch_size": args.batch_size, "lr": args.lr,
-            "schedule": args.schedule, "weight_decay": args.weight_decay,
+            "schedule": args.schedule, "warmup": args.warmup, "weight_decay": args.weight_decay,
             "train_images": len(x_train), "test_images": len(x_test),
             "test_accuracy": test_accuracy, "test_loss": test_loss,
             "train_loss": last["loss"], "train_accuracy": last["train_acc"],
@@ -267,11 +267,17 @@ def report_mnist_run(args: argparse.Namespace, backend: xpnet.Backend, history: 
             "resumed_from_epoch": resumed_at, "history": history.records})
 
 
-def add_trainer_flags(parser: argparse.ArgumentParser, *, weight_decay: float) -> None:
-    """--schedule, --weight-decay, --checkpoint and --resume, shared by the MNIST scripts."""
+def add_trainer_flags(parser: argparse.ArgumentParser, *, weight_decay: float,
+                      warmup: float) -> None:
+    """--schedule, --warmup, --weight-decay, --checkpoint and --resume, shared by the MNIST
+    scripts."""
     parser.add_argument("--schedule", choices=("cosine", "none"), default="cosine",
-                        help="learning-rate schedule: cosine decay to 0 over --epochs, or a "
-                             "constant rate (default: cosine)")
+                        help="learning-rate schedule: linear warm-up, then cosine decay to 0 "
+                             "at the last step of --epochs, updated every step; or a constant "
+                             "rate (default: cosine)")
+    parser.add_argument("--warmup", type=float, default=warmup, metavar="F",
+                        help=f"fraction of all steps spent warming the rate up linearly "
+                             f"from 0 (default: {warmup})")
     parser.add_argument("--weight-decay", type=float, default=weight_decay, metavar="WD",
                         help=f"L2 weight decay of the weights (default: {weight_decay})")
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
@@ -279,6 +285,17 @@ def add_trainer_flags(parser: argparse.ArgumentParser, *, weight_decay: float) -
     parser.add_argument("--resume", action="store_true",
                         help="load --checkpoint PATH first and continue to --epochs in total "
                              "(default: False)")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+                        help="stop after N epochs in this run, the schedule still planned for "
+                             "--epochs; --resume finishes the run later exactly as if it had "
+                             "not stopped (default: run to --epochs)")
+
+
+def last_epoch(args: argparse.Namespace, trainer: Trainer) -> int:
+    """The epoch count this run trains to: --epochs, or fewer with --stop-after."""
+    if args.stop_after is None:
+        return args.epochs
+    return min(args.epochs, trainer.epoch + args.stop_after)
 
 
 def check_resume(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -287,15 +304,24 @@ def check_resume(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--resume needs --checkpoint PATH")
 
 
-def make_trainer(args: argparse.Namespace, model: xpnet.Module) -> tuple[Trainer, int]:
+def make_trainer(args: argparse.Namespace, model: xpnet.Module, train_size: int
+                 ) -> tuple[Trainer, int]:
     """Adam with the flags' rate and weight decay, the schedule, and a Trainer that saves to
     --checkpoint after every epoch; with --resume, restored from it first.
 
-    Returns the trainer and the epoch it resumed after (0 for a fresh run).
+    The cosine schedule is stepped after every optimizer step, over all ``--epochs`` epochs of
+    ``train_size`` images, so even a one-epoch run anneals to 0; a checkpoint saves and
+    --resume restores it. Returns the trainer and the epoch it resumed after (0 for a fresh
+    run).
     """
+    if not 0 <= args.warmup < 1:
+        raise ValueError(f"--warmup: expected a fraction in [0, 1), got {args.warmup}")
     optimizer = xpnet.Adam(model, lr=args.lr, weight_decay=args.weight_decay)
-    # the schedule is stepped once per epoch; a checkpoint saves and --resume restores it
-    schedule = xpnet.CosineLR(optimizer, args.epochs) if args.schedule == "cosine" else None
+    schedule = None
+    if args.schedule == "cosine":
+        steps = args.epochs * math.ceil(train_size / args.batch_size)
+        schedule = xpnet.CosineLR(optimizer, steps, warmup=int(args.warmup * steps),
+                                  per_step=True)
     trainer = Trainer(model, optimizer, schedule=schedule, batch_size=args.batch_size,
                       seed=args.seed, verbose=True, checkpoint=args.checkpoint)
     if args.resume:

@@ -189,7 +189,9 @@ def test_resume_matches_straight_run(script, tmp_path):
     common = ["--train-limit", "1000", "--json", "--data-dir", data]
     straight = summary(run_example(script, "--epochs", "2", *common))
     ck = str(tmp_path / "ck.npz")
-    first = summary(run_example(script, "--epochs", "1", "--checkpoint", ck, *common))
+    # an interrupted 2-epoch run: the schedule is planned for 2 epochs from the start
+    first = summary(run_example(script, "--epochs", "2", "--stop-after", "1", "--checkpoint",
+                                ck, *common))
     assert first["epochs"] == 1 and (tmp_path / "ck.npz").is_file()
     resumed = summary(run_example(script, "--epochs", "2", "--checkpoint", ck, "--resume",
                                   *common))
@@ -198,6 +200,19 @@ def test_resume_matches_straight_run(script, tmp_path):
         assert resumed[key] == straight[key], key
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in straight["history"]]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed["history"]] == strip
+
+
+
+def test_resume_with_another_schedule_is_refused(tmp_path):
+    """A 1-epoch run annealed to 0 in that epoch; going on with --epochs 2 would follow a
+    schedule no uninterrupted run has, so the example says so instead."""
+    ck = str(tmp_path / "ck.npz")
+    common = ["--train-limit", "300", "--data-dir", str(mnist_dir()), "--checkpoint", ck]
+    assert run_example("mnist_mlp", "--epochs", "1", *common).returncode == 0
+    proc = run_example("mnist_mlp", "--epochs", "2", "--resume", *common)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "total_epochs=3, this one total_epochs=6" in proc.stderr
+    assert "the same --epochs" in proc.stderr
 
 
 # ---------------------------------------------------------------------------- flags
@@ -260,4 +275,6 @@ def test_mnist_cnn_one_epoch_accuracy():
     out = summary(run_example("mnist_cnn", "--epochs", "1", "--train-limit", "6000", "--json",
                               "--data-dir", str(mnist_dir()), threads=None))
     assert out["train_images"] == 6000 and out["test_images"] == 10000
-    assert out["test_accuracy"] >= 0.90, out["test_accuracy"]
+    # measured 0.9285 with the default warm-up + per-step cosine (0.9178 with the old
+    # constant-in-epoch rate); the floor leaves room for BLAS rounding differences
+    assert out["test_accuracy"] >= 0.92, out["test_accuracy"]

@@ -59,12 +59,27 @@ def test_state_dict_round_trip(make):
     sched_a = make(opt_a)
     _rates(sched_a, 3)
     state = sched_a.state_dict()
-    assert state == {"epoch": 3, "base_lr": 0.1}
+    assert state == {"epoch": 3, "base_lr": 0.1, **sched_a.config()}
     opt_b = _opt(0.5)  # a different starting rate: the state must win
     sched_b = make(opt_b)
     sched_b.load_state_dict(state)
     assert opt_b.lr == pytest.approx(opt_a.lr, rel=1e-15)
     assert _rates(sched_b, 4) == pytest.approx(_rates(sched_a, 4), rel=1e-15)
+
+
+def test_state_of_another_shape_is_refused():
+    """A 600-step cosine's state must not silently continue a 1200-step one."""
+    saved = xpnet.CosineLR(_opt(0.1), total_epochs=600, warmup=60, per_step=True)
+    _rates(saved, 10)
+    longer = xpnet.CosineLR(_opt(0.1), total_epochs=1200, warmup=60, per_step=True)
+    with pytest.raises(ValueError, match=r"total_epochs=600, this one total_epochs=1200"):
+        longer.load_state_dict(saved.state_dict())
+    with pytest.raises(ValueError, match=r"per_step=True, this one per_step=False"):
+        xpnet.CosineLR(_opt(0.1), total_epochs=600, warmup=60).load_state_dict(
+            saved.state_dict())
+    with pytest.raises(ValueError, match=r"gamma=0.5, this one gamma=0.7"):
+        xpnet.StepLR(_opt(), 2, gamma=0.7).load_state_dict(
+            xpnet.StepLR(_opt(), 2, gamma=0.5).state_dict())
 
 
 @pytest.mark.parametrize("make,match", [

@@ -31,10 +31,24 @@ class Schedule:
         self.optimizer.lr = self.rate(self.epoch)
         return self.optimizer.lr
 
-    def state_dict(self) -> dict[str, float]:
-        return {"epoch": self.epoch, "base_lr": self.base_lr}
+    def config(self) -> dict[str, Any]:
+        """The settings that shape the curve; a saved state only fits a schedule with the
+        same ones."""
+        return {"per_step": self.per_step}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "base_lr": self.base_lr, **self.config()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the position on the curve. Refuses (ValueError) a state saved by a schedule
+        with other settings: resuming with, say, a longer cosine would silently give a run
+        that no uninterrupted run matches."""
+        for key, value in self.config().items():
+            if key in state and state[key] != value:
+                raise ValueError(f"{type(self).__name__}: the saved schedule has {key}="
+                                 f"{state[key]!r}, this one {key}={value!r}; resume with the "
+                                 "settings the run started with (for the examples: the same "
+                                 "--epochs, --batch-size and --warmup)")
         self.epoch, self.base_lr = int(state["epoch"]), float(state["base_lr"])
         self.optimizer.lr = self.rate(self.epoch)
 
@@ -48,6 +62,9 @@ class StepLR(Schedule):
             raise ValueError(f"StepLR: step_size must be a positive integer, got {step_size}")
         self.step_size, self.gamma = step_size, gamma
 
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "step_size": self.step_size, "gamma": self.gamma}
+
     def rate(self, epoch: int) -> float:
         return self.base_lr * self.gamma ** (epoch // self.step_size)
 
@@ -60,6 +77,9 @@ class ExponentialLR(Schedule):
         if not gamma > 0:
             raise ValueError(f"ExponentialLR: gamma must be positive, got {gamma}")
         self.gamma = gamma
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "gamma": self.gamma}
 
     def rate(self, epoch: int) -> float:
         return self.base_lr * self.gamma ** epoch
@@ -80,6 +100,10 @@ class CosineLR(Schedule):
             raise ValueError(f"CosineLR: warmup must be in [0, total_epochs), got {warmup}")
         self.total_epochs, self.min_lr, self.warmup = total_epochs, min_lr, warmup
         optimizer.lr = self.rate(0)  # the warm-up starts below the base rate
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "total_epochs": self.total_epochs, "min_lr": self.min_lr,
+                "warmup": self.warmup}
 
     def rate(self, epoch: int) -> float:
         if epoch < self.warmup:

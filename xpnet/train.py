@@ -38,7 +38,8 @@ class TrainingDiverged(FloatingPointError):
 
 @dataclass
 class History:
-    """Per-epoch records: epoch, loss, train_acc, test_loss, test_acc, lr, seconds."""
+    """Per-epoch records: epoch, loss, train_acc, test_loss, test_acc, lr (the mean learning
+    rate of the epoch's steps), seconds."""
 
     records: list[dict[str, float]] = field(default_factory=list)
 
@@ -139,10 +140,12 @@ class Trainer:
         # given in __init__ and again to loop, which would draw (and waste) a second shuffle
         bar = tqdm(iter(loader), total=total, disable=not self.progress, leave=False,
                    desc=f"epoch {self.epoch + 1}", unit="batch", file=sys.stderr)
+        lr_sum = 0.0
         for xb, yb in bar:
             logits = self.model.forward(xb)
             loss = self.loss.forward(logits, yb)
             self._backward(self.loss.backward())
+            lr_sum += self.optimizer.lr
             self.optimizer.step()
             if self.schedule is not None and self.schedule.per_step:
                 self.schedule.step()
@@ -162,6 +165,7 @@ class Trainer:
             raise ValueError("the training loader yielded no batches")
         mean_loss = float(loss_sum) / steps
         self._guard(mean_loss, steps)
+        self.epoch_mean_lr = lr_sum / steps  # for the history: per-step schedules vary it
         return mean_loss, int(correct) / seen
 
     def _guard(self, loss: float, step: int) -> None:
@@ -188,10 +192,10 @@ class Trainer:
         loader = BatchLoader(x_train, y_train, self.batch_size, shuffle=True, rng=self.rng,
                              backend=self.backend)
         while self.epoch < epochs:
-            lr = self.optimizer.lr
             t0 = time.perf_counter()
             loss, acc = self.train_epoch(loader, total=len(loader))
             seconds = time.perf_counter() - t0
+            lr = self.epoch_mean_lr
             self.train_seconds += seconds
             record = {"epoch": self.epoch + 1, "loss": loss, "train_acc": acc, "lr": lr,
                       "seconds": seconds}
