@@ -267,6 +267,14 @@ def report_mnist_run(args: argparse.Namespace, backend: xpnet.Backend, history: 
             "resumed_from_epoch": resumed_at, "history": history.records})
 
 
+def fraction(text: str) -> float:
+    """argparse type: a float in [0, 1)."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text}")
+    return value
+
+
 def add_trainer_flags(parser: argparse.ArgumentParser, *, weight_decay: float,
                       warmup: float) -> None:
     """--schedule, --warmup, --weight-decay, --checkpoint and --resume, shared by the MNIST
@@ -275,7 +283,7 @@ def add_trainer_flags(parser: argparse.ArgumentParser, *, weight_decay: float,
                         help="learning-rate schedule: linear warm-up, then cosine decay to 0 "
                              "at the last step of --epochs, updated every step; or a constant "
                              "rate (default: cosine)")
-    parser.add_argument("--warmup", type=float, default=warmup, metavar="F",
+    parser.add_argument("--warmup", type=fraction, default=warmup, metavar="F",
                         help=f"fraction of all steps spent warming the rate up linearly "
                              f"from 0 (default: {warmup})")
     parser.add_argument("--weight-decay", type=float, default=weight_decay, metavar="WD",
@@ -314,8 +322,6 @@ def make_trainer(args: argparse.Namespace, model: xpnet.Module, train_size: int
     --resume restores it. Returns the trainer and the epoch it resumed after (0 for a fresh
     run).
     """
-    if not 0 <= args.warmup < 1:
-        raise ValueError(f"--warmup: expected a fraction in [0, 1), got {args.warmup}")
     optimizer = xpnet.Adam(model, lr=args.lr, weight_decay=args.weight_decay)
     schedule = None
     if args.schedule == "cosine":

@@ -203,6 +203,12 @@ def test_resume_matches_straight_run(script, tmp_path):
 
 
 
+def test_warmup_must_be_a_fraction():
+    proc = run_example("mnist_cnn", "--warmup", "1.5", "--dry-run")
+    assert proc.returncode == 2 and "--warmup: expected a fraction in [0, 1), got 1.5" in \
+        proc.stderr
+
+
 def test_resume_with_another_schedule_is_refused(tmp_path):
     """A 1-epoch run annealed to 0 in that epoch; going on with --epochs 2 would follow a
     schedule no uninterrupted run has, so the example says so instead."""

@@ -80,6 +80,19 @@ def test_state_of_another_shape_is_refused():
     with pytest.raises(ValueError, match=r"gamma=0.5, this one gamma=0.7"):
         xpnet.StepLR(_opt(), 2, gamma=0.7).load_state_dict(
             xpnet.StepLR(_opt(), 2, gamma=0.5).state_dict())
+    with pytest.raises(ValueError, match=r"schedule='StepLR', this one schedule='ExponentialLR'"):
+        xpnet.ExponentialLR(_opt(), gamma=0.5).load_state_dict(
+            xpnet.StepLR(_opt(), 2, gamma=0.5).state_dict())
+
+
+def test_a_state_from_before_per_step_counts_as_per_epoch():
+    """States saved before schedules recorded their shape hold only epoch and base_lr."""
+    legacy = {"epoch": 2, "base_lr": 0.01}
+    with pytest.raises(ValueError, match="per_step=False, this one per_step=True"):
+        xpnet.CosineLR(_opt(0.1), 20, warmup=2, per_step=True).load_state_dict(legacy)
+    opt = _opt(0.1)
+    xpnet.CosineLR(opt, 4).load_state_dict(legacy)
+    assert opt.lr == pytest.approx(0.005, rel=1e-12)  # half way down the 4-epoch cosine
 
 
 @pytest.mark.parametrize("make,match", [

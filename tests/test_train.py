@@ -55,6 +55,26 @@ def test_resume_is_exact(backend, tmp_path):
     assert o2.lr == opt.lr
 
 
+@pytest.mark.parametrize("saved_with,resumed_with", [(True, False), (False, True)],
+                         ids=["schedule-then-none", "none-then-schedule"])
+def test_resume_refuses_a_schedule_change_before_touching_anything(tmp_path, saved_with,
+                                                                   resumed_with):
+    x, y = _data()
+    model, opt, sched = _setup()
+    ck = tmp_path / "ck.npz"
+    Trainer(model, opt, schedule=sched if saved_with else None, batch_size=32,
+            checkpoint=ck).fit(x, y, 1)
+    m2, o2, s2 = _setup(seed=99)
+    before = {k: v.copy() for k, v in m2.state_dict().items()}
+    trainer = Trainer(m2, o2, schedule=s2 if resumed_with else None, batch_size=32)
+    with pytest.raises(ValueError, match="ck.npz: saved with(out)? a learning-rate schedule.*"
+                                         "resume with the schedule the run started with"):
+        trainer.resume(ck)
+    assert trainer.epoch == 0
+    for k, v in m2.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     x, y = _data()
     model = TwoLayerNet(6, 4, 3)

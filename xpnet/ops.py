@@ -53,13 +53,17 @@ def out_size(size: int, k: int, stride: int, pad: int = 0) -> int:
     return (size + 2 * pad - k) // stride + 1
 
 
-def offset_slices(kh: int, kw: int, stride: int, oh: int, ow: int):
+def offset_slices(kh: int, kw: int, stride: int, oh: int, ow: int,
+                  start: tuple[int, int] = (0, 0)):
     """Yield (i, j, index) for each kernel offset; ``x[index]`` is the (N, C, OH, OW) strided
-    slice of an NCHW array that offset (i, j) of every window reads."""
+    slice of an NCHW array that offset (i, j) of every window reads (windows whose first one
+    begins at row, column ``start``)."""
+    r0, c0 = start
     for i in range(kh):
         for j in range(kw):
-            yield i, j, (slice(None), slice(None), slice(i, i + stride * (oh - 1) + 1, stride),
-                         slice(j, j + stride * (ow - 1) + 1, stride))
+            yield i, j, (slice(None), slice(None),
+                         slice(r0 + i, r0 + i + stride * (oh - 1) + 1, stride),
+                         slice(c0 + j, c0 + j + stride * (ow - 1) + 1, stride))
 
 
 # ----------------------------------------------------------------------------------- pad2d
@@ -126,37 +130,40 @@ def windows(x: Array, kh: int, kw: int, stride: int = 1, *, xp: Any = None,
 
 
 # ----------------------------------------------------------------------------- add_windows
-def _add_windows_generic(xp, img, patches, stride):
+def _add_windows_generic(xp, img, patches, stride, start):
     _, _, oh, ow, kh, kw = patches.shape
-    for i, j, index in offset_slices(kh, kw, stride, oh, ow):
+    for i, j, index in offset_slices(kh, kw, stride, oh, ow, start):
         img[index] += patches[:, :, :, :, i, j]
     return img
 
 
-def _add_windows_torch(xp, img, patches, stride):
+def _add_windows_torch(xp, img, patches, stride, start):
     n, c, oh, ow, kh, kw = patches.shape
     if stride >= kh and stride >= kw:  # windows do not overlap: the slice loop is cheapest
-        return _add_windows_generic(xp, img, patches, stride)
+        return _add_windows_generic(xp, img, patches, stride, start)
     import torch.nn.functional as F
     cols = patches.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, oh * ow)
     used_h, used_w = stride * (oh - 1) + kh, stride * (ow - 1) + kw
     folded = F.fold(cols, (used_h, used_w), (kh, kw), stride=stride)
-    img[:, :, :used_h, :used_w] += folded
+    r0, c0 = start
+    img[:, :, r0:r0 + used_h, c0:c0 + used_w] += folded
     return img
 
 
 _ADD_WINDOWS = {"torch": _add_windows_torch}
 
 
-def add_windows(img: Array, patches: Array, stride: int = 1, *, xp: Any = None,
-                generic: bool = False) -> Array:
-    """Scatter-add: add window patches (N, C, OH, OW, kh, kw) into ``img`` (N, C, H, W) in place.
+def add_windows(img: Array, patches: Array, stride: int = 1, *,
+                start: tuple[int, int] = (0, 0), xp: Any = None, generic: bool = False) -> Array:
+    """Scatter-add: add window patches (N, C, OH, OW, kh, kw) into ``img`` (N, C, H, W) in place,
+    the first window at row, column ``start``.
 
     The adjoint of :func:`windows`; col2im and the pooling backward passes are built on it.
     Returns ``img``.
     """
     xp = xp or array_namespace(img)
-    return _dispatch(_ADD_WINDOWS, _add_windows_generic, xp, generic)(xp, img, patches, stride)
+    fn = _dispatch(_ADD_WINDOWS, _add_windows_generic, xp, generic)
+    return fn(xp, img, patches, stride, start)
 
 
 # ------------------------------------------------------------------------- im2col / col2im
@@ -231,7 +238,7 @@ def col2im(cols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int, st
     for di in range(pool):  # pool offset (di, dj): windows P*stride apart, shifted
         for dj in range(pool):
             patches = xp.permute_dims(blocked[:, :, :, di, dj, ...], (3, 2, 4, 5, 0, 1))
-            add_windows(img[:, :, di * stride:, dj * stride:], patches, stride * pool, xp=xp,
+            add_windows(img, patches, stride * pool, start=(di * stride, dj * stride), xp=xp,
                         generic=generic)
     return img[:, :, pad:pad + h, pad:pad + w] if pad else img
 

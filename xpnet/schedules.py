@@ -34,7 +34,7 @@ class Schedule:
     def config(self) -> dict[str, Any]:
         """The settings that shape the curve; a saved state only fits a schedule with the
         same ones."""
-        return {"per_step": self.per_step}
+        return {"schedule": type(self).__name__, "per_step": self.per_step}
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "base_lr": self.base_lr, **self.config()}
@@ -43,10 +43,11 @@ class Schedule:
         """Restore the position on the curve. Refuses (ValueError) a state saved by a schedule
         with other settings: resuming with, say, a longer cosine would silently give a run
         that no uninterrupted run matches."""
+        saved = {"per_step": False, **state}  # states saved before per_step existed
         for key, value in self.config().items():
-            if key in state and state[key] != value:
+            if key in saved and saved[key] != value:
                 raise ValueError(f"{type(self).__name__}: the saved schedule has {key}="
-                                 f"{state[key]!r}, this one {key}={value!r}; resume with the "
+                                 f"{saved[key]!r}, this one {key}={value!r}; resume with the "
                                  "settings the run started with (for the examples: the same "
                                  "--epochs, --batch-size and --warmup)")
         self.epoch, self.base_lr = int(state["epoch"]), float(state["base_lr"])

@@ -270,11 +270,21 @@ class Trainer:
     def resume(self, path: str | Path) -> None:
         """Restore everything :meth:`save` wrote; ``fit`` then continues where it stopped."""
         ck = load_checkpoint(path)
+        meta = ck.meta
+        # the schedule first: a mismatch is refused before anything else is overwritten
+        saved = meta.get("schedule")
+        if (self.schedule is None) != (saved is None):
+            ours = "none" if self.schedule is None else type(self.schedule).__name__
+            raise ValueError(f"{path}: saved {'with' if saved else 'without'} a learning-rate "
+                             f"schedule, but this trainer's schedule is {ours}; resume with "
+                             "the schedule the run started with (for the examples: the same "
+                             "--schedule)")
+        if saved is not None:
+            self.schedule.load_state_dict(saved)
         self.model.load_state_dict(ck.model, backend=self.backend)
         # the optimizer holds the same Parameter objects, whose data was just replaced
         if ck.optimizer is not None:
             self.optimizer.load_state_dict(ck.optimizer)
-        meta = ck.meta
         self.epoch, self.step_count = int(meta["epoch"]), int(meta["step"])
         self.train_seconds = float(meta.get("train_seconds", 0.0))
         self.rng.set_state(meta["rng"])
@@ -282,6 +292,4 @@ class Trainer:
         for k, state in meta.get("layer_rngs", {}).items():
             if k in gens:
                 gens[k].set_state(state)
-        if self.schedule is not None and meta.get("schedule"):
-            self.schedule.load_state_dict(meta["schedule"])
         self.history = History(list(meta.get("history", [])))
