@@ -63,16 +63,11 @@ class Linear(Module):
         y = x @ self.W.data
         return y + self.b.data if self.b is not None else y
 
-    def param_backward(self, dout: Array) -> None:
-        """Fill W.grad and b.grad only (the input gradient is not needed for a first layer)."""
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array | None:
         self.W.grad = self._x.T @ dout
         if self.b is not None:
-            xp = _ns(dout)
-            self.b.grad = xp.sum(dout, axis=0)
-
-    def backward(self, dout: Array) -> Array:
-        self.param_backward(dout)
-        return dout @ self.W.data.T
+            self.b.grad = _ns(dout).sum(dout, axis=0)
+        return dout @ self.W.data.T if input_grad else None
 
 
 class ReLU(Module):
@@ -275,7 +270,12 @@ class Sequential(Module):
         for i, layer in enumerate(layers):
             if not isinstance(layer, Module):
                 raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a Module")
-        self.layers = list(layers)
+            for j in range(i):
+                if layers[j] is layer:
+                    raise ValueError(f"Sequential: items {j} and {i} are the same {layer!r}; "
+                                     "a module can be used once in a model (its cache holds "
+                                     "one input): build a second layer instead")
+        object.__setattr__(self, "layers", list(layers))
 
     def children(self):
         return ((str(i), layer) for i, layer in enumerate(self.layers))
@@ -296,12 +296,11 @@ class Sequential(Module):
         return x
 
     def backward(self, dout: Array, *, input_grad: bool = True) -> Array | None:
-        """Backpropagate ``dout``; with ``input_grad=False`` the first layer skips its input
-        gradient (a saving for Linear and Conv2d first layers during training)."""
-        for i in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[i]
-            if i == 0 and not input_grad and hasattr(layer, "param_backward"):
-                layer.param_backward(dout)
-                return None
-            dout = layer.backward(dout)
-        return dout
+        """Backpropagate ``dout``; with ``input_grad=False`` the first layer is told that its
+        input gradient is not needed (Linear and Conv2d then skip computing it)."""
+        for i in range(len(self.layers) - 1, 0, -1):
+            dout = self.layers[i].backward(dout)
+        if not self.layers:
+            return dout if input_grad else None
+        dx = self.layers[0].backward(dout, input_grad=input_grad)
+        return dx if input_grad else None

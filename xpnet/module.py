@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,13 +18,38 @@ Array = Any
 
 
 class Parameter:
-    """A trainable array and the gradient the last ``backward`` wrote for it."""
+    """A trainable array and its gradient.
 
-    __slots__ = ("data", "grad")
+    Gradients follow the textbook by default: each ``backward`` *assigns* ``grad``. When
+    ``accumulate`` is set (:meth:`Module.accumulate_grads`), an assignment *adds* to a gradient
+    already there (PyTorch's convention), so several backward passes sum up until ``grad`` is
+    set to None (:meth:`Module.zero_grad`). Code that rewrites a finished gradient (clipping,
+    averaging across processes) uses :meth:`replace_grad`, which always assigns.
+    """
+
+    __slots__ = ("_grad", "accumulate", "data")
 
     def __init__(self, data: Array):
         self.data = data
-        self.grad: Array | None = None
+        self._grad: Array | None = None
+        self.accumulate = False
+
+    @property
+    def grad(self) -> Array | None:
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Array | None) -> None:
+        old = self._grad
+        # `p.grad += g` hands back the same object: that is an in-place update, not a second use
+        if value is None or old is None or not self.accumulate or value is old:
+            self._grad = value
+        else:
+            self._grad = old + value
+
+    def replace_grad(self, value: Array | None) -> None:
+        """Set ``grad`` to ``value`` whatever the accumulation mode (for gradient hooks)."""
+        self._grad = value
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -60,48 +87,139 @@ def check_input(layer: Module, x: Any, ndim: int, expect: str, like: Array | Non
 
 
 class Module:
-    """Base class of layers and containers.
+    """Base class of layers and models.
 
-    Subclasses register trainable arrays with :meth:`add_param` and non-trainable state (running
-    statistics) with :meth:`add_buffer`, implement ``forward(x)`` and ``backward(dout) -> dx``,
-    and write each parameter's gradient into ``param.grad`` during ``backward``.
+    A subclass calls ``super().__init__()`` first, then assigns its parts as attributes:
+    a :class:`Module` (``self.conv = Conv2d(...)``) becomes a named child and a
+    :class:`Parameter` (or :meth:`add_param`) a named parameter, in assignment order, so
+    ``parameters()``, checkpoints, device moves and ``train()``/``eval()`` reach them.
+    Non-trainable state that checkpoints must keep (running statistics) is registered with
+    :meth:`add_buffer`.
+
+    The backward contract: ``forward(x)`` caches what ``backward`` needs;
+    ``backward(dout, *, input_grad=True)`` writes every parameter's gradient to
+    ``param.grad`` and returns the gradient with respect to ``x`` (or None when
+    ``input_grad=False``: the caller does not need it, as for a model's first layer).
+    A subclass may define ``backward(self, dout)`` without the keyword; it is then always
+    computed. Gradients are assigned by default (the textbook's convention); after
+    :meth:`accumulate_grads` they add up over backward passes until :meth:`zero_grad`.
+
+    One module object may appear only once in a model: its caches hold one input, so a
+    second use would give wrong gradients. Build a second layer instead.
     """
 
     def __init__(self) -> None:
+        object.__setattr__(self, "_children", {})
+        object.__setattr__(self, "_param_names", [])
+        object.__setattr__(self, "_buffer_names", [])
         self.training = True
-        self._param_names: list[str] = []
-        self._buffer_names: list[str] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Let a subclass write ``backward(self, dout)``: give it the ``input_grad`` keyword."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("backward")
+        if own is None:
+            return
+        sig = inspect.signature(own)
+        if "input_grad" in sig.parameters or any(
+                q.kind is inspect.Parameter.VAR_KEYWORD for q in sig.parameters.values()):
+            return
+
+        @functools.wraps(own)
+        def backward(self: Module, dout: Array, *, input_grad: bool = True) -> Array:
+            return own(self, dout)
+
+        cls.backward = backward
 
     # ------------------------------------------------------------------ registration
+    def __setattr__(self, name: str, value: Any) -> None:
+        registry = self.__dict__.get("_children")
+        if registry is None:
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() "
+                               f"before setting attributes (while setting {name!r})")
+        if isinstance(value, Module):
+            for other, child in registry.items():
+                if child is value and other != name:
+                    raise ValueError(f"{type(self).__name__}: the same {value!r} is assigned "
+                                     f"as {other!r} and {name!r}; a module can be used once "
+                                     "in a model (its cache holds one input): build another")
+            registry[name] = value
+        else:
+            registry.pop(name, None)
+            if isinstance(value, (list, tuple)) and any(isinstance(v, Module) for v in value):
+                raise TypeError(f"{type(self).__name__}.{name}: a {type(value).__name__} of "
+                                "modules is not registered (its parameters would never be "
+                                "trained or saved); wrap the layers in xpnet.Sequential(...)")
+        if isinstance(value, Parameter) and name not in self._param_names:
+            self._param_names.append(name)
+        elif not isinstance(value, Parameter) and name in self._param_names \
+                and value is not None:
+            raise TypeError(f"{type(self).__name__}.{name} is a parameter; assign a Parameter "
+                            f"(or change its .data), not {type(value).__name__}")
+        object.__setattr__(self, name, value)
+
     def add_param(self, name: str, data: Array) -> Parameter:
         """Register a trainable array under a stable name and return its Parameter."""
         p = Parameter(data)
         setattr(self, name, p)
-        self._param_names.append(name)
         return p
 
     def add_buffer(self, name: str, data: Array) -> None:
         """Register non-trainable state that is saved in checkpoints (running statistics)."""
         setattr(self, name, data)
-        self._buffer_names.append(name)
+        if name not in self._buffer_names:
+            self._buffer_names.append(name)
 
     def children(self) -> Iterator[tuple[str, Module]]:
-        """Direct sub-modules with their names (containers override this)."""
-        return iter(())
+        """Direct sub-modules with their names, in the order they were assigned."""
+        return iter(list(self._children.items()))
 
     # ------------------------------------------------------------------ traversal
+    def modules(self, prefix: str = "") -> dict[str, Module]:
+        """This module and every sub-module, keyed by dotted path ('' for this one).
+
+        Raises ValueError when one module object appears twice (see the class docstring).
+        """
+        found: dict[str, Module] = {}
+        seen: dict[int, str] = {}
+
+        def walk(m: Module, path: str) -> None:
+            if id(m) in seen:
+                raise ValueError(f"{m!r} is used twice in one model, as {seen[id(m)] or '.'!r} "
+                                 f"and {path or '.'!r}; a module can be used once (its cache "
+                                 "holds one input): build a second layer instead")
+            seen[id(m)] = path
+            found[path] = m
+            for name, child in m.children():
+                walk(child, f"{path}.{name}" if path else name)
+
+        walk(self, prefix.rstrip("."))
+        return found
+
     def parameters(self, prefix: str = "") -> dict[str, Parameter]:
         """All parameters, keyed by stable dotted names such as '0.W' or '3.gamma'."""
-        out = {prefix + n: getattr(self, n) for n in self._param_names}
-        for name, child in self.children():
-            out.update(child.parameters(f"{prefix}{name}."))
+        out: dict[str, Parameter] = {}
+        names: dict[int, str] = {}
+        for path, m in self.modules(prefix).items():
+            for n in m._param_names:
+                p = getattr(m, n)
+                if p is None:
+                    continue
+                key = f"{path}.{n}" if path else n
+                if id(p) in names:
+                    raise ValueError(f"one Parameter is registered twice, as {names[id(p)]!r} "
+                                     f"and {key!r}; tied weights are not supported (each use "
+                                     "would overwrite the other's gradient)")
+                names[id(p)] = key
+                out[key] = p
         return out
 
     def buffers(self, prefix: str = "") -> dict[str, Array]:
         """All buffers, keyed like :meth:`parameters`."""
-        out = {prefix + n: getattr(self, n) for n in self._buffer_names}
-        for name, child in self.children():
-            out.update(child.buffers(f"{prefix}{name}."))
+        out = {}
+        for path, m in self.modules(prefix).items():
+            for n in m._buffer_names:
+                out[f"{path}.{n}" if path else n] = getattr(m, n)
         return out
 
     def _owner(self, key: str) -> tuple[Module, str]:
@@ -123,9 +241,18 @@ class Module:
         return self.train(False)
 
     def zero_grad(self) -> None:
-        """Forget all gradients."""
+        """Set every gradient to None (the next backward assigns, also when accumulating)."""
         for p in self.parameters().values():
             p.grad = None
+
+    def accumulate_grads(self, mode: bool = True) -> Module:
+        """Make backward passes add into ``param.grad`` (True) or assign it (False, default).
+
+        With accumulation on, call :meth:`zero_grad` after each optimizer step, as in PyTorch.
+        """
+        for p in self.parameters().values():
+            p.accumulate = bool(mode)
+        return self
 
     def num_parameters(self) -> int:
         """Number of trainable scalars."""
@@ -179,11 +306,14 @@ class Module:
         return self
 
     # ------------------------------------------------------------------ calling
-    def forward(self, x: Array) -> Array:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def forward(self, x: Array) -> Array:
+        raise NotImplementedError(f"{type(self).__name__} has no forward(x); a Module "
+                                  "subclass must define forward(x) and backward(dout)")
 
-    def backward(self, dout: Array) -> Array:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array | None:
+        """Write parameter gradients; return d(loss)/d(input), or None if not ``input_grad``."""
+        raise NotImplementedError(f"{type(self).__name__} has no backward(dout); a Module "
+                                  "subclass must define forward(x) and backward(dout)")
 
     def __call__(self, x: Array) -> Array:
         return self.forward(x)

@@ -45,13 +45,18 @@ def clip_grad_norm(params: dict[str, Parameter], max_norm: float) -> Array:
     scale = xp.minimum(max_norm / (total + 1e-6), 1.0)
     for p in params.values():
         if p.grad is not None:
-            p.grad = p.grad * scale
+            p.replace_grad(p.grad * scale)
     return total
 
 
-class Optimizer:
-    """Base class: validation, weight decay, clipping and the state dict.
+GradHook = Callable[[dict[str, Parameter]], None]
 
+
+class Optimizer:
+    """Base class: validation, gradient hooks, weight decay, clipping and the state dict.
+
+    ``step()`` runs, in order: the gradient hooks (:meth:`register_grad_hook`: averaging over
+    micro-batches or processes), clipping, then per parameter weight decay and the update rule.
     Subclasses implement ``_update(name, p, g, xp)``, writing into ``p.data`` in place.
     """
 
@@ -73,6 +78,25 @@ class Optimizer:
         self.decay_filter = decay_filter
         self.t = 0
         self.state: dict[str, dict[str, Array]] = {}
+        self._grad_hooks: list[GradHook] = []
+
+    def register_grad_hook(self, hook: GradHook) -> Callable[[], None]:
+        """Run ``hook(params)`` at the start of every ``step``, before clipping and decay.
+
+        A hook rewrites finished gradients with ``param.replace_grad(...)``: averaging over
+        accumulated micro-batches or over processes. Hooks run in registration order and are
+        not saved in checkpoints. Returns a function that removes the hook.
+        """
+        if not callable(hook):
+            raise TypeError(f"{type(self).__name__}.register_grad_hook: expected a callable "
+                            f"taking the parameter dict, got {type(hook).__name__}")
+        self._grad_hooks.append(hook)
+
+        def remove() -> None:
+            if hook in self._grad_hooks:
+                self._grad_hooks.remove(hook)
+
+        return remove
 
     def _slot(self, name: str, key: str, like: Array) -> Array:
         slots = self.state.setdefault(name, {})
@@ -95,6 +119,8 @@ class Optimizer:
         if missing:
             raise RuntimeError(f"{type(self).__name__}.step: parameters {missing} have no "
                                "gradient; call backward() before step()")
+        for hook in self._grad_hooks:
+            hook(self.params)
         if self.clip_norm is not None:
             clip_grad_norm(self.params, self.clip_norm)
         self.t += 1

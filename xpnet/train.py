@@ -22,7 +22,6 @@ from array_api_compat import array_namespace
 from .backend import Backend, current, to_device, to_numpy
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.loader import BatchLoader
-from .layers import Sequential
 from .losses import SoftmaxCrossEntropy, check_labels
 from .module import Module
 from .optim import Optimizer
@@ -123,10 +122,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one epoch
     def _backward(self, dout: Any) -> None:
-        if isinstance(self.model, Sequential):
-            self.model.backward(dout, input_grad=False)
-        else:
-            self.model.backward(dout)
+        self.model.backward(dout, input_grad=False)
 
     def train_epoch(self, loader: Iterable[tuple[Any, Any]], total: int | None = None
                     ) -> tuple[float, float]:
