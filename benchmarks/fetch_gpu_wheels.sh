@@ -8,7 +8,10 @@
 # Carry gpu-wheels/ and the checkout (and MNIST) to the GPU machine, then:
 #   python3.12 -m venv .venv && . .venv/bin/activate
 #   python3 benchmarks/gpu_check.py --wheels gpu-wheels --data-dir DATA
-# Environment: CUDA (12 or 13), TORCH_VERSION (default 2.13.0), PYTHON_VERSION (default 3.12).
+# Environment: CUDA (12 or 13), TORCH_VERSION (default 2.13.0), PYTHON_VERSION (default 3.12),
+# TORCH_INDEX (default: PyTorch's cu126 index for CUDA 12, PyPI for CUDA 13, whose Linux torch
+# wheels are CUDA 13 builds). Not run end to end here (no route to download.pytorch.org); the
+# CuPy side, cupy-cuda12x[ctk] -> CuPy 14.2.0 + cuda-toolkit 12.6.3 wheels, was resolved.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 dest=${1:?usage: fetch_gpu_wheels.sh DEST_FOLDER}
@@ -22,10 +25,10 @@ platform=(--only-binary=:all: --python-version "$pyver" --implementation cp
 req="$dest/requirements.txt"
 case "$cuda" in
   12) sed -e 's/^torch$/torch=='"$torch_version"'/' "$here/gpu_requirements.txt" > "$req"
-      torch_index=https://download.pytorch.org/whl/cu126 ;;
+      torch_index=${TORCH_INDEX:-https://download.pytorch.org/whl/cu126} ;;
   13) sed -e 's/cupy-cuda12x\[ctk\]>=14,<15/cupy-cuda13x[ctk]>=14,<15/' \
           -e 's/^torch$/torch=='"$torch_version"'/' "$here/gpu_requirements.txt" > "$req"
-      torch_index=https://pypi.org/simple ;;  # PyPI's Linux torch wheels are CUDA 13 builds
+      torch_index=${TORCH_INDEX:-https://pypi.org/simple} ;;
   *) echo "CUDA must be 12 or 13, got $cuda" >&2; exit 2 ;;
 esac
 # torch (and the nvidia-* CUDA libraries it pins) from PyTorch's index for that CUDA version,
