@@ -153,3 +153,22 @@ def test_trainer_accepts_device_arrays(monkeypatch, method):
             trainer.fit(x, y, epochs=1)
         else:
             trainer.evaluate(x, y)
+
+
+def test_windows_view_contract(backend):
+    """ops.windows (item 4): NumPy's view is read-only; CuPy and torch have no read-only arrays,
+    so their view is documented as writable-but-treat-as-read-only; the fallback is a copy."""
+    from xpnet import ops
+
+    x = xpnet.to_device(np.arange(2 * 3 * 5 * 5, dtype=np.float32).reshape(2, 3, 5, 5))
+    win = ops.windows(x, 3, 3, 1)
+    assert tuple(win.shape) == (2, 3, 3, 3, 3, 3)
+    np.testing.assert_array_equal(xpnet.to_numpy(win)[1, 2, 0, 1],
+                                  xpnet.to_numpy(x)[1, 2, 0:3, 1:4])
+    if backend.name == "numpy":
+        assert not win.flags.writeable and np.shares_memory(win, x)
+        with pytest.raises(ValueError, match="read-only"):
+            win[0, 0, 0, 0, 0, 0] = 1.0
+    generic = ops.windows(x, 3, 3, 1, generic=True)
+    np.testing.assert_array_equal(xpnet.to_numpy(generic), xpnet.to_numpy(win))
+    assert "read-only" in ops.windows.__doc__ and "CuPy" in ops.windows.__doc__
