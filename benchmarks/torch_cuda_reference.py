@@ -1,37 +1,52 @@
 #!/usr/bin/env python3
-"""PyTorch CUDA variant of ../shared/bench/torch_reference.py, for the GPU benchmarks.
+"""PyTorch on CUDA under xpnet_bench.py's protocol, for the GPU comparison in gpu_check.py.
 
-Same models, init, optimizer and protocol (bench_common), but the model and the whole data set
-live on the GPU, batches are gathered there, and the loss is read back only once per epoch.
-The timed loop ends with torch.cuda.synchronize(), so epoch seconds are real GPU time.
+Exactly the loop benchmarks/xpnet_bench.py runs through bench_common.run(): same models, init,
+optimizer and learning rate, a throw-away warm-up model, host batches in the same seeded order
+moved to the device every step, the loss read back every step (a host sync, as xpnet's step
+does), the median epoch reported. So the first-run costs (cuDNN autotuning, CuPy's kernel
+compilation) fall in the warm-up for both, and the figures compare directly.
 
-    python benchmarks/torch_cuda_reference.py --model cnn --batch-size 100 --json
+    python3 benchmarks/torch_cuda_reference.py --model cnn --batch-size 100 --json \\
+        --data-dir DATA/mnist [--device cuda:0 | cpu]
+
+bench_common comes from ../shared/bench next to the checkout, or XPNET_SHARED_BENCH, or the copy
+in benchmarks/bench_protocol/ (a GPU box often has only the checkout).
 """
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
-SHARED_BENCH = Path(os.environ.get("XPNET_SHARED_BENCH",
-                                   Path(__file__).resolve().parents[2] / "shared" / "bench"))
+HERE = Path(__file__).resolve().parent
+_SHARED = HERE.parents[1] / "shared" / "bench"
+SHARED_BENCH = Path(os.environ.get("XPNET_SHARED_BENCH") or (
+    _SHARED if (_SHARED / "bench_common.py").is_file() else HERE / "bench_protocol"))
 sys.path.insert(0, str(SHARED_BENCH))
 
 import bench_common as bc  # noqa: E402
 
 
 def main():
-    args = bc.parse_args(bc.make_parser(__doc__.splitlines()[0]))
+    parser = bc.make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda",
+                        help="torch device (default cuda; cpu for the CPU self-test)")
+    args = bc.parse_args(parser)
     import numpy as np
     import torch
     import torch.nn.functional as F
     from torch import nn
 
-    dev = torch.device("cuda")
-    torch.backends.cudnn.benchmark = True
-    x_tr, y_tr, x_te, y_te = bc.load_mnist(args.data_dir, flatten=args.model == "mlp",
-                                           train_limit=args.train_limit)
-    gx, gy = torch.from_numpy(x_tr).to(dev), torch.from_numpy(y_tr).to(dev)
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    else:
+        torch.set_num_threads(args.threads)
+    data = bc.load_mnist(args.data_dir, flatten=args.model == "mlp", dtype="float32",
+                         train_limit=args.train_limit)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
     def build():
         torch.manual_seed(args.seed)
@@ -48,44 +63,32 @@ def main():
         opt_cls = torch.optim.Adam if args.optimizer == "adam" else torch.optim.SGD
         return net, opt_cls(net.parameters(), lr=args.lr)
 
-    def step(net, opt, xb, yb):
+    def step(state, xb, yb):  # the same shape of step as xpnet_bench.py's
+        net, opt = state
+        xb = torch.from_numpy(np.ascontiguousarray(xb)).to(dev)
+        yb = torch.from_numpy(np.asarray(yb, dtype=np.int64)).to(dev)
         loss = F.cross_entropy(net(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return loss.detach()
+        return float(loss.detach())  # host sync every step, as xpnet's float(loss)
 
-    net, opt = build()
-    for _ in range(args.warmup_steps):
-        step(net, opt, gx[:args.batch_size], gy[:args.batch_size])
-    torch.cuda.synchronize()
-    net, opt = build()
-    n, bs = len(x_tr), args.batch_size
-    rng = np.random.default_rng(args.seed)
-    epoch_s, accs, losses = [], [], []
-    for _ in range(args.epochs):
-        order = torch.from_numpy(rng.permutation(n)).to(dev)
-        total, steps = torch.zeros((), device=dev), 0
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for b in range(0, n - bs + 1, bs):
-            idx = order[b:b + bs]
-            total += step(net, opt, gx[idx], gy[idx])
-            steps += 1
-        torch.cuda.synchronize()
-        epoch_s.append(time.perf_counter() - t0)
-        losses.append(float(total) / steps)
-        with torch.inference_mode():
-            accs.append(bc.batched_accuracy(
-                lambda xb: net(torch.from_numpy(xb).to(dev)).argmax(1).cpu().numpy(), x_te, y_te))
-    images = (n // bs) * bs
-    res = dict(framework="torch-cuda", version=torch.__version__,
-               device=torch.cuda.get_device_name(),
-               model=args.model, batch_size=bs, epochs=args.epochs, train_images=images,
-               images_per_s=round(images / min(epoch_s), 1), epoch_seconds=round(min(epoch_s), 3),
-               epoch_seconds_all=[round(t, 3) for t in epoch_s],
-               test_accuracy=round(accs[-1], 4), train_loss_per_epoch=[round(v, 4) for v in losses])
-    print(json.dumps(res))
+    def evaluate(state, x, y):
+        net = state[0]
+        net.eval()
+        try:
+            with torch.inference_mode():
+                acc = bc.batched_accuracy(
+                    lambda xb: net(torch.from_numpy(xb).to(dev)).argmax(1).cpu().numpy(), x, y)
+            sync()
+            return acc
+        finally:
+            net.train()
+
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    info = dict(framework=f"torch-{dev.type}", version=torch.__version__, device=name,
+                numpy=np.__version__, dtype="float32")
+    bc.run(args, data, build, step, evaluate, info)
 
 
 if __name__ == "__main__":

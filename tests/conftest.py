@@ -3,11 +3,17 @@
 ``backend`` is parametrised over numpy, array_api_strict, torch and cupy (cupy marked ``gpu``);
 each non-NumPy backend is skipped cleanly when its library (or, for cupy, a CUDA device) is
 missing. Test ids name the backend: ``test_x[numpy]``, ``test_x[torch]``.
+
+``XPNET_TEST_DEVICE=device1`` (or ``device2``) puts every array_api_strict case on that
+non-default device, which, like a GPU, refuses conversion to NumPy and any mix with arrays on
+another device; the run then keeps only the array_api_strict cases (the others are deselected).
+CI runs the suite a second time that way, so an implicit host transfer fails on a CPU machine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -24,6 +30,28 @@ BACKEND_PARAMS = [
     pytest.param("cupy", id="cupy", marks=pytest.mark.gpu),
 ]
 OTHER_BACKEND_PARAMS = BACKEND_PARAMS[1:]  # everything compared against the NumPy run
+
+# array_api_strict's device for this run: None (its default CPU_DEVICE) or e.g. 'device1'
+STRICT_DEVICE = os.environ.get("XPNET_TEST_DEVICE") or None
+
+
+def pytest_report_header(config):
+    if STRICT_DEVICE:
+        return (f"XPNET_TEST_DEVICE={STRICT_DEVICE}: array_api_strict cases on that device, "
+                "all other cases deselected")
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """With XPNET_TEST_DEVICE, keep only the cases that run on array_api_strict."""
+    if not STRICT_DEVICE:
+        return
+    keep, drop = [], []
+    for item in items:
+        (keep if "array_api_strict" in item.nodeid else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 # float64 gradient checks by central differences (eps = 1e-6)
 RTOL, ATOL = 1e-5, 1e-7
@@ -51,8 +79,13 @@ def require_backend(name: str) -> None:
 
 @contextlib.contextmanager
 def use_backend(name: str, device=None) -> Iterator[xpnet.Backend]:
-    """Select a backend for the duration of a ``with`` block, then restore the previous one."""
+    """Select a backend for the duration of a ``with`` block, then restore the previous one.
+
+    array_api_strict goes on ``XPNET_TEST_DEVICE`` when that is set and no device is given.
+    """
     previous = backend_module._current
+    if name == "array_api_strict" and device is None:
+        device = STRICT_DEVICE
     try:
         yield xpnet.set_backend(name, device)
     finally:

@@ -444,10 +444,18 @@ def _epoch(loader) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return xs, ys
 
 
-def test_loader_batches_on_backend_device(backend):
+@pytest.mark.parametrize("resident", ["auto", False, True])
+def test_loader_batches_on_backend_device(backend, resident):
     x, y = _numbered(10)
-    loader = BatchLoader(x, y, 4, rng=xpnet.Generator(0))  # backend: the current one
-    assert loader.backend is backend and not loader.resident
+    loader = BatchLoader(x, y, 4, rng=xpnet.Generator(0),  # backend: the current one
+                         resident=resident)
+    assert loader.backend is backend
+    if resident == "auto":  # resident on a GPU with room for the data, never on a CPU backend
+        assert loader.resident is fits_on_device(x.nbytes + y.nbytes, backend)
+        if backend.name in ("numpy", "array_api_strict"):
+            assert not loader.resident
+    else:
+        assert loader.resident is resident
     for xb, yb in loader:
         for a, dtype in ((xb, backend.xp.float32), (yb, backend.xp.int64)):
             assert array_api_compat.array_namespace(a) is backend.xp

@@ -8,9 +8,11 @@ machines set up without it.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,12 @@ def _args(path: Path, instruction: str) -> list[str]:
     return [rest for word, rest in _instructions(path) if word == instruction]
 
 
+def _extras() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+
+
 def test_hadolint_clean():
     exe = shutil.which("hadolint")
     if exe is None:
@@ -47,13 +55,43 @@ def test_hadolint_clean():
     assert proc.stdout.strip() == ""
 
 
-def test_gpu_image_installs_cupy_extra_on_a_pinned_cuda_runtime():
+def test_gpu_image_installs_cupy_extra_with_the_cuda_headers_on_a_pinned_cuda_base():
     (base,) = _args(GPU, "FROM")
-    assert re.fullmatch(r"nvidia/cuda:1[23]\.\d+\.\d+-(cudnn-)?runtime-ubuntu\d\d\.04", base)
+    assert re.fullmatch(r"nvidia/cuda:1[23]\.\d+\.\d+-base-ubuntu\d\d\.04", base)
     cuda_major = base.split(":")[1].split(".")[0]
     runs = " ".join(_args(GPU, "RUN"))
     assert re.search(rf"pip install --no-cache-dir \"\./?\[cupy{cuda_major}\]\"", runs), runs
     assert any("XPNET_BACKEND=cupy" in e for e in _args(GPU, "ENV"))
+    # the extra the image installs brings the CUDA headers CuPy 14 compiles kernels with
+    extras = _extras()
+    assert any("[ctk]" in req for req in extras[f"cupy{cuda_major}"]), extras
+
+
+@pytest.mark.parametrize("extra", ["cupy12", "cupy13"])
+def test_cupy_extras_and_requirement_files_bring_the_cuda_toolkit(extra):
+    extras = _extras()
+    (req,) = extras[extra]
+    assert re.fullmatch(r"cupy-cuda1[23]x\[ctk\]>=14", req), req
+    name = req.split("[")[0]
+    text = (ROOT / "backends" / f"{name}.txt").read_text()
+    assert f"{name}[ctk]>=14" in text
+
+
+def test_gpu_image_smoke_without_a_gpu_is_one_line_and_non_zero(monkeypatch):
+    """The image's CMD with the image's XPNET_BACKEND=cupy, on a machine without a GPU."""
+    from xpnet import backend as backend_module
+
+    if backend_module._cuda_status()[0]:
+        pytest.skip("a usable GPU is present")
+    env = dict(os.environ, XPNET_BACKEND="cupy",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env.pop("XPNET_DEVICE", None)
+    proc = subprocess.run([sys.executable, "-m", "xpnet", "smoke"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xpnet: error: backend 'cupy' cannot run here")
+    assert "pip install" in lines[0] and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("path", DOCKERFILES)

@@ -1,11 +1,14 @@
 """Command line: ``python -m xpnet info [--json]`` and ``python -m xpnet smoke [--steps N]``.
 
 ``info`` reports the xpnet and Python versions, every backend (available or why not), the devices
-and the backend ``XPNET_BACKEND``/``XPNET_DEVICE`` select; it exits 2 when that selection fails.
-``smoke`` trains a tiny MLP on synthetic data and exits 0 only when the loss went down; it is the
-Docker images' default command.
+and the backend ``XPNET_BACKEND``/``XPNET_DEVICE`` select; it exits non-zero when that selection
+fails. ``smoke`` trains a tiny MLP on synthetic data and exits 0 only when the loss went down; it
+is the Docker images' default command.
 
-Exit status: 0 success, 1 the smoke loss did not decrease, 2 a usage or backend-selection error.
+Errors are one line on stderr (``xpnet: error: ...``), never a traceback. Exit status: 0 success;
+2 a usage error (bad option, unknown backend name, malformed device: ValueError/TypeError);
+1 a run-time error (the backend cannot run here, e.g. no GPU or no CUDA headers: BackendError;
+the smoke loss did not decrease).
 """
 
 from __future__ import annotations
@@ -21,10 +24,16 @@ import numpy as np
 __all__ = ["main", "smoke"]
 
 
-def _error(msg: str) -> int:
-    """Print a one-line error to stderr and return the usage/selection exit status 2."""
-    print(f"xpnet: error: {msg}", file=sys.stderr)
-    return 2
+def _error(msg: str, status: int = 2) -> int:
+    """Print a one-line error to stderr and return ``status`` (2 usage, 1 run time)."""
+    one_line = " ".join(str(msg).split())
+    print(f"xpnet: error: {one_line}", file=sys.stderr)
+    return status
+
+
+def _status_of(error_type: str) -> int:
+    """2 for a usage error (ValueError/TypeError), 1 for a run-time one (BackendError)."""
+    return 1 if error_type == "BackendError" else 2
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -37,11 +46,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(format_info(info))
     sel = info["selection"]
     if "error" in sel:
-        return _error(sel["error"])
+        return _error(sel["error"], _status_of(sel["error_type"]))
     return 0
 
 
-def smoke(steps: int = 50, backend: str | None = None, seed: int = 0) -> tuple[float, float]:
+def smoke(steps: int = 50, backend: str | None = None, seed: int = 0,
+          device: str | None = None) -> tuple[float, float]:
     """Train a small MLP on synthetic 3-class blobs and return (first loss, last loss).
 
     Parameters
@@ -52,6 +62,8 @@ def smoke(steps: int = 50, backend: str | None = None, seed: int = 0) -> tuple[f
         Backend name for :func:`xpnet.set_backend`; None reads ``XPNET_BACKEND``.
     seed : int
         Seed of the data and of the initial weights.
+    device : str or None
+        Device for :func:`xpnet.set_backend` ('cuda:1'); None reads ``XPNET_DEVICE``.
 
     Returns
     -------
@@ -60,12 +72,12 @@ def smoke(steps: int = 50, backend: str | None = None, seed: int = 0) -> tuple[f
 
     Raises
     ------
-    xpnet.BackendError, ValueError
+    xpnet.BackendError, ValueError, TypeError
         When the backend cannot be selected.
     """
     import xpnet
 
-    b = xpnet.set_backend(backend)
+    b = xpnet.set_backend(backend, device)
     print(f"xpnet smoke: backend {b.name} {b.version}, device {b.device}", flush=True)
     rng = np.random.default_rng(seed)
     n, d, k = 384, 16, 3
@@ -101,9 +113,18 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
         return _error(f"--steps must be at least 1, got {args.steps}")
     t0 = time.perf_counter()
     try:
-        first, last = smoke(args.steps, args.backend)
-    except (xpnet.BackendError, ValueError) as exc:
-        return _error(str(exc))
+        first, last = smoke(args.steps, args.backend, device=args.device)
+    except xpnet.BackendError as exc:
+        return _error(str(exc), 1)
+    except (ValueError, TypeError) as exc:
+        return _error(str(exc), 2)
+    except Exception as exc:  # a CUDA failure past selection: one line, with the fix if known
+        from .backend import explain_cuda_error
+
+        why = explain_cuda_error(exc)
+        if why is None:
+            raise
+        return _error(why, 1)
     took = time.perf_counter() - t0
     if not last < first:
         print(f"xpnet smoke: FAILED, loss did not decrease ({first:.4f} -> {last:.4f})",
@@ -125,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     smk.add_argument("--backend", default=None,
                      help="numpy, cupy, torch, array_api_strict or auto "
                           "(default: XPNET_BACKEND, else auto)")
+    smk.add_argument("--device", default=None,
+                     help="device, e.g. cuda:1, cpu, device1 (default: XPNET_DEVICE)")
     smk.set_defaults(func=_cmd_smoke)
     return parser
 
@@ -140,8 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success, 1 when the smoke loss did not decrease, 2 on a selection error.
-        Usage errors exit through argparse (SystemExit 2).
+        0 on success; 2 on a usage error (an unknown backend name or a malformed device);
+        1 on a run-time error (the backend cannot run here, or the smoke loss did not
+        decrease). Bad options exit through argparse (SystemExit 2).
     """
     args = build_parser().parse_args(argv)
     return args.func(args)

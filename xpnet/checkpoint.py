@@ -3,7 +3,9 @@
 Arrays (model parameters and buffers, optimizer state) are stored as NumPy arrays under
 ``model/<name>`` and ``optim/<param>/<slot>``; everything else (counters, RNG states, schedule,
 history) is one JSON string under ``meta``. The file loads with ``allow_pickle=False`` on any
-backend: a checkpoint saved on CuPy resumes on NumPy and the other way round.
+backend: a checkpoint saved on CuPy resumes on NumPy and the other way round. The arrays handed to
+:func:`save_checkpoint` may be host (NumPy) or device arrays of any backend: each is copied to the
+host once (:func:`xpnet.backend.as_host`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .backend import as_host
 
 __all__ = ["Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
 
@@ -38,11 +42,11 @@ class Checkpoint:
 
 def _flatten(model_state: dict[str, np.ndarray],
              optim_state: dict[str, Any] | None) -> dict[str, np.ndarray]:
-    arrays = {f"model/{k}": np.asarray(v) for k, v in model_state.items()}
+    arrays = {f"model/{k}": as_host(v, f"model state {k!r}") for k, v in model_state.items()}
     if optim_state is not None:
         for pname, slots in optim_state["state"].items():
             for slot, v in slots.items():
-                arrays[f"optim/{pname}/{slot}"] = np.asarray(v)
+                arrays[f"optim/{pname}/{slot}"] = as_host(v, f"optimizer state {pname}/{slot}")
     return arrays
 
 
@@ -52,6 +56,9 @@ def save_checkpoint(path: str | os.PathLike, model_state: dict[str, np.ndarray],
     """Write a checkpoint atomically: temp file in the same folder, fsync, verify, rename.
 
     A crash at any point leaves either the old file or the new one, never a partial file.
+    Arrays may be NumPy arrays or device arrays of any backend (CuPy, torch CUDA,
+    array_api_strict on any device); they are brought to the host with
+    :func:`xpnet.backend.as_host`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

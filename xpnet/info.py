@@ -1,7 +1,8 @@
 """Environment report behind ``python -m xpnet info``: backends, devices and the selection.
 
 :func:`collect_info` gathers everything into a JSON-serialisable dict and :func:`format_info`
-renders it as the plain-text table the CLI prints. Neither leaves the selected backend changed.
+renders it as the plain-text table the CLI prints. Neither changes the selected backend nor
+CuPy's current device (a multi-GPU selection of ``cuda:1`` stays on device 1).
 """
 
 from __future__ import annotations
@@ -82,17 +83,16 @@ def strict_devices() -> list[str]:
 def _selection() -> dict[str, Any]:
     """Resolve ``XPNET_BACKEND``/``XPNET_DEVICE`` as :func:`xpnet.set_backend` would.
 
-    The previously selected backend is restored afterwards. The result holds ``backend``
-    and ``device`` on success, else ``error`` (the message) and ``error_type``.
+    Nothing is selected (:func:`xpnet.backend.resolve_backend`): neither xpnet's backend nor
+    CuPy's current device changes. The result holds ``backend`` and ``device`` on success, else
+    ``error`` (the message) and ``error_type`` (``BackendError``: cannot run here;
+    ``ValueError``/``TypeError``: a bad name or device).
     """
-    saved = _backend._current
     try:
-        b = _backend.set_backend()
+        b = _backend.resolve_backend()
         return {"backend": b.name, "device": str(b.device), "version": b.version}
-    except (_backend.BackendError, ValueError) as exc:
+    except (_backend.BackendError, ValueError, TypeError) as exc:
         return {"error": str(exc), "error_type": type(exc).__name__}
-    finally:
-        _backend._current = saved
 
 
 def collect_info() -> dict[str, Any]:

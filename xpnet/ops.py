@@ -27,6 +27,8 @@ import array_api_extra as xpx
 import numpy as np
 from array_api_compat import array_namespace, device
 
+from .backend import device_scope
+
 __all__ = ["add_windows", "col2im", "fast_path_kind", "im2col", "offset_slices", "out_size",
            "pad2d", "uniform", "windows"]
 
@@ -69,8 +71,9 @@ def offset_slices(kh: int, kw: int, stride: int, oh: int, ow: int,
 # ----------------------------------------------------------------------------------- pad2d
 def _pad2d_generic(xp, x, pad, value):
     n, c, h, w = x.shape
-    out = xp.full((n, c, h + 2 * pad, w + 2 * pad), value, dtype=x.dtype,
-                  device=device(x))
+    with device_scope(device(x)):  # CuPy: array-api-compat drops device= here
+        out = xp.full((n, c, h + 2 * pad, w + 2 * pad), value, dtype=x.dtype,
+                      device=device(x))
     out[:, :, pad:pad + h, pad:pad + w] = x
     return out
 
@@ -108,7 +111,7 @@ def _windows_strided(xp, x, kh, kw, stride):
     shape, strides = (n, c, oh, ow, kh, kw), (sn, sc, sh * stride, sw * stride, sh, sw)
     if fast_path_kind(xp) == "numpy":
         return np.lib.stride_tricks.as_strided(x, shape, strides, writeable=False)
-    import cupy  # CuPy's as_strided has no ``writeable`` flag
+    import cupy  # CuPy arrays have no read-only flag: a writable view, see windows()
     return cupy.lib.stride_tricks.as_strided(x, shape, strides)
 
 
@@ -123,7 +126,10 @@ def windows(x: Array, kh: int, kw: int, stride: int = 1, *, xp: Any = None,
             generic: bool = False) -> Array:
     """All kh x kw windows of an NCHW array, shape (N, C, OH, OW, kh, kw).
 
-    The fast paths return a read-only view (no copy); the fallback returns a copy.
+    The fast paths return a view (no copy): read-only on NumPy (``writeable=False``); CuPy and
+    torch have no read-only arrays, so there the view is writable but must be treated as
+    read-only (a write lands in ``x`` and in every overlapping window). The fallback returns a
+    copy. xpnet only ever reads it (im2col copies it once).
     """
     xp = xp or array_namespace(x)
     return _dispatch(_WINDOWS, _windows_generic, xp, generic)(xp, x, kh, kw, stride)
@@ -187,7 +193,8 @@ def _im2col_generic(xp, win, pool, ones_row):
     cols = xp.reshape(blocked, (rows, -1))
     if not ones_row:
         return cols
-    ones = xp.ones((1, cols.shape[1]), dtype=cols.dtype, device=device(cols))
+    with device_scope(device(cols)):
+        ones = xp.ones((1, cols.shape[1]), dtype=cols.dtype, device=device(cols))
     return xp.concat([cols, ones], axis=0)
 
 
@@ -196,7 +203,8 @@ def _im2col_copy_into(xp, win, pool, ones_row):
     blocked = _blocked_windows(xp, win, pool)
     shape = tuple(blocked.shape)
     k, m = shape[0] * shape[1] * shape[2], int(np.prod(shape[3:]))
-    cols = xp.empty((k + int(ones_row), m), dtype=win.dtype, device=device(win))
+    with device_scope(device(win)):
+        cols = xp.empty((k + int(ones_row), m), dtype=win.dtype, device=device(win))
     cols[:k].reshape(shape)[...] = blocked  # reshape of a contiguous block: a view
     if ones_row:
         cols[k] = 1.0
@@ -233,7 +241,8 @@ def col2im(cols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int, st
     n, c, h, w = x_shape
     a, b = out_size(h, kh, stride, pad) // pool, out_size(w, kw, stride, pad) // pool
     blocked = xp.reshape(cols, (kh, kw, c, pool, pool, n, a, b))
-    img = xp.zeros((c, n, h + 2 * pad, w + 2 * pad), dtype=cols.dtype, device=device(cols))
+    with device_scope(device(cols)):
+        img = xp.zeros((c, n, h + 2 * pad, w + 2 * pad), dtype=cols.dtype, device=device(cols))
     img = xp.permute_dims(img, (1, 0, 2, 3))  # NCHW view of channel-major memory
     for di in range(pool):  # pool offset (di, dj): windows P*stride apart, shifted
         for dj in range(pool):
@@ -269,9 +278,15 @@ def _uniform_cupy(xp, seed, shape, dtype, device):
     with device:
         state = _CUPY_STATES.get(device.id)
         if state is None:
-            state = _CUPY_STATES[device.id] = cupy.random.RandomState(seed)
+            # Philox4x32-10 is counter-based: a new seed is a new key, set on the host. CuPy's
+            # default XORWOW re-runs its state set-up kernel after every seed().
+            state = _CUPY_STATES[device.id] = cupy.random.RandomState(
+                seed, method=cupy.cuda.curand.CURAND_RNG_PSEUDO_PHILOX4_32_10)
         state.seed(seed)
-        return state.random_sample(shape, dtype=dtype)
+        if np.dtype(dtype).char in "fd":
+            return state.random_sample(shape, dtype=dtype)
+        # cuRAND draws float32/float64 only (random_sample raises TypeError for float16)
+        return state.random_sample(shape, dtype=cupy.float32).astype(dtype)
 
 
 _UNIFORM = {"torch": _uniform_torch, "cupy": _uniform_cupy}

@@ -1,8 +1,9 @@
 """Optional figures (the ``plot`` extra): learning curves and 2-D decision boundaries as PNG.
 
 matplotlib is imported lazily with the non-interactive Agg backend; it is never needed for
-training. This module imports nothing of xpnet's core: it takes plain histories and a
-``predict(points) -> class indices`` callable.
+training. It takes plain histories and a ``predict(points) -> class indices`` callable; points,
+labels and predictions may be host (NumPy, lists) or device arrays of any backend, brought to the
+host with :func:`xpnet.backend.as_host` (the one rule for data handed to xpnet).
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ def _pyplot() -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def _host(a: Any, what: str) -> np.ndarray:
+    from .backend import as_host  # lazily: plotting stays importable on its own
+
+    return as_host(a, what)
 
 
 def _records(history: Any) -> list[dict[str, float]]:
@@ -80,7 +87,7 @@ def _draw_boundary(ax: Any, predict: Callable[[np.ndarray], np.ndarray], x: np.n
     (x0, y0), (x1, y1) = x.min(axis=0) - pad, x.max(axis=0) + pad
     gx, gy = np.meshgrid(np.linspace(x0, x1, resolution), np.linspace(y0, y1, resolution))
     grid = np.c_[gx.ravel(), gy.ravel()].astype(np.float32)
-    zz = np.asarray(predict(grid)).reshape(gx.shape)
+    zz = _host(predict(grid), "predict(points)").reshape(gx.shape)
     ax.contourf(gx, gy, zz, alpha=0.3, cmap="Spectral")
     ax.scatter(x[:, 0], x[:, 1], c=y, s=12, cmap="Spectral", edgecolors="k", linewidths=0.3)
     ax.set_title(title, fontsize=9)
@@ -106,7 +113,7 @@ def decision_boundaries(predictors: Mapping[str, Callable[[np.ndarray], np.ndarr
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
     flat: Sequence[Any] = axes.ravel()
     for ax, (title, predict) in zip(flat, predictors.items()):
-        _draw_boundary(ax, predict, np.asarray(x), np.asarray(y), title, resolution)
+        _draw_boundary(ax, predict, _host(x, "x"), _host(y, "y"), title, resolution)
     for ax in flat[n:]:
         ax.axis("off")
     fig.tight_layout()

@@ -19,6 +19,10 @@ class Generator:
     weights on every backend. Device draws (dropout masks) take a fresh 63-bit sub-seed from the
     host stream and hand it to :func:`xpnet.ops.uniform`, so the whole state is the host state:
     saving and restoring it (:meth:`get_state`, :meth:`set_state`) resumes both streams exactly.
+    On CuPy the sub-seed keys a Philox4x32-10 cuRAND generator (one per device, created once):
+    counter-based, so a new key is a host-side assignment, not the state set-up kernel CuPy's
+    default XORWOW runs after every seed. Any float dtype works (float16 is drawn as float32 and
+    cast; cuRAND has no float16). ``benchmarks/gpu_check.py`` measures the per-call cost.
     """
 
     def __init__(self, seed: int | None = 0):

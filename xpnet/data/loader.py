@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Backend, current, to_device
+from ..backend import Backend, as_host, current, device_scope, to_device
 from ..rng import Generator
 
 __all__ = ["BatchLoader"]
@@ -25,9 +25,10 @@ class BatchLoader:
     Parameters
     ----------
     x : array_like, (N, ...)
-        Host inputs; their dtype is kept (float32 images stay float32).
+        Inputs: a NumPy array or list, or an array of any backend on any device (copied to the
+        host once, :func:`xpnet.backend.as_host`); their dtype is kept (float32 stays float32).
     y : array_like of int, (N, ...)
-        Host integer labels, delivered as int64.
+        Integer labels (host or device, as ``x``), delivered as int64.
     batch_size : int
         Examples per batch (default 100).
     shuffle : bool
@@ -59,7 +60,7 @@ class BatchLoader:
     def __init__(self, x: Any, y: Any, batch_size: int = 100, *, shuffle: bool = True,
                  rng: Generator | None = None, drop_last: bool = False,
                  backend: Backend | None = None, resident: bool | str = "auto"):
-        x, y = np.asarray(x), np.asarray(y)
+        x, y = as_host(x, "x"), as_host(y, "y")
         if x.ndim == 0 or y.ndim == 0:
             raise ValueError(f"x and y: expected arrays with a leading example axis, got shapes "
                              f"{x.shape} and {y.shape}")
@@ -119,7 +120,9 @@ class BatchLoader:
                 yield self._xd[s:e, ...], self._yd[s:e, ...]
             else:
                 i = idx[s:e]
-                yield xp.take(self._xd, i, axis=0), xp.take(self._yd, i, axis=0)
+                with device_scope(self.backend.device):  # CuPy: gather on the data's GPU
+                    xb, yb = xp.take(self._xd, i, axis=0), xp.take(self._yd, i, axis=0)
+                yield xb, yb
 
 
 def fits_on_device(nbytes: int, backend: Backend, fraction: float = 0.5) -> bool:
