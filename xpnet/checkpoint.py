@@ -170,7 +170,13 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise CheckpointError(f"checkpoint {path} holds pickled Python objects, which "
+                                  f"xpnet never loads; expected {EXPECTED}") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({exc}); "
+                              f"expected {EXPECTED}") from exc
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({exc}); "
                               f"expected {EXPECTED}") from exc
 
