@@ -67,9 +67,10 @@ def evaluate(trainer, x, y):
 def main(argv=None):
     parser = common.make_parser(__file__, __doc__, epochs=EPOCHS, lr=LR, batch_size=100,
                                 train_limit=300)
-    parser.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY, metavar="WD",
+    parser.add_argument("--weight-decay", type=common.finite_float, default=WEIGHT_DECAY,
+                        metavar="WD",
                         help=f"L2 strength of the l2 variants (default: {WEIGHT_DECAY})")
-    parser.add_argument("--l1", type=float, default=L1, metavar="L1",
+    parser.add_argument("--l1", type=common.finite_float, default=L1, metavar="L1",
                         help=f"L1 strength of the l1 variant (default: {L1})")
     parser.add_argument("--dropout", type=float, default=DROPOUT, metavar="P",
                         help=f"dropout ratio of the dropout variants (default: {DROPOUT})")

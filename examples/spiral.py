@@ -64,7 +64,7 @@ def main(argv=None):
         batch_help="points per step, 0 for full batch")
     parser.add_argument("--linear-epochs", type=int, default=200, metavar="N",
                         help="full-batch iterations of the linear classifier (default: 200)")
-    parser.add_argument("--reg", type=float, default=1e-3, metavar="R",
+    parser.add_argument("--reg", type=common.finite_float, default=1e-3, metavar="R",
                         help="L2 regularisation strength, as weight decay (default: 0.001)")
     parser.add_argument("--points", type=int, default=100, metavar="N",
                         help="points per class (default: 100)")
