@@ -16,7 +16,7 @@ from array_api_compat import array_namespace
 from ..backend import Backend, current, to_device, to_numpy
 from ..losses import SoftmaxCrossEntropy
 from ..module import Module
-from .guard import num_examples
+from .guard import check_finite, check_targets, num_examples
 from .metrics import Metric, Totals, default_metrics
 
 __all__ = ["evaluate", "predict"]
@@ -63,6 +63,12 @@ def evaluate(model: Module, loss: Any, x: Any, y: Any, *, metrics: list[Metric] 
                          "expected equal counts")
     if num_examples(x) == 0:
         raise ValueError("evaluate: x is empty; expected at least one example")
+    if isinstance(loss, SoftmaxCrossEntropy):  # one reduction: labels in range, else named
+        num_classes = getattr(model, "num_classes", None)
+        if num_classes is None:
+            num_classes = _num_outputs(model, x, backend)
+        check_targets(y, "evaluate: y", num_classes)
+    check_finite(x, "evaluate: x")
     b = backend or current()
     loss_fn = _eval_loss(loss)
     totals = Totals(default_metrics(loss) if metrics is None else metrics, weighted=True)
@@ -70,6 +76,13 @@ def evaluate(model: Module, loss: Any, x: Any, y: Any, *, metrics: list[Metric] 
         yb = to_device(y[i:i + out.shape[0], ...], backend=b)
         totals.add(loss_fn.forward(out, yb), out, yb)
     return totals.read()[0]
+
+
+def _num_outputs(model: Module, x: Any, backend: Backend | None) -> int | None:
+    """The class count a model without ``num_classes`` produces (one forward of one example)."""
+    for _, out in _outputs(model, x[:1], 1, backend):
+        return int(out.shape[1]) if out.ndim == 2 else None
+    return None
 
 
 def predict(model: Module, x: Any, *, classes: bool = True, batch_size: int = 1000,

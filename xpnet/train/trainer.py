@@ -25,7 +25,7 @@ from ..optim import Optimizer
 from ..rng import Generator
 from ..schedules import Schedule
 from .evaluate import evaluate, predict
-from .guard import DivergenceGuard, check_data
+from .guard import DivergenceGuard, TrainingDiverged, check_data, diverged_path
 from .metrics import Metric, Totals, default_metrics
 from .progress import Progress
 from .state import History, RunState
@@ -56,6 +56,10 @@ class Trainer:
     verbose : print one line per epoch to stderr.
     log_interval : steps between host reads of the running loss (progress bar, NaN guard).
     checkpoint : path written after every epoch (atomically), if given.
+    divergence_factor : training stops (:class:`TrainingDiverged`) when a loss read is NaN,
+        infinite or above this factor times the run's first loss read (None: only NaN/inf);
+        the checkpoint keeps the last good epoch and the diverged state is saved beside it as
+        ``<name>.diverged.npz``.
     """
 
     def __init__(self, model: Module, optimizer: Optimizer, loss: Any = None, *,
@@ -63,7 +67,7 @@ class Trainer:
                  metrics: list[Metric] | None = None, progress: bool | None = None,
                  verbose: bool = False, log_interval: int = 50,
                  checkpoint: str | Path | None = None, eval_batch_size: int = 1000,
-                 backend: Backend | None = None):
+                 backend: Backend | None = None, divergence_factor: float | None = 1e3):
         self.batch_size = _positive_int("batch_size", batch_size)
         self.eval_batch_size = _positive_int("eval_batch_size", eval_batch_size)
         self.model, self.optimizer = model, optimizer
@@ -75,7 +79,7 @@ class Trainer:
         self.backend = backend or current()
         self.state = RunState(seed)
         self.progress = Progress(progress, verbose)
-        self.guard = DivergenceGuard(self.checkpoint)
+        self.guard = DivergenceGuard(self.checkpoint, divergence_factor)
 
     # the run state's counters, as attributes of the trainer
     @property
@@ -136,14 +140,19 @@ class Trainer:
         """
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-        check_data(self.model, self.loss, x_train, y_train, "training data")
+        check_data(self.model, self.loss, x_train, y_train, "training data",
+                   names=("x_train", "y_train"))
         if x_test is not None:
-            check_data(self.model, self.loss, x_test, y_test, "test data")
+            check_data(self.model, self.loss, x_test, y_test, "test data",
+                       names=("x_test", "y_test"))
         loader = BatchLoader(x_train, y_train, self.batch_size, shuffle=True, rng=self.rng,
                              backend=self.backend)
         while self.state.epoch < epochs:
             t0 = time.perf_counter()
-            result = self.train_epoch(loader, total=len(loader))
+            try:
+                result = self.train_epoch(loader, total=len(loader))
+            except TrainingDiverged as exc:
+                raise self._save_diverged(exc) from None
             seconds = time.perf_counter() - t0
             record = {"epoch": self.state.epoch + 1, "loss": result.pop("loss")}
             record.update({f"train_{k}": v for k, v in result.items() if k != "lr"})
@@ -169,6 +178,20 @@ class Trainer:
         """Predicted class indices (classification) or outputs (other losses), as NumPy."""
         return predict(self.model, x, classes=isinstance(self.loss, SoftmaxCrossEntropy),
                        batch_size=self.eval_batch_size, backend=self.backend)
+
+    def _save_diverged(self, exc: TrainingDiverged) -> TrainingDiverged:
+        """Save the diverged state beside the checkpoint (never over it) for inspection;
+        return the error to raise, naming that file."""
+        if self.checkpoint is None:
+            return exc
+        path = diverged_path(self.checkpoint)
+        try:
+            self.save(path)
+        except (OSError, ValueError) as save_exc:
+            return TrainingDiverged(f"{exc}; saving the diverged state to {path} failed too "
+                                    f"({save_exc})")
+        return TrainingDiverged(f"{exc}; the diverged state was saved to {path} for "
+                                "inspection")
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str | Path) -> Path:
