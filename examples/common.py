@@ -30,6 +30,7 @@ try:
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import xpnet
+from xpnet.checkpoint import load_checkpoint
 from xpnet.data import BatchLoader
 from xpnet.data import load_mnist as _load_mnist
 from xpnet.train import Trainer, TrainingDiverged, predict
@@ -434,7 +435,17 @@ def make_trainer(args: argparse.Namespace, model: xpnet.Module, train_size: int
     ``train_size`` images, so even a one-epoch run anneals to 0; a checkpoint saves and
     --resume restores it. Returns the trainer and the epoch it resumed after (0 for a fresh
     run).
+
+    On --resume every setting must match the saved run's (a mismatch is named, exit 1),
+    except the learning rate: without --lr the saved rate is used, with --lr the run goes on
+    at that rate (``Trainer.resume(..., override={"lr": ...})``); ``args.lr`` and the JSON
+    summary hold the rate actually used.
     """
+    lr_given = "lr" in getattr(args, "explicit", {"lr"})
+    if args.resume and not lr_given:
+        saved = load_checkpoint(args.checkpoint).meta.get("optimizer_config", {}).get("lr")
+        if saved is not None:
+            args.lr = saved
     optimizer = xpnet.Adam(model, lr=args.lr, weight_decay=args.weight_decay)
     schedule = None
     if args.schedule == "cosine":
@@ -444,6 +455,8 @@ def make_trainer(args: argparse.Namespace, model: xpnet.Module, train_size: int
     trainer = Trainer(model, optimizer, schedule=schedule, batch_size=args.batch_size,
                       seed=args.seed, verbose=True, checkpoint=args.checkpoint)
     if args.resume:
-        trainer.resume(args.checkpoint)
-        log(f"resumed from {args.checkpoint} after epoch {trainer.epoch}")
+        trainer.resume(args.checkpoint, override={"lr": args.lr} if lr_given else None)
+        args.lr = trainer.lr
+        log(f"resumed from {args.checkpoint} after epoch {trainer.epoch}"
+            + (f", now at lr {args.lr:g} (--lr)" if lr_given else ""))
     return trainer, trainer.epoch

@@ -125,10 +125,19 @@ def test_history_has_one_record_per_step_without_extra_reads(backend):
         assert np.mean(losses) == pytest.approx(history["loss"][e - 1], rel=1e-6)
 
 
-def test_divergence_guard_names_where_and_the_checkpoint():
+def test_divergence_guard_names_where_and_the_checkpoint(tmp_path):
     DivergenceGuard().check(1.0, 1, 1)
+    ck = tmp_path / "ck.npz"
+    with pytest.raises(TrainingDiverged, match=r"inf at epoch 3, step 7.*ck.npz was not written"):
+        DivergenceGuard(ck).check(float("inf"), 3, 7)
+    ck.write_bytes(b"an earlier epoch")
     with pytest.raises(TrainingDiverged, match=r"inf at epoch 3, step 7.*ck.npz was left"):
-        DivergenceGuard("ck.npz").check(float("inf"), 3, 7)
+        DivergenceGuard(ck).check(float("inf"), 3, 7)
+    guard = DivergenceGuard(factor=10)
+    guard.set_reference(2.0)
+    guard.check(19.9, 1, 1)
+    with pytest.raises(TrainingDiverged, match=r"loss 20.1 .* more than 10 times .* \(2\)"):
+        guard.check(20.1, 1, 2)
 
 
 def test_check_data_accepts_device_arrays(backend):

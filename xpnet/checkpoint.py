@@ -21,14 +21,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Checkpoint", "CheckpointError", "CheckpointNotFoundError", "clean_stale_temp_files",
-           "load_checkpoint", "save_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointNotFoundError", "ResumeMismatchError",
+           "clean_stale_temp_files", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "xpnet-checkpoint-1"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is truncated, corrupt or of another format; the message names it."""
+
+
+class ResumeMismatchError(CheckpointError):
+    """A checkpoint does not fit the run resuming from it (model, optimizer, schedule, batch
+    size or learning rate differ); the message names the file and the differing setting."""
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):

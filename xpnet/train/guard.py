@@ -115,8 +115,9 @@ class DivergenceGuard:
 
     The rule: a loss read (once per log interval and at the end of an epoch, reads the Trainer
     makes anyway, so no extra host sync) diverged when it is NaN or infinite, or when it is
-    above ``factor`` times the first loss read in this run (the first interval's running
-    mean, which is normally the highest of a healthy run): ``factor=1e3`` by default,
+    above ``factor`` times the reference: the loss of the run's first step (read once per
+    run, before any update has changed the model), else the first loss checked:
+    ``factor=1e3`` by default,
     ``factor=None`` checks finiteness only. ``checkpoint`` is named in the message: it holds the
     last good epoch, since a diverged epoch is never saved there.
     """
@@ -127,6 +128,11 @@ class DivergenceGuard:
             real_in_range("DivergenceGuard", "factor", factor, "a finite number > 1 or None",
                           low=1.0, low_open=True)
         self.reference: float | None = None
+
+    def set_reference(self, loss: float) -> None:
+        """The loss divergence is measured against (a finite one; NaN is caught by check)."""
+        if math.isfinite(loss):
+            self.reference = abs(loss)
 
     def check(self, loss: float, epoch: int, step: int) -> None:
         """Raise if ``loss`` diverged; ``epoch`` counts from 1, ``step`` within it."""
@@ -140,7 +146,10 @@ class DivergenceGuard:
                    f"{self.factor:g} times the first loss of this run ({self.reference:.4g})")
         else:
             why = f"training loss became {loss} at epoch {epoch}, step {step}"
-        kept = (f"; the last good checkpoint {self.checkpoint} was left untouched"
-                if self.checkpoint else "")
+        kept = ""
+        if self.checkpoint is not None:
+            kept = (f"; the last good checkpoint {self.checkpoint} was left untouched"
+                    if Path(self.checkpoint).exists() else
+                    f"; no good epoch to keep, {self.checkpoint} was not written")
         raise TrainingDiverged(f"{why} (try a smaller learning rate or gradient clipping)"
                                f"{kept}")

@@ -28,7 +28,7 @@ from .evaluate import evaluate, predict
 from .guard import DivergenceGuard, TrainingDiverged, check_data, diverged_path
 from .metrics import Metric, Totals, default_metrics
 from .progress import Progress
-from .state import History, RunState
+from .state import History, RunState, base_lr
 from .step import train_step
 
 __all__ = ["Trainer"]
@@ -113,6 +113,8 @@ class Trainer:
             if self.schedule is not None and self.schedule.per_step:
                 self.schedule.step()
             totals.add(out.loss, out.output, yb)
+            if self.guard.reference is None:  # one host read per run: the initial loss
+                self.guard.set_reference(float(out.loss))
             self.state.step += 1
             if totals.steps % self.log_interval == 0:
                 running = totals.mean_loss()  # the one host sync per interval
@@ -196,16 +198,26 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str | Path) -> Path:
         """Write model, optimizer, schedule, RNG states, counters and history atomically."""
-        return save_checkpoint(path, self.model.state_dict(), self.optimizer.state_dict(),
-                               self.state.meta(self.model, self.schedule, self.backend.name))
+        meta = self.state.meta(self.model, self.schedule, self.backend.name,
+                               optimizer=self.optimizer, batch_size=self.batch_size)
+        return save_checkpoint(path, self.model.state_dict(), self.optimizer.state_dict(), meta)
 
-    def resume(self, path: str | Path) -> None:
+    def resume(self, path: str | Path, *, override: dict[str, Any] | None = None) -> None:
         """Restore everything :meth:`save` wrote; ``fit`` then continues where it stopped.
 
-        The checkpoint is validated against this run (:meth:`RunState.validate`) before
-        anything is overwritten.
+        The checkpoint is validated against this run first (:meth:`RunState.validate`): the
+        model, the optimizer's class and settings, the schedule, the batch size and the
+        learning rate must match the saved run, else
+        :class:`~xpnet.checkpoint.ResumeMismatchError` names the differing setting and nothing
+        is changed. ``override={"lr": x}`` is the one deliberate change allowed: the run goes
+        on with base rate ``x`` (the schedule keeps its position and shape).
         """
         ck = load_checkpoint(path)
         parts = {"model": self.model, "optimizer": self.optimizer, "schedule": self.schedule}
-        self.state.validate(ck, path, **parts)
-        self.state.restore(ck, backend=self.backend, **parts)
+        self.state.validate(ck, path, batch_size=self.batch_size, override=override, **parts)
+        self.state.restore(ck, backend=self.backend, override=override, **parts)
+
+    @property
+    def lr(self) -> float:
+        """The run's learning rate: the schedule's base rate, else the optimizer's rate."""
+        return base_lr(self.optimizer, self.schedule)
