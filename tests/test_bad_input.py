@@ -31,6 +31,7 @@ from xpnet.data import BatchLoader, load_mnist
 from xpnet.data.synthetic import circles, moons, spiral
 from xpnet.models import TwoLayerNet
 from xpnet.module import StateDictError
+from xpnet.train import Trainer, evaluate
 
 
 # ---------------------------------------------------------------------- the machinery
@@ -62,6 +63,11 @@ def _freeze(value: Any) -> Any:
                 "state": value.state_dict()["state"]}
     if isinstance(value, xpnet.schedules.Schedule):
         return {"state": value.state_dict(), "lr": value.optimizer.lr}
+    if isinstance(value, Trainer):
+        return {"model": _freeze(value.model), "opt": _freeze(value.optimizer),
+                "sched": _freeze(value.schedule), "epoch": value.epoch,
+                "step": value.step_count, "rng": value.rng.get_state(),
+                "history": copy.deepcopy(value.history.records), "lr": value.optimizer.lr}
     if isinstance(value, np.ndarray):
         return value.copy()
     if isinstance(value, dict):
@@ -166,6 +172,48 @@ def _offline(tmp: Path) -> dict:
 X = np.zeros((5, 2), np.float32)
 Y = np.zeros(5, np.int64)
 F32 = np.float32
+
+def _xy(n: int = 30, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 4)).astype(F32), np.arange(n) % 2
+
+
+def _trainer(opt: str = "adam", hidden: int = 3, lr: float = 0.01, batch_size: int = 10,
+             dtype: str = "float32", schedule: bool = True, **kw: Any) -> Trainer:
+    model = TwoLayerNet(4, hidden, 2, seed=0)
+    if dtype != "float32":
+        model = xpnet.Sequential(xpnet.Linear(4, hidden, dtype=dtype), xpnet.ReLU(),
+                                 xpnet.Linear(hidden, 2, dtype=dtype))
+    optimizer = {"adam": lambda: xpnet.Adam(model, lr=lr),
+                 "momentum": lambda: xpnet.Momentum(model, lr=lr, **kw),
+                 "sgd": lambda: xpnet.SGD(model, lr=lr)}[opt]()
+    sched = xpnet.CosineLR(optimizer, 9) if schedule else None
+    return Trainer(model, optimizer, schedule=sched, batch_size=batch_size, progress=False)
+
+
+def _saved_run(tmp: Path, **kw: Any) -> dict:
+    """A checkpoint of a one-epoch Adam run (lr 0.01, batches of 10, cosine over 9 steps)."""
+    x, y = _xy()
+    first = _trainer()
+    first.fit(x, y, 1)
+    first.save(tmp / "run.npz")
+    return {"trainer": _trainer(**kw)}
+
+
+def _fresh_trainer(tmp: Path) -> dict:
+    return {"trainer": _trainer()}
+
+
+def _fit(c: dict, x: Any = None, y: Any = None, **kw: Any) -> Any:
+    x0, y0 = _xy()
+    return c["trainer"].fit(x0 if x is None else x, y0 if y is None else y, 1, **kw)
+
+
+def _with(a: np.ndarray, index: tuple, value: Any) -> np.ndarray:
+    a = a.copy()
+    a[index] = value
+    return a
+
 
 CASES = [
     # ------------------------------------------------------------------ layers
@@ -383,6 +431,74 @@ CASES = [
          lambda c: c["model"].load_state_dict(load_checkpoint(c["tmp"] / "good.npz").model),
          ValueError, ("parameter '0.W'", "saved shape (4, 3)", "the model's (4, 5)"),
          _good_checkpoint),
+    # ------------------------------------------------------------------ trainer
+    Case("trainer-batch-size-zero", lambda c: _trainer(batch_size=0), ValueError,
+         ("batch_size", "positive integer", "got 0")),
+    Case("trainer-divergence-factor", lambda c: Trainer(
+        c["model"], xpnet.SGD(c["model"]), divergence_factor=0.5),
+        ValueError, ("DivergenceGuard", "factor", "> 1", "got 0.5"), _model_ctx),
+    Case("trainer-epochs-negative", lambda c: c["trainer"].fit(*_xy(), -1), ValueError,
+         ("epochs", "non-negative integer", "got -1"), _fresh_trainer),
+    Case("trainer-nan-x-train", lambda c: _fit(c, x=_with(_xy()[0], (7, 2), np.nan)),
+         ValueError, ("x_train", "row 7 holds NaN", "expected finite values"), _fresh_trainer),
+    Case("trainer-inf-x-train", lambda c: _fit(c, x=_with(_xy()[0], (3, 0), -np.inf)),
+         ValueError, ("x_train", "row 3 holds an infinite value", "expected finite values"),
+         _fresh_trainer),
+    Case("trainer-nan-x-test", lambda c: _fit(c, x_test=_with(_xy()[0], (29, 1), np.nan),
+                                              y_test=_xy()[1]),
+         ValueError, ("x_test", "row 29 holds NaN", "expected finite values"), _fresh_trainer),
+    Case("trainer-labels-out-of-range", lambda c: _fit(c, y=_with(_xy()[1], (4,), 2)),
+         ValueError, ("y_train", "row 4 holds label 2", "expected labels in [0, 1]"),
+         _fresh_trainer),
+    Case("trainer-test-labels-negative",
+         lambda c: _fit(c, x_test=_xy()[0], y_test=_with(_xy()[1], (6,), -1)),
+         ValueError, ("y_test", "row 6 holds label -1", "expected labels in [0, 1]"),
+         _fresh_trainer),
+    Case("trainer-empty-training-set", lambda c: _fit(c, x=_xy()[0][:0], y=_xy()[1][:0]),
+         ValueError, ("x_train is empty", "expected at least one example"), _fresh_trainer),
+    Case("trainer-count-mismatch", lambda c: _fit(c, y=_xy()[1][:29]), ValueError,
+         ("training data", "30 inputs but 29 labels", "expected equal counts"),
+         _fresh_trainer),
+    Case("trainer-evaluate-labels-out-of-range",
+         lambda c: c["trainer"].evaluate(_xy()[0], _with(_xy()[1], (11,), 9)), ValueError,
+         ("evaluate: y", "row 11 holds label 9", "expected labels in [0, 1]"), _fresh_trainer),
+    Case("trainer-evaluate-empty", lambda c: evaluate(c["trainer"].model, xpnet.MSE(),
+                                                      _xy()[0][:0], _xy()[0][:0]),
+         ValueError, ("evaluate", "x is empty", "expected at least one example"),
+         _fresh_trainer),
+    Case("trainer-resume-adam-into-momentum", lambda c: c["trainer"].resume(c["tmp"] / "run.npz"),
+         xpnet.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "optimizer Adam",
+                                                "this trainer has Momentum", "resume with Adam"),
+         lambda t: _saved_run(t, opt="momentum")),
+    Case("trainer-resume-model-shape", lambda c: c["trainer"].resume(c["tmp"] / "run.npz"),
+         xpnet.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "parameter '0.W'",
+                                                "shape (4, 3)", "this model's is (4, 5)"),
+         lambda t: _saved_run(t, hidden=5)),
+    Case("trainer-resume-dtype", lambda c: c["trainer"].resume(c["tmp"] / "run.npz"),
+         xpnet.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "saved as float32",
+                                                "this model's is float64"),
+         lambda t: _saved_run(t, dtype="float64")),
+    Case("trainer-resume-lr", lambda c: c["trainer"].resume(c["tmp"] / "run.npz"),
+         xpnet.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "saved with lr=0.01",
+                                                "this optimizer has lr=0.05", "override"),
+         lambda t: _saved_run(t, lr=0.05)),
+    Case("trainer-resume-batch-size", lambda c: c["trainer"].resume(c["tmp"] / "run.npz"),
+         xpnet.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "batch_size=10",
+                                                "batch_size=5", "--batch-size 10"),
+         lambda t: _saved_run(t, batch_size=5)),
+    Case("trainer-resume-without-schedule", lambda c: c["trainer"].resume(c["tmp"] / "run.npz"),
+         xpnet.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "saved with a learning-rate "
+                                                "schedule", "schedule is none"),
+         lambda t: _saved_run(t, schedule=False)),
+    Case("trainer-resume-override-other-key",
+         lambda c: c["trainer"].resume(c["tmp"] / "run.npz", override={"betas": (0.5, 0.5)}),
+         ValueError, ("override", "only lr", "['betas']"), _saved_run),
+    Case("trainer-resume-override-lr-inf",
+         lambda c: c["trainer"].resume(c["tmp"] / "run.npz", override={"lr": float("inf")}),
+         ValueError, ("override['lr']", "finite number >= 0", "got inf"), _saved_run),
+    Case("trainer-resume-missing-file", lambda c: c["trainer"].resume(c["tmp"] / "nope.npz"),
+         FileNotFoundError, ("{tmp}/nope.npz", "does not exist", "expected an .npz"),
+         _fresh_trainer),
 ]
 
 
@@ -394,8 +510,10 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch) -> None:
 
 
 def test_catalogue_covers_every_area():
+    assert len(CASES) + len(CLI_CASES) >= 70
     areas = {c.id.split("-")[0] for c in CASES}
-    assert areas >= {"layers", "losses", "optim", "schedules", "data", "loader", "checkpoint"}
+    assert areas >= {"layers", "losses", "optim", "schedules", "data", "loader", "checkpoint",
+                     "trainer"}
     assert len({c.id for c in CASES}) == len(CASES)
 
 
@@ -532,3 +650,99 @@ def _write_then_fail(c: dict) -> None:
 def test_the_harness_detects_a_defective_error_path(case, tmp_path):
     with pytest.raises((AssertionError, pytest.fail.Exception, ValueError)):
         run_case(case, tmp_path)
+
+
+# ---------------------------------------------------------------------- CLIs
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+MNIST_DIR = Path(os.environ.get("XPNET_DATA_DIR") or
+                 Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+def _example_main(script: str, monkeypatch) -> Callable:
+    """The example's main, imported in-process (its ``common`` from examples/)."""
+    import importlib.util
+    import sys
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    for name in ("common", script):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    spec = importlib.util.spec_from_file_location(script, EXAMPLES / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, script, module)
+    return module.main
+
+
+def _mlp_checkpoint(tmp: Path) -> None:
+    """A checkpoint the MNIST MLP example would write (784-100-10, Adam 1e-3, cosine)."""
+    model = TwoLayerNet(784, 100, 10, seed=0)
+    opt = xpnet.Adam(model, lr=1e-3)
+    trainer = Trainer(model, opt, schedule=xpnet.CosineLR(opt, 2, per_step=True),
+                      batch_size=100, progress=False)
+    trainer.save(tmp / "ck.npz")
+
+
+CLI_CASES = [
+    # (id, script, argv ({tmp} replaced), setup, exit code, words in the one error line)
+    ("cli-seed-negative", "mnist_mlp", ["--seed", "-1"], None, 2,
+     ("--seed", "integer >= 0", "got -1")),
+    ("cli-lr-inf", "mnist_mlp", ["--lr", "inf"], None, 2,
+     ("--lr", "finite number >= 0", "got inf")),
+    ("cli-lr-text", "mnist_cnn", ["--lr", "fast"], None, 2,
+     ("--lr", "finite number >= 0", "'fast'")),
+    ("cli-epochs-zero", "mnist_mlp", ["--epochs", "0"], None, 2,
+     ("--epochs", "positive integer", "got 0")),
+    ("cli-plot-extension", "mnist_cnn", ["--plot", "{tmp}/out.jpgg"], None, 2,
+     ("--plot", "{tmp}/out.jpgg", ".jpgg", "expected one of .png")),
+    ("cli-data-dir-missing", "mnist_mlp", ["--data-dir", "{tmp}/nope"], None, 2,
+     ("--data-dir", "{tmp}/nope", "does not exist", "expected the folder")),
+    ("cli-checkpoint-exists", "mnist_mlp", ["--checkpoint", "{tmp}/ck.npz"], _mlp_checkpoint,
+     2, ("--checkpoint", "{tmp}/ck.npz", "already exists", "--resume", "--overwrite")),
+    ("cli-resume-missing", "mnist_mlp", ["--checkpoint", "{tmp}/gone.npz", "--resume"], None,
+     2, ("--resume", "{tmp}/gone.npz", "does not exist", "without --resume")),
+    ("cli-resume-and-overwrite", "mnist_cnn",
+     ["--checkpoint", "{tmp}/ck.npz", "--resume", "--overwrite"], _mlp_checkpoint, 2,
+     ("--resume and --overwrite", "exclude each other")),
+    ("cli-checkpoint-is-folder", "mnist_mlp", ["--checkpoint", "{tmp}"], None, 2,
+     ("--checkpoint", "{tmp} is a folder", "expected a file path")),
+    ("cli-spiral-reg-nan", "spiral", ["--reg", "nan"], None, 2,
+     ("--reg", "finite number >= 0", "got nan")),
+    ("cli-moons-noise-negative", "moons", ["--noise", "-1"], None, 2,
+     ("--noise", "finite number >= 0", "got -1")),
+    ("cli-resume-other-architecture", "mnist_mlp",
+     ["--checkpoint", "{tmp}/ck.npz", "--resume", "--hidden", "50", "--train-limit", "200",
+      "--epochs", "2"], _mlp_checkpoint, 1,
+     ("{tmp}/ck.npz", "parameter '0.W'", "(784, 100)", "(784, 50)")),
+    ("cli-resume-not-a-checkpoint", "mnist_mlp",
+     ["--checkpoint", "{tmp}/ck.npz", "--resume", "--train-limit", "200"],
+     lambda t: (t / "ck.npz").write_text("hello"), 1,
+     ("{tmp}/ck.npz", "not a zip/.npz file", "expected an .npz checkpoint")),
+]
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input(case, tmp_path, monkeypatch, capsys):
+    """One line ``examples/<script>.py: error: ...`` on stderr, no traceback, exit 2 for a
+    usage error and 1 for a run-time one, and no file written or changed."""
+    _, script, argv, setup, code, words = case
+    if code == 1 and not (MNIST_DIR / "mnist").is_dir() and not MNIST_DIR.is_dir():
+        pytest.skip("real MNIST not available")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    if setup is not None:
+        setup(tmp_path)
+    files_before = _files(tmp_path)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if script.startswith("mnist") and "--data-dir" not in argv:
+        argv += ["--data-dir", str(MNIST_DIR)]
+    main = _example_main(script, monkeypatch)
+    try:
+        rc = main(argv)
+    except SystemExit as exc:
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == code, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith(f"examples/{script}.py: error:")]
+    assert len(lines) == 1, err
+    for word in words:
+        assert word.replace("{tmp}", str(tmp_path)) in lines[0], (word, lines[0])
+    assert _files(tmp_path) == files_before

@@ -155,3 +155,27 @@ def test_fit_learns_and_predict_evaluate_agree(backend):
     acc = trainer.evaluate(x, y)["acc"]
     assert acc == pytest.approx(np.mean(pred == y)) and acc > 0.9
     assert set(history.last) >= {"epoch", "loss", "train_acc", "test_acc", "lr", "seconds"}
+
+
+def test_resume_with_an_explicit_new_rate(tmp_path):
+    """override={'lr': x} is the one deliberate change on resume: the schedule keeps its
+    position and shape around the new base rate; without it a different rate is refused."""
+    x, y = _data()
+    model, opt, _ = _setup()
+    sched = xpnet.CosineLR(opt, 10)
+    trainer = Trainer(model, opt, schedule=sched, batch_size=40)
+    trainer.fit(x, y, 2)
+    trainer.save(tmp_path / "ck.npz")
+    model2, opt2, _ = _setup(seed=1)
+    opt2.lr = 0.05
+    sched2 = xpnet.CosineLR(opt2, 10)
+    resumed = Trainer(model2, opt2, schedule=sched2, batch_size=40)
+    with pytest.raises(ValueError, match="saved with lr=0.01.*override"):
+        resumed.resume(tmp_path / "ck.npz")
+    assert resumed.epoch == 0 and sched2.epoch == 0  # nothing changed
+    resumed.resume(tmp_path / "ck.npz", override={"lr": 0.05})
+    assert resumed.epoch == 2 and sched2.epoch == 2 and resumed.lr == 0.05
+    assert opt2.lr == pytest.approx(sched2.rate(2)) and sched2.rate(2) == pytest.approx(
+        0.05 * 0.5 * (1 + np.cos(np.pi * 2 / 10)))
+    resumed.fit(x, y, 3)
+    assert resumed.history.records[-1]["lr"] == pytest.approx(sched2.rate(2))
