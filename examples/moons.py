@@ -113,10 +113,7 @@ def main(argv=None):
 
     common.show(args, f"{args.dataset}, {n} points, {args.epochs} passes\n"
                       + common.table(rows, ["hidden", "loss", "accuracy", "seconds"]))
-    if args.plot:
-        decision_boundaries(predictors, x_host, y_host, args.plot, columns=4)
-        common.log(f"saved {args.plot}")
-    if args.json:
+    if args.json:  # first: a failing figure must not lose the summary
         common.print_json({
             "example": "moons", **common.backend_fields(backend), "dataset": args.dataset,
             "points": n, "noise": noise, "epochs": args.epochs, "lr": lr,
@@ -124,6 +121,9 @@ def main(argv=None):
             "results": {str(r["hidden"]): {k: r[k] for k in ("loss", "accuracy", "seconds")}
                         for r in rows},
             "seconds": sum(r["seconds"] for r in rows)})
+    if args.plot:
+        decision_boundaries(predictors, x_host, y_host, args.plot, columns=4)
+        common.log(f"saved {args.plot}")
     return 0
 
 

@@ -118,15 +118,15 @@ def main(argv=None):
                       f"{args.epochs} epochs\n" + common.table(
                           rows, ["variant", "train_accuracy", "test_accuracy", "gap",
                                  "seconds"]))
-    if args.plot:
-        learning_curves(histories, args.plot, title=f"Overfitting {len(x_train)} images")
-        common.log(f"saved {args.plot}")
-    if args.json:
+    if args.json:  # first: a failing figure must not lose the summary
         common.print_json({
             "example": "overfitting", **common.backend_fields(backend), "epochs": args.epochs,
             "lr": args.lr, "train_images": len(x_train), "test_images": len(x_test),
             "results": {r["variant"]: r for r in rows},
             "histories": {k: h.records for k, h in histories.items()}})
+    if args.plot:
+        learning_curves(histories, args.plot, title=f"Overfitting {len(x_train)} images")
+        common.log(f"saved {args.plot}")
     return 0
 
 
