@@ -496,6 +496,12 @@ CASES = [
     Case("trainer-resume-override-lr-inf",
          lambda c: c["trainer"].resume(c["tmp"] / "run.npz", override={"lr": float("inf")}),
          ValueError, ("override['lr']", "finite number >= 0", "got inf"), _saved_run),
+    Case("trainer-resume-weights-only-file",
+         lambda c: c["trainer"].resume(c["tmp"] / "w.npz"), xpnet.checkpoint.ResumeMismatchError,
+         ("{tmp}/w.npz", "not written by Trainer.save", "no epoch, step, rng",
+          "expected a Trainer checkpoint"),
+         lambda t: save_checkpoint(t / "w.npz", TwoLayerNet(4, 3, 2).state_dict())
+         and _fresh_trainer(t)),
     Case("trainer-resume-missing-file", lambda c: c["trainer"].resume(c["tmp"] / "nope.npz"),
          FileNotFoundError, ("{tmp}/nope.npz", "does not exist", "expected an .npz"),
          _fresh_trainer),

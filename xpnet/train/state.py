@@ -89,6 +89,12 @@ class RunState:
         the only setting that may change on resume).
         """
         override = check_override(override)
+        missing = [k for k in ("epoch", "step", "rng") if k not in ck.meta]
+        if missing:
+            raise ResumeMismatchError(
+                f"{path}: not written by Trainer.save (no {', '.join(missing)} in its "
+                "metadata), so there is no run to resume; expected a Trainer checkpoint (to "
+                "load only the weights: model.load_state_dict(load_checkpoint(path).model))")
         _check_model(ck, path, model)
         _check_optimizer(ck, path, optimizer, schedule, override)
         saved_bs = ck.meta.get("batch_size")
