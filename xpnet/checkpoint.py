@@ -73,6 +73,7 @@ def save_checkpoint(path: str | os.PathLike, model_state: dict[str, np.ndarray],
 
     A crash at any point leaves either the old file or the new one, never a partial file.
     """
+    _check_save_args(model_state, optim_state, meta)
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "cannot write a checkpoint: the path is a "
@@ -278,3 +279,18 @@ def clean_stale_temp_files(path: str | os.PathLike, *, max_age_s: float = STALE_
             except OSError:
                 pass  # another cleaner got there first, or no permission: harmless
     return removed
+
+
+def _check_save_args(model_state: Any, optim_state: Any, meta: Any) -> None:
+    """Arguments of the wrong kind, refused before anything is written."""
+    if not isinstance(model_state, dict):
+        raise TypeError(f"save_checkpoint: model_state must be a dict of arrays (from "
+                        f"model.state_dict()), got {type(model_state).__name__}")
+    if optim_state is not None and not (isinstance(optim_state, dict)
+                                        and isinstance(optim_state.get("state"), dict)):
+        raise TypeError(f"save_checkpoint: optim_state must be None or an optimizer's "
+                        f"state_dict() (a dict with a 'state' dict), got "
+                        f"{type(optim_state).__name__}")
+    if meta is not None and not isinstance(meta, dict):
+        raise TypeError(f"save_checkpoint: meta must be None or a dict, got "
+                        f"{type(meta).__name__}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from array_api_compat import array_namespace
 from ..backend import to_numpy
 from ..losses import SoftmaxCrossEntropy
 from ..module import Module
-from ..validate import real_in_range
+from ..validate import positive_int, real_in_range
 
 __all__ = ["DivergenceGuard", "TrainingDiverged", "check_data", "check_finite", "check_targets",
            "diverged_path", "num_examples"]
@@ -102,6 +103,29 @@ def check_targets(y: Any, name: str, num_classes: int | None) -> None:
         raise ValueError(f"{name}: row {first} holds label {int(y[first])} "
                          f"({int(bad.sum())} of {len(y)} labels out of range); expected labels "
                          f"in [0, {num_classes - 1}] for {num_classes} classes")
+
+
+def check_trainer_args(model: Any, optimizer: Any, schedule: Any, log_interval: Any,
+                       checkpoint: Any) -> None:
+    """The Trainer's arguments of the wrong kind, refused before anything is built."""
+    from ..optim import Optimizer
+    from ..schedules import Schedule
+
+    if not isinstance(model, Module):
+        raise TypeError(f"Trainer: model must be an xpnet Module, got {type(model).__name__}")
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"Trainer: optimizer must be an xpnet Optimizer (e.g. "
+                        f"xpnet.Adam(model)), got {optimizer!r}")
+    if schedule is not None and not isinstance(schedule, Schedule):
+        raise TypeError(f"Trainer: schedule must be an xpnet Schedule or None, got "
+                        f"{schedule!r}")
+    if schedule is not None and schedule.optimizer is not optimizer:
+        raise ValueError("Trainer: the schedule drives another optimizer than the trainer's; "
+                         "expected a schedule built on this optimizer")
+    positive_int("Trainer", "log_interval", log_interval)
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"Trainer: checkpoint must be a file path (str or Path) or None, got "
+                        f"{checkpoint!r}")
 
 
 def diverged_path(checkpoint: str | Path) -> Path:

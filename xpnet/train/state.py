@@ -17,7 +17,7 @@ from ..checkpoint import Checkpoint, ResumeMismatchError
 from ..module import Module
 from ..rng import Generator
 from ..schedules import Schedule
-from ..validate import non_negative_float
+from ..validate import non_negative_float, non_negative_int
 
 __all__ = ["History", "RunState"]
 
@@ -55,7 +55,9 @@ def layer_generators(model: Module) -> dict[str, Generator]:
 class RunState:
     """Counters, Generators and history of one training run (see the module docstring)."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int | None = 0):
+        if seed is not None:
+            seed = non_negative_int("Trainer", "seed", seed)
         self.epoch = 0
         self.step = 0
         self.rng = Generator(seed)

@@ -25,7 +25,7 @@ from ..optim import Optimizer
 from ..rng import Generator
 from ..schedules import Schedule
 from .evaluate import evaluate, predict
-from .guard import DivergenceGuard, TrainingDiverged, check_data, diverged_path
+from .guard import DivergenceGuard, TrainingDiverged, check_data, check_trainer_args, diverged_path
 from .metrics import Metric, Totals, default_metrics
 from .progress import Progress
 from .state import History, RunState, base_lr
@@ -68,6 +68,7 @@ class Trainer:
                  verbose: bool = False, log_interval: int = 50,
                  checkpoint: str | Path | None = None, eval_batch_size: int = 1000,
                  backend: Backend | None = None, divergence_factor: float | None = 1e3):
+        check_trainer_args(model, optimizer, schedule, log_interval, checkpoint)
         self.batch_size = _positive_int("batch_size", batch_size)
         self.eval_batch_size = _positive_int("eval_batch_size", eval_batch_size)
         self.model, self.optimizer = model, optimizer
