@@ -46,7 +46,8 @@ def train(trainer, x, y, epochs):
 
 def evaluate(trainer, x, y):
     """(mean loss, accuracy) on host arrays, in evaluation mode (running statistics)."""
-    return trainer.evaluate(x, y)
+    scores = trainer.evaluate(x, y)  # {'loss': ..., 'acc': ...}
+    return scores["loss"], scores["acc"]
 
 
 @common.cli
@@ -94,14 +95,14 @@ def main(argv=None):
                                  "batchnorm_train_accuracy": "BN train",
                                  "plain_test_accuracy": "plain test",
                                  "batchnorm_test_accuracy": "BN test"}))
-    if args.plot:
-        learning_curves(histories, args.plot, title="With and without BatchNorm")
-        common.log(f"saved {args.plot}")
-    if args.json:
+    if args.json:  # first: a failing figure must not lose the summary
         common.print_json({
             "example": "batchnorm", **common.backend_fields(backend), "epochs": args.epochs,
             "lr": args.lr, "train_images": len(x_train), "test_images": len(x_test),
             "table": rows, "histories": {k: h.records for k, h in histories.items()}})
+    if args.plot:
+        learning_curves(histories, args.plot, title="With and without BatchNorm")
+        common.log(f"saved {args.plot}")
     return 0
 
 

@@ -15,6 +15,7 @@ import functools
 import inspect
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,9 +30,10 @@ try:
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import xpnet
+from xpnet.checkpoint import load_checkpoint
 from xpnet.data import BatchLoader
 from xpnet.data import load_mnist as _load_mnist
-from xpnet.train import Trainer, TrainingDiverged
+from xpnet.train import Trainer, TrainingDiverged, predict
 
 # What a user can cause and fix without reading a traceback: a backend that cannot run here
 # (BackendError), a bad backend name, argument, data file or checkpoint (ValueError, which
@@ -47,6 +49,92 @@ def prog(file: str) -> str:
     return f"examples/{Path(file).name}"
 
 
+# Exit codes of every example (README, "Errors and exit codes"):
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+# what matplotlib writes (Figure.savefig's formats, the raw ones left out)
+PLOT_FORMATS = ("png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp",
+                "pgf")
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (refuses inf and nan)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}") \
+            from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (a seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the examples' conventions: a usage error is one line on stderr,
+    ``examples/<name>.py: error: <message> (see --help)``, exit 2; after parsing, the output
+    and input paths are checked (before any training) and ``args.explicit`` holds the
+    destinations of the flags given on the command line."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        argv = list(sys.argv[1:] if args is None else args)
+        parsed = super().parse_args(argv, namespace)
+        parsed.explicit = self._explicit(argv)
+        if getattr(parsed, "plot", None):
+            parsed.plot = str(check_plot_path(self, parsed.plot))
+        data_dir = getattr(parsed, "data_dir", None)
+        if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+            what = "is not a folder" if Path(data_dir).exists() else "does not exist"
+            self.error(f"--data-dir: {data_dir} {what}; expected the folder holding the MNIST "
+                       ".gz files or a mnist/ folder with them")
+        return parsed
+
+    def _explicit(self, argv: Sequence[str]) -> set[str]:
+        given = set()
+        for token in argv:
+            if token == "--":
+                break
+            if token.startswith("-"):
+                action = self._option_string_actions.get(token.split("=", 1)[0])
+                if action is not None:
+                    given.add(action.dest)
+        return given
+
+
+def check_plot_path(parser: argparse.ArgumentParser, plot: str) -> Path:
+    """The file ``--plot`` will write, checked before training: a supported extension (none:
+    .png is added), a folder means ``<folder>/<example>.png``, and the nearest existing parent
+    must be a writable folder. Usage error (exit 2) otherwise."""
+    path = Path(plot).expanduser()
+    if path.is_dir():
+        path = path / (Path(parser.prog).stem + ".png")
+    elif not path.suffix:
+        path = path.with_name(path.name + ".png")
+    fmt = path.suffix[1:].lower()
+    if fmt not in PLOT_FORMATS:
+        parser.error(f"--plot: {plot} has the extension .{fmt}, which cannot be written; "
+                     f"expected one of {', '.join('.' + f for f in PLOT_FORMATS)}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        parser.error(f"--plot: cannot write {path}: {parent} is not a writable folder")
+    return path
+
+
 def make_parser(file: str, doc: str, *, epochs: int, lr: float | None, batch_size: int = 100,
                 seed: int = 0, mnist: bool = True, train_limit: int | None = None,
                 epochs_help: str = "number of epochs to train",
@@ -59,7 +147,7 @@ def make_parser(file: str, doc: str, *, epochs: int, lr: float | None, batch_siz
     make their own data and leave those out. ``lr_shown`` replaces the default in the help text
     when it is not a single number.
     """
-    parser = argparse.ArgumentParser(prog=prog(file), description=doc.split("\n\n")[0],
+    parser = Parser(prog=prog(file), description=doc.split("\n\n")[0],
                                      epilog=f"What it reproduces and the results to expect: "
                                             f"the docstring at the top of {prog(file)}.")
     parser.add_argument("--backend", default=None, metavar="NAME",
@@ -69,9 +157,9 @@ def make_parser(file: str, doc: str, *, epochs: int, lr: float | None, batch_siz
                         help=f"{epochs_help} (default: {epochs})")
     parser.add_argument("--batch-size", type=int, default=batch_size, metavar="N",
                         help=f"{batch_help} (default: {batch_size})")
-    parser.add_argument("--lr", type=float, default=lr, metavar="LR",
+    parser.add_argument("--lr", type=finite_float, default=lr, metavar="LR",
                         help=f"{lr_help} (default: {lr_shown or lr})")
-    parser.add_argument("--seed", type=int, default=seed, metavar="S",
+    parser.add_argument("--seed", type=non_negative_int, default=seed, metavar="S",
                         help=f"random seed of data, weights and batch order (default: {seed})")
     if mnist:
         parser.add_argument("--data-dir", default=None, metavar="DIR",
@@ -85,7 +173,9 @@ def make_parser(file: str, doc: str, *, epochs: int, lr: float | None, batch_siz
                         help="a few steps on tiny data, to check that the script runs "
                              "(default: False)")
     parser.add_argument("--plot", default=None, metavar="PATH",
-                        help="save a PNG figure to PATH (default: no figure)")
+                        help="save the figure to PATH, checked before training: .png, "
+                             ".pdf, .svg...; a folder gets <example>.png inside (default: no "
+                             "figure)")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON summary as the last line of stdout; human output "
                              "goes to stderr (default: False)")
@@ -193,12 +283,7 @@ class Stopwatch:
 # ---------------------------------------------------------------------------- models and data
 def predictor(model: xpnet.Module) -> Callable[[np.ndarray], np.ndarray]:
     """``predict(points) -> class indices`` (host NumPy in and out), for xpnet.plot."""
-    def predict(points: np.ndarray) -> np.ndarray:
-        model.eval()
-        logits = model(xpnet.to_device(points))
-        return xpnet.to_numpy(array_namespace(logits).argmax(logits, axis=1))
-
-    return predict
+    return functools.partial(predict, model)
 
 
 def l2_penalty(model: xpnet.Module, reg: float) -> Any:
@@ -251,11 +336,7 @@ def report_mnist_run(args: argparse.Namespace, backend: xpnet.Backend, history: 
     show(args, f"{label} on {backend.name}: test accuracy {test_accuracy:.4f}, test loss "
                f"{test_loss:.4f} after {len(history)} epoch(s); training {train_seconds:.1f} s, "
                f"{images_per_second:,.0f} images/s")
-    if args.plot:
-        from xpnet.plot import learning_curves
-        learning_curves(history, args.plot, title=f"{label}, MNIST")
-        log(f"saved {args.plot}")
-    if args.json:
+    if args.json:  # first: a failing figure must not lose the summary
         print_json({
             "example": example, **backend_fields(backend), "model": model,
             "epochs": len(history), "batch_size": args.batch_size, "lr": args.lr,
@@ -265,6 +346,10 @@ def report_mnist_run(args: argparse.Namespace, backend: xpnet.Backend, history: 
             "train_loss": last["loss"], "train_accuracy": last["train_acc"],
             "train_seconds": train_seconds, "images_per_second": images_per_second,
             "resumed_from_epoch": resumed_at, "history": history.records})
+    if args.plot:
+        from xpnet.plot import learning_curves
+        saved = learning_curves(history, args.plot, title=f"{label}, MNIST")
+        log(f"saved {saved}")
 
 
 def fraction(text: str) -> float:
@@ -286,13 +371,18 @@ def add_trainer_flags(parser: argparse.ArgumentParser, *, weight_decay: float,
     parser.add_argument("--warmup", type=fraction, default=warmup, metavar="F",
                         help=f"fraction of all steps spent warming the rate up linearly "
                              f"from 0 (default: {warmup})")
-    parser.add_argument("--weight-decay", type=float, default=weight_decay, metavar="WD",
+    parser.add_argument("--weight-decay", type=finite_float, default=weight_decay,
+                        metavar="WD",
                         help=f"L2 weight decay of the weights (default: {weight_decay})")
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
                         help="save a checkpoint to PATH after every epoch (default: none)")
     parser.add_argument("--resume", action="store_true",
-                        help="load --checkpoint PATH first and continue to --epochs in total "
-                             "(default: False)")
+                        help="load --checkpoint PATH first and continue to --epochs in total; "
+                             "every setting must match the saved run's, except --lr, which "
+                             "replaces the saved rate when given (default: False)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh even though --checkpoint PATH exists, replacing it "
+                             "after the first epoch (default: False: refused)")
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
                         help="stop after N epochs in this run, the schedule still planned for "
                              "--epochs; --resume finishes the run later exactly as if it had "
@@ -307,9 +397,33 @@ def last_epoch(args: argparse.Namespace, trainer: Trainer) -> int:
 
 
 def check_resume(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """--resume needs --checkpoint (an argparse error, exit 2)."""
+    """--checkpoint / --resume / --overwrite make sense together (usage errors, exit 2):
+    --resume needs an existing --checkpoint file; an existing one without --resume needs
+    --overwrite, so an earlier run's work is never replaced by accident."""
     if args.resume and not args.checkpoint:
         parser.error("--resume needs --checkpoint PATH")
+    if args.overwrite and not args.checkpoint:
+        parser.error("--overwrite needs --checkpoint PATH")
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other: continue the saved run, "
+                     "or replace it")
+    if not args.checkpoint:
+        return
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        parser.error(f"--checkpoint: {path} is a folder; expected a file path such as "
+                     f"{path / 'run.npz'}")
+    if args.resume and not path.exists():
+        parser.error(f"--resume: the checkpoint {path} does not exist; run without --resume "
+                     "to start one")
+    if path.exists() and not args.resume and not args.overwrite:
+        parser.error(f"--checkpoint: {path} already exists (an earlier run's); pass --resume "
+                     "to continue it or --overwrite to start afresh and replace it")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        parser.error(f"--checkpoint: cannot write {path}: {parent} is not a writable folder")
 
 
 def make_trainer(args: argparse.Namespace, model: xpnet.Module, train_size: int
@@ -321,7 +435,17 @@ def make_trainer(args: argparse.Namespace, model: xpnet.Module, train_size: int
     ``train_size`` images, so even a one-epoch run anneals to 0; a checkpoint saves and
     --resume restores it. Returns the trainer and the epoch it resumed after (0 for a fresh
     run).
+
+    On --resume every setting must match the saved run's (a mismatch is named, exit 1),
+    except the learning rate: without --lr the saved rate is used, with --lr the run goes on
+    at that rate (``Trainer.resume(..., override={"lr": ...})``); ``args.lr`` and the JSON
+    summary hold the rate actually used.
     """
+    lr_given = "lr" in getattr(args, "explicit", {"lr"})
+    if args.resume and not lr_given:
+        saved = load_checkpoint(args.checkpoint).meta.get("optimizer_config", {}).get("lr")
+        if saved is not None:
+            args.lr = saved
     optimizer = xpnet.Adam(model, lr=args.lr, weight_decay=args.weight_decay)
     schedule = None
     if args.schedule == "cosine":
@@ -331,6 +455,8 @@ def make_trainer(args: argparse.Namespace, model: xpnet.Module, train_size: int
     trainer = Trainer(model, optimizer, schedule=schedule, batch_size=args.batch_size,
                       seed=args.seed, verbose=True, checkpoint=args.checkpoint)
     if args.resume:
-        trainer.resume(args.checkpoint)
-        log(f"resumed from {args.checkpoint} after epoch {trainer.epoch}")
+        trainer.resume(args.checkpoint, override={"lr": args.lr} if lr_given else None)
+        args.lr = trainer.lr
+        log(f"resumed from {args.checkpoint} after epoch {trainer.epoch}"
+            + (f", now at lr {args.lr:g} (--lr)" if lr_given else ""))
     return trainer, trainer.epoch

@@ -73,12 +73,12 @@ def main(argv=None):
     parser.add_argument("--hidden-sizes", type=hidden_sizes, default=[1, 2, 3, 4, 5, 20, 50],
                         metavar="H,H,...", help="hidden layer sizes to compare, comma-separated "
                                                 "(default: 1,2,3,4,5,20,50)")
-    parser.add_argument("--reg", type=float, default=0.01, metavar="R",
+    parser.add_argument("--reg", type=common.finite_float, default=0.01, metavar="R",
                         help="L2 regularisation on the summed loss, as in the tutorial "
                              "(default: 0.01)")
     parser.add_argument("--points", type=int, default=200, metavar="N",
                         help="number of points (default: 200)")
-    parser.add_argument("--noise", type=float, default=None, metavar="S",
+    parser.add_argument("--noise", type=common.finite_float, default=None, metavar="S",
                         help="noise std (default: 0.2 for moons, 0.1 for circles)")
     args = parser.parse_args(argv)
     common.check_positive(parser, args, "epochs", "points")
@@ -113,10 +113,7 @@ def main(argv=None):
 
     common.show(args, f"{args.dataset}, {n} points, {args.epochs} passes\n"
                       + common.table(rows, ["hidden", "loss", "accuracy", "seconds"]))
-    if args.plot:
-        decision_boundaries(predictors, x_host, y_host, args.plot, columns=4)
-        common.log(f"saved {args.plot}")
-    if args.json:
+    if args.json:  # first: a failing figure must not lose the summary
         common.print_json({
             "example": "moons", **common.backend_fields(backend), "dataset": args.dataset,
             "points": n, "noise": noise, "epochs": args.epochs, "lr": lr,
@@ -124,6 +121,9 @@ def main(argv=None):
             "results": {str(r["hidden"]): {k: r[k] for k in ("loss", "accuracy", "seconds")}
                         for r in rows},
             "seconds": sum(r["seconds"] for r in rows)})
+    if args.plot:
+        decision_boundaries(predictors, x_host, y_host, args.plot, columns=4)
+        common.log(f"saved {args.plot}")
     return 0
 
 

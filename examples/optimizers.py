@@ -44,7 +44,8 @@ def train(model, optimizer, data, epochs, batch_size, seed):
 
 def evaluate(trainer, x, y):
     """(mean loss, accuracy) on host arrays, in evaluation mode."""
-    return trainer.evaluate(x, y)
+    scores = trainer.evaluate(x, y)  # {'loss': ..., 'acc': ...}
+    return scores["loss"], scores["acc"]
 
 
 @common.cli
@@ -90,14 +91,14 @@ def main(argv=None):
     common.show(args, f"784-100x4-10, {args.epochs} epochs of {len(x_train)} images\n"
                       + common.table(rows, ["optimizer", "lr", "train_loss", "test_loss",
                                             "test_accuracy", "seconds"]))
-    if args.plot:
-        learning_curves(histories, args.plot, title="Optimizers on MNIST, 784-100x4-10")
-        common.log(f"saved {args.plot}")
-    if args.json:
+    if args.json:  # first: a failing figure must not lose the summary
         common.print_json({
             "example": "optimizers", **common.backend_fields(backend), "epochs": args.epochs,
             "train_images": len(x_train), "test_images": len(x_test), "table": rows,
             "histories": {k: h.records for k, h in histories.items()}})
+    if args.plot:
+        learning_curves(histories, args.plot, title="Optimizers on MNIST, 784-100x4-10")
+        common.log(f"saved {args.plot}")
     return 0
 
 

@@ -60,16 +60,18 @@ def train(model, optimizer, data, epochs, batch_size, seed):
 
 def evaluate(trainer, x, y):
     """(mean loss, accuracy) on host arrays, in evaluation mode (dropout off)."""
-    return trainer.evaluate(x, y)
+    scores = trainer.evaluate(x, y)  # {'loss': ..., 'acc': ...}
+    return scores["loss"], scores["acc"]
 
 
 @common.cli
 def main(argv=None):
     parser = common.make_parser(__file__, __doc__, epochs=EPOCHS, lr=LR, batch_size=100,
                                 train_limit=300)
-    parser.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY, metavar="WD",
+    parser.add_argument("--weight-decay", type=common.finite_float, default=WEIGHT_DECAY,
+                        metavar="WD",
                         help=f"L2 strength of the l2 variants (default: {WEIGHT_DECAY})")
-    parser.add_argument("--l1", type=float, default=L1, metavar="L1",
+    parser.add_argument("--l1", type=common.finite_float, default=L1, metavar="L1",
                         help=f"L1 strength of the l1 variant (default: {L1})")
     parser.add_argument("--dropout", type=float, default=DROPOUT, metavar="P",
                         help=f"dropout ratio of the dropout variants (default: {DROPOUT})")
@@ -116,15 +118,15 @@ def main(argv=None):
                       f"{args.epochs} epochs\n" + common.table(
                           rows, ["variant", "train_accuracy", "test_accuracy", "gap",
                                  "seconds"]))
-    if args.plot:
-        learning_curves(histories, args.plot, title=f"Overfitting {len(x_train)} images")
-        common.log(f"saved {args.plot}")
-    if args.json:
+    if args.json:  # first: a failing figure must not lose the summary
         common.print_json({
             "example": "overfitting", **common.backend_fields(backend), "epochs": args.epochs,
             "lr": args.lr, "train_images": len(x_train), "test_images": len(x_test),
             "results": {r["variant"]: r for r in rows},
             "histories": {k: h.records for k, h in histories.items()}})
+    if args.plot:
+        learning_curves(histories, args.plot, title=f"Overfitting {len(x_train)} images")
+        common.log(f"saved {args.plot}")
     return 0
 
 

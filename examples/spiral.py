@@ -64,7 +64,7 @@ def main(argv=None):
         batch_help="points per step, 0 for full batch")
     parser.add_argument("--linear-epochs", type=int, default=200, metavar="N",
                         help="full-batch iterations of the linear classifier (default: 200)")
-    parser.add_argument("--reg", type=float, default=1e-3, metavar="R",
+    parser.add_argument("--reg", type=common.finite_float, default=1e-3, metavar="R",
                         help="L2 regularisation strength, as weight decay (default: 0.001)")
     parser.add_argument("--points", type=int, default=100, metavar="N",
                         help="points per class (default: 100)")
@@ -100,19 +100,19 @@ def main(argv=None):
     common.show(args, "\n".join(
         f"{name:>6}: training accuracy {acc:.2f}, loss {loss:.4f}, {secs:.2f} s"
         for name, (loss, acc, secs) in results.items()))
-    if args.plot:
-        decision_boundaries(
-            {f"softmax linear: accuracy {results['linear'][1]:.2f}": common.predictor(linear),
-             f"2-100-3 ReLU net: accuracy {results['mlp'][1]:.2f}": common.predictor(mlp)},
-            x_host, y_host, args.plot, columns=2)
-        common.log(f"saved {args.plot}")
-    if args.json:
+    if args.json:  # first: a failing figure must not lose the summary
         common.print_json({
             "example": "spiral", **common.backend_fields(backend),
             "linear_train_accuracy": results["linear"][1], "mlp_train_accuracy": results["mlp"][1],
             "linear_final_loss": results["linear"][0], "mlp_final_loss": results["mlp"][0],
             "linear_epochs": args.linear_epochs, "mlp_epochs": args.epochs,
             "linear_seconds": results["linear"][2], "mlp_seconds": results["mlp"][2]})
+    if args.plot:
+        decision_boundaries(
+            {f"softmax linear: accuracy {results['linear'][1]:.2f}": common.predictor(linear),
+             f"2-100-3 ReLU net: accuracy {results['mlp'][1]:.2f}": common.predictor(mlp)},
+            x_host, y_host, args.plot, columns=2)
+        common.log(f"saved {args.plot}")
     return 0
 
 

@@ -58,7 +58,8 @@ def train(model, optimizer, data, epochs, batch_size, seed):
 
 def evaluate(trainer, x, y):
     """(mean loss, accuracy) on host arrays, in evaluation mode."""
-    return trainer.evaluate(x, y)
+    scores = trainer.evaluate(x, y)  # {'loss': ..., 'acc': ...}
+    return scores["loss"], scores["acc"]
 
 
 @common.cli
@@ -99,15 +100,15 @@ def main(argv=None):
                       "per layer at initialisation\n" + common.table(
                           rows, ["activation", "init", "grad_layer1", "grad_layer2",
                                  "grad_layer3", "test_accuracy"]))
-    if args.plot:
-        learning_curves(histories, args.plot, title="784-40-20-10: activation x initialisation")
-        common.log(f"saved {args.plot}")
-    if args.json:
+    if args.json:  # first: a failing figure must not lose the summary
         common.print_json({
             "example": "vanishing_gradients", **common.backend_fields(backend),
             "epochs": args.epochs, "lr": args.lr, "train_images": len(x_train),
             "test_images": len(x_test), "table": rows,
             "histories": {k: h.records for k, h in histories.items()}})
+    if args.plot:
+        learning_curves(histories, args.plot, title="784-40-20-10: activation x initialisation")
+        common.log(f"saved {args.plot}")
     return 0
 
 

@@ -76,3 +76,111 @@ def test_shape_mismatch_names_the_parameter(tmp_path):
     save_checkpoint(tmp_path / "m.npz", TwoLayerNet(784, 50, 10).state_dict())
     with pytest.raises(ValueError, match=r"parameter '0.W'.*\(784, 50\).*\(784, 100\)"):
         TwoLayerNet(784, 100, 10).load_state_dict(load_checkpoint(tmp_path / "m.npz").model)
+
+
+# ---------------------------------------------------------------------- hardening (issue 11)
+def test_nan_and_inf_states_save_and_verify(tmp_path):
+    """A diverged state must be savable for inspection: verification is NaN-aware."""
+    w = np.array([np.nan, np.inf, -np.inf, 1.0], dtype=np.float32)
+    path = save_checkpoint(tmp_path / "d.npz", {"w": w}, meta={"loss": float("nan")})
+    ck = load_checkpoint(path)
+    np.testing.assert_array_equal(ck.model["w"], w)  # assert_array_equal treats NaN == NaN
+    assert ck.model["w"].dtype == np.float32 and np.isnan(ck.meta["loss"])
+
+
+def test_verification_still_catches_a_changed_nan_array(tmp_path, monkeypatch):
+    real = checkpoint.np.savez
+
+    def corrupting(f, **arrays):
+        arrays = dict(arrays, **{"model/w": np.array([np.nan, 2.0])})
+        real(f, **arrays)
+
+    monkeypatch.setattr(checkpoint.np, "savez", corrupting)
+    with pytest.raises(CheckpointError, match="verification failed for 'model/w'"):
+        save_checkpoint(tmp_path / "v.npz", {"w": np.array([np.nan, 1.0])})
+    assert list(tmp_path.iterdir()) == []
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temp_files_of_dead_writers_are_cleaned(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+    target = tmp_path / "ck.npz"
+    dead = tmp_path / f".ck.npz.pid{_dead_pid()}.abc123.tmp"
+    live_proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f".ck.npz.pid{live_proc.pid}.xyz789.tmp"
+        old_style = tmp_path / ".ck.npz.k3j4h5g6.tmp"
+        young_old_style = tmp_path / ".ck.npz.a1b2c3d4.tmp"
+        other_target = tmp_path / f".other.npz.pid{_dead_pid()}.abc.tmp"
+        unrelated = tmp_path / "notes.tmp"
+        for p in (dead, live, old_style, young_old_style, other_target, unrelated):
+            p.write_bytes(b"x" * 100)
+        hour_ago = time.time() - 2 * checkpoint.STALE_AGE_S
+        os.utime(old_style, (hour_ago, hour_ago))
+        save_checkpoint(target, {"w": np.zeros(2)})
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert left == sorted(["ck.npz", live.name, young_old_style.name, other_target.name,
+                               unrelated.name])
+    finally:
+        live_proc.kill()
+        live_proc.wait()
+
+
+def test_a_killed_writer_leaves_a_temp_file_the_next_save_removes(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import os, sys, numpy as np; sys.path.insert(0, sys.argv[2]);"
+            "from xpnet import checkpoint as c;"
+            "c._verify = lambda *a: os._exit(9);"  # die after writing, before the rename
+            "c.save_checkpoint(sys.argv[1], {'w': np.zeros(1000)})")
+    root = str(Path(checkpoint.__file__).resolve().parents[1])
+    rc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ck.npz"), root]).returncode
+    assert rc == 9
+    leftovers = [p.name for p in tmp_path.iterdir()]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".ck.npz.pid")
+    save_checkpoint(tmp_path / "ck.npz", {"w": np.ones(2)})
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.npz"]
+
+
+@pytest.mark.parametrize("err", [28, 13], ids=["disk-full", "permission"])
+def test_write_errors_name_the_path(tmp_path, monkeypatch, err):
+    import errno
+    import os
+    path = tmp_path / "ck.npz"
+
+    def failing(f, **arrays):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(checkpoint.np, "savez", failing)
+    with pytest.raises(OSError) as info:
+        save_checkpoint(path, {"w": np.ones(3)})
+    assert info.value.errno == err and str(path) in str(info.value)
+    assert os.strerror(err) in str(info.value)
+    if err == errno.EACCES:
+        assert isinstance(info.value, PermissionError)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_saving_to_a_directory_is_refused(tmp_path):
+    with pytest.raises(IsADirectoryError, match="directory") as info:
+        save_checkpoint(tmp_path, {"w": np.ones(3)})
+    assert str(tmp_path) in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_checkpoint_is_both_checkpoint_and_file_not_found_error(tmp_path):
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "nope.npz")
+    assert isinstance(info.value, FileNotFoundError)
+    assert str(tmp_path / "nope.npz") in str(info.value) and "expected" in str(info.value)

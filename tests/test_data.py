@@ -112,7 +112,7 @@ def test_moons_and_circles_geometry_without_noise():
     (lambda: circles(noise=-1), "noise"),
 ])
 def test_synthetic_validation(call, name):
-    with pytest.raises(ValueError, match=rf"^{name}: expected"):
+    with pytest.raises(ValueError, match=rf"^(spiral|moons|circles): {name} must be .*, got "):
         call()
 
 

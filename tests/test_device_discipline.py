@@ -133,26 +133,26 @@ def test_dropout_draws_every_float_dtype(backend, dtype):
 
 # Trainer (xpnet/train.py, owned by the Trainer split) still reads its data with len() and
 # np.asarray(): device arrays fail there. The rule it should follow is xpnet.backend.as_host.
-TRAINER_BUG = ("xpnet/train.py: Trainer._check_data (len(x), np.asarray(y), lines 117-122) and "
-               "Trainer._batches/evaluate (len(x), np.asarray(y[...]), lines 223-243) do not "
-               "accept device arrays; call xpnet.backend.as_host(x, 'x_train') first")
 
-
-@pytest.mark.xfail(strict=True, reason=TRAINER_BUG)
-@pytest.mark.parametrize("method", ["fit", "evaluate"])
+@pytest.mark.parametrize("method", ["fit", "evaluate", "predict"])
 def test_trainer_accepts_device_arrays(monkeypatch, method):
+    """Item 6: the Trainer takes device arrays as well as host ones (one rule: xpnet.as_host)."""
     monkeypatch.delenv("XPNET_DEVICE", raising=False)
     require_backend("array_api_strict")
-    with use_backend("array_api_strict", "device1"):
+    with use_backend("array_api_strict", "device1") as b:
         model = xpnet.Sequential(xpnet.Linear(4, 3, rng=xpnet.Generator(0)))
         trainer = Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=5, progress=False)
         host = np.random.default_rng(0)
-        x = xpnet.to_device(host.standard_normal((10, 4)), "float32")
-        y = xpnet.to_device(host.integers(0, 3, 10))
+        x_host, y_host = host.standard_normal((10, 4)).astype(np.float32), host.integers(0, 3, 10)
+        x, y = xpnet.to_device(x_host), xpnet.to_device(y_host)
         if method == "fit":
-            trainer.fit(x, y, epochs=1)
+            history = trainer.fit(x, y, epochs=1)
+            assert len(history) == 1 and np.isfinite(history.last["loss"])
+            assert model[0].W.data.device == b.device
+        elif method == "evaluate":
+            assert trainer.evaluate(x, y) == trainer.evaluate(x_host, y_host)
         else:
-            trainer.evaluate(x, y)
+            np.testing.assert_array_equal(trainer.predict(x), trainer.predict(x_host))
 
 
 def test_windows_view_contract(backend):

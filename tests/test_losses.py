@@ -52,6 +52,33 @@ def test_softmax_ce_gradcheck_soft_targets(backend):
     np.testing.assert_allclose(analytic, numeric, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("scale", [0.3, 1.0, 2.5], ids=["sum0.3", "sum1", "sum2.5"])
+def test_softmax_ce_gradcheck_rows_not_summing_to_one(backend, scale):
+    """Soft targets whose rows sum to s != 1 (hand-made label smoothing, weighted examples):
+    backward is the exact gradient (s * softmax - t) / N of the loss forward reports."""
+    p = np.abs(_rand((3, 4), seed=2)) + 0.1
+    t = scale * p / p.sum(axis=1, keepdims=True)
+    t[1] *= 1.7  # rows with different sums
+    analytic, numeric = check_loss(xpnet.SoftmaxCrossEntropy(), dev(_rand((3, 4))), dev(t))
+    assert np.abs(numeric).max() > 1e-3
+    np.testing.assert_allclose(analytic, numeric, rtol=RTOL, atol=ATOL)
+    z = _rand((3, 4))
+    prob = np.exp(z - z.max(axis=1, keepdims=True))
+    prob /= prob.sum(axis=1, keepdims=True)
+    loss = xpnet.SoftmaxCrossEntropy()
+    loss.forward(dev(z), dev(t))
+    expected = (t.sum(axis=1, keepdims=True) * prob - t) / 3
+    np.testing.assert_allclose(to_np(loss.backward()), expected, rtol=1e-12, atol=1e-15)
+    if scale != 1.0:  # the old (softmax - t) / N differs: this test can fail
+        assert not np.allclose(to_np(loss.backward()), (prob - t) / 3)
+
+
+def test_loss_backward_before_forward_is_refused():
+    for loss in (xpnet.SoftmaxCrossEntropy(), xpnet.MSE()):
+        with pytest.raises(RuntimeError, match="call forward first"):
+            loss.backward()
+
+
 def test_mse_gradcheck(backend):
     analytic, numeric = check_loss(xpnet.MSE(), dev(_rand((4, 3))), dev(_rand((4, 3), seed=1)))
     assert np.abs(numeric).max() > 1e-3

@@ -217,7 +217,7 @@ def test_clip_grad_norm_errors(backend):
 
 # ---------------------------------------------------------------------- validation
 @pytest.mark.parametrize("kw,match", [
-    (dict(lr=-0.1), "lr must be a non-negative number, got -0.1"),
+    (dict(lr=-0.1), "lr must be a finite number >= 0, got -0.1"),
     (dict(lr=float("nan")), "lr.*nan"),
     (dict(lr="0.1"), "lr.*'0.1'"),
     (dict(lr=0.1, weight_decay=-1.0), "weight_decay.*-1.0"),

@@ -1,4 +1,4 @@
-"""Trainer (xpnet/train.py): batch order, exact resume, NaN guard, label checks, predict."""
+"""Trainer (xpnet/train/trainer.py): batch order, exact resume, NaN guard, label checks, predict."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_resume_refuses_a_schedule_change_before_touching_anything(tmp_path, sav
         np.testing.assert_array_equal(v, before[k], err_msg=k)
 
 
-def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
+def test_nan_loss_stops_keeps_last_checkpoint_and_saves_the_diverged_state(tmp_path):
     x, y = _data()
     model = TwoLayerNet(6, 4, 3)
     opt = xpnet.SGD(model, lr=0.01)
@@ -83,23 +83,64 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     trainer = Trainer(model, opt, batch_size=40, checkpoint=ck, log_interval=1)
     trainer.fit(x, y, 1)
     before = ck.read_bytes()
-    x_bad = x.copy()
-    x_bad[5, 0] = np.nan
-    with pytest.raises(TrainingDiverged, match="nan.*epoch 2.*left untouched"):
-        trainer.fit(x_bad, y, 2)
+    w = xpnet.to_numpy(model.parameters()["0.W"].data).copy()
+    w[0, 0] = np.nan  # a poisoned weight: the loss becomes NaN
+    model.parameters()["0.W"].data = xpnet.to_device(w)
+    with pytest.raises(TrainingDiverged, match=r"nan.*epoch 2.*left untouched.*"
+                                               r"good\.diverged\.npz for inspection"):
+        trainer.fit(x, y, 2)
     assert ck.read_bytes() == before
-    assert not [p for p in tmp_path.iterdir() if p.name != "good.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.diverged.npz", "good.npz"]
+    saved = xpnet.checkpoint.load_checkpoint(tmp_path / "good.diverged.npz")
+    assert np.isnan(saved.model["0.W"]).any()  # NaN state saved and verified
+
+
+def test_nan_inputs_are_named_before_training(tmp_path):
+    x, y = _data()
+    model = TwoLayerNet(6, 4, 3)
+    trainer = Trainer(model, xpnet.SGD(model, lr=0.01), batch_size=40, checkpoint=tmp_path / "c")
+    x_bad = x.copy()
+    x_bad[5, 0], x_bad[9, 1] = np.nan, np.inf
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"x_train: row 5 holds NaN \(2 of 120 rows"):
+        trainer.fit(x_bad, y, 1)
+    with pytest.raises(ValueError, match=r"x_test: row 9 holds an infinite value"):
+        trainer.fit(x, y, 1, x_test=np.where(np.isnan(x_bad), 0, x_bad), y_test=y)
+    assert trainer.epoch == 0 and list(tmp_path.iterdir()) == []
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_finite_divergence_is_caught(tmp_path):
+    """lr 1e6: losses of 1e17 and more stay finite; the guard's factor rule stops the run."""
+    x, y = _data()
+    model = TwoLayerNet(6, 4, 3)
+    ck = tmp_path / "run.npz"
+    trainer = Trainer(model, xpnet.SGD(model, lr=1e6), batch_size=10, checkpoint=ck,
+                      log_interval=1)
+    with pytest.raises(TrainingDiverged, match=r"more than 1000 times the first loss.*"
+                                               r"run\.diverged\.npz"):
+        trainer.fit(x, y, 3)
+    assert not ck.exists() and (tmp_path / "run.diverged.npz").is_file()
+    calm = TwoLayerNet(6, 4, 3)
+    quiet = Trainer(calm, xpnet.SGD(calm, lr=0.05), batch_size=10, log_interval=1)
+    quiet.fit(x, y, 3)  # a healthy run is not stopped
 
 
 def test_bad_labels_are_named():
     x, y = _data()
     trainer = Trainer(TwoLayerNet(6, 4, 3), xpnet.SGD(TwoLayerNet(6, 4, 3), lr=0.1))
-    with pytest.raises(ValueError, match=r"training data labels.*\[0, 2\].*from 0 to 7"):
+    with pytest.raises(ValueError, match=r"y_train: row 2 holds label 7 \(40 of 120.*"
+                                         r"expected labels in \[0, 2\]"):
         trainer.fit(x, np.where(y == 2, 7, y), 1)
     with pytest.raises(ValueError, match="120 inputs but 119 labels"):
         trainer.fit(x, y[:-1], 1)
     with pytest.raises(ValueError, match="batch_size"):
         Trainer(TwoLayerNet(6, 4, 3), xpnet.SGD(TwoLayerNet(6, 4, 3)), batch_size=0)
+    with pytest.raises(ValueError, match=r"evaluate: y: row 2 holds label 7"):
+        trainer.evaluate(x, np.where(y == 2, 7, y))
+    with pytest.raises(ValueError, match=r"x_train is empty"):
+        trainer.fit(x[:0], y[:0], 1)
 
 
 def test_fit_learns_and_predict_evaluate_agree(backend):
@@ -111,6 +152,30 @@ def test_fit_learns_and_predict_evaluate_agree(backend):
     assert history["loss"][-1] < history["loss"][0]
     pred = trainer.predict(x)
     assert isinstance(pred, np.ndarray) and pred.shape == (300,)
-    _, acc = trainer.evaluate(x, y)
+    acc = trainer.evaluate(x, y)["acc"]
     assert acc == pytest.approx(np.mean(pred == y)) and acc > 0.9
     assert set(history.last) >= {"epoch", "loss", "train_acc", "test_acc", "lr", "seconds"}
+
+
+def test_resume_with_an_explicit_new_rate(tmp_path):
+    """override={'lr': x} is the one deliberate change on resume: the schedule keeps its
+    position and shape around the new base rate; without it a different rate is refused."""
+    x, y = _data()
+    model, opt, _ = _setup()
+    sched = xpnet.CosineLR(opt, 10)
+    trainer = Trainer(model, opt, schedule=sched, batch_size=40)
+    trainer.fit(x, y, 2)
+    trainer.save(tmp_path / "ck.npz")
+    model2, opt2, _ = _setup(seed=1)
+    opt2.lr = 0.05
+    sched2 = xpnet.CosineLR(opt2, 10)
+    resumed = Trainer(model2, opt2, schedule=sched2, batch_size=40)
+    with pytest.raises(ValueError, match="saved with lr=0.01.*override"):
+        resumed.resume(tmp_path / "ck.npz")
+    assert resumed.epoch == 0 and sched2.epoch == 0  # nothing changed
+    resumed.resume(tmp_path / "ck.npz", override={"lr": 0.05})
+    assert resumed.epoch == 2 and sched2.epoch == 2 and resumed.lr == 0.05
+    assert opt2.lr == pytest.approx(sched2.rate(2)) and sched2.rate(2) == pytest.approx(
+        0.05 * 0.5 * (1 + np.cos(np.pi * 2 / 10)))
+    resumed.fit(x, y, 3)
+    assert resumed.history.records[-1]["lr"] == pytest.approx(sched2.rate(2))

@@ -25,10 +25,10 @@ Array = Any
 
 
 def _pair_check(owner: str, kernel: int, stride: int, padding: int) -> None:
-    _positive("kernel_size", kernel, owner)
-    _positive("stride", stride, owner)
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"{owner}: padding must be a non-negative integer, got {padding!r}")
+    from .validate import non_negative_int, positive_int  # the shared validators
+    positive_int(owner, "kernel_size", kernel)
+    positive_int(owner, "stride", stride)
+    non_negative_int(owner, "padding", padding)
 
 
 def _out_hw(layer: Module, x: Array, k: int, stride: int, pad: int) -> tuple[int, int]:

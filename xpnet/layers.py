@@ -25,9 +25,8 @@ Array = Any
 
 
 def _positive(name: str, value: int, owner: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-    return value
+    from .validate import positive_int  # the shared validator (NumPy integers accepted)
+    return positive_int(owner, name, value)
 
 
 class Linear(Module):

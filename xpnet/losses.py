@@ -55,6 +55,9 @@ class SoftmaxCrossEntropy:
     """
 
     def __init__(self, check_range: bool = True):
+        if not isinstance(check_range, bool):
+            raise TypeError(f"SoftmaxCrossEntropy: check_range must be True or False, "
+                            f"got {check_range!r}")
         self.check_range = check_range
         self._cache: tuple | None = None
 
@@ -75,20 +78,30 @@ class SoftmaxCrossEntropy:
         e = xp.exp(shifted)
         s = xp.sum(e, axis=1, keepdims=True)
         logp = shifted - xp.log(s)
+        row_sums = None
         if target.ndim == 1:
             check_labels(xp, target, n, c, f"{owner} target", self.check_range)
             onehot = xpx.one_hot(target, c, dtype=logits.dtype, xp=xp)
         elif tuple(target.shape) == (n, c) and xp.isdtype(target.dtype, "real floating"):
             onehot = xp.astype(target, logits.dtype)
+            # soft targets need not sum to 1 per row (label smoothing done by hand, weighted
+            # examples): keep the row sums so backward is the exact gradient of this loss
+            row_sums = xp.sum(onehot, axis=1, keepdims=True)
         else:
             raise ValueError(f"{owner}: target has shape {tuple(target.shape)} and dtype "
                              f"{target.dtype}; expected integer labels ({n},) or float "
                              f"one-hot ({n}, {c})")
-        self._cache = (e / s, onehot, n)
+        self._cache = (e / s, onehot, row_sums, n)
         return -xp.sum(onehot * logp) / n
 
     def backward(self, dloss: float = 1.0) -> Array:
-        prob, onehot, n = self._cache
+        """Gradient w.r.t. the logits: ``(s * softmax - t) / N`` where ``s`` is each target
+        row's sum (1 for integer labels and for probability rows)."""
+        if self._cache is None:
+            raise RuntimeError("SoftmaxCrossEntropy.backward: call forward first")
+        prob, onehot, row_sums, n = self._cache
+        if row_sums is not None:
+            prob = prob * row_sums
         return (prob - onehot) * (dloss / n)
 
 
@@ -109,4 +122,6 @@ class MSE:
         return xp.sum(diff * diff) / math.prod(diff.shape)
 
     def backward(self, dloss: float = 1.0) -> Array:
+        if getattr(self, "_diff", None) is None:
+            raise RuntimeError("MSE.backward: call forward first")
         return self._diff * (2.0 * dloss / math.prod(self._diff.shape))

@@ -12,7 +12,14 @@ import numpy as np
 
 from .backend import Backend, check_same_device, current, to_device, to_numpy
 
-__all__ = ["Module", "Parameter", "check_input"]
+__all__ = ["Module", "Parameter", "StateDictError", "check_input"]
+
+
+class StateDictError(ValueError, KeyError):
+    """A state dict does not fit the model (missing or unexpected keys). A ValueError like every
+    other misfit (also a KeyError, for code written against the older exception)."""
+
+    __str__ = ValueError.__str__  # the message as given, not KeyError's quoted repr
 
 Array = Any
 
@@ -275,7 +282,7 @@ class Module:
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in expected]
         if missing or unexpected:
-            raise KeyError(f"state dict does not fit this model: missing {missing}, "
+            raise StateDictError(f"state dict does not fit this model: missing {missing}, "
                            f"unexpected {unexpected}")
         for k, shape in expected.items():
             if tuple(np.shape(state[k])) != shape:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from array_api_compat import array_namespace
 
+from . import validate
 from .backend import to_device, to_numpy
 from .module import Module, Parameter
 
@@ -35,8 +36,7 @@ def clip_grad_norm(params: dict[str, Parameter], max_norm: float) -> Array:
 
     Returns the norm before clipping as a 0-d device array (no host sync).
     """
-    if max_norm <= 0:
-        raise ValueError(f"max_norm must be positive, got {max_norm}")
+    max_norm = validate.positive_float("clip_grad_norm", "max_norm", max_norm)
     grads = [p.grad for p in params.values() if p.grad is not None]
     if not grads:
         raise ValueError("clip_grad_norm: no parameter has a gradient; call backward first")
@@ -67,14 +67,16 @@ class Optimizer:
             params.parameters() if isinstance(params, Module) else params)
         if not self.params:
             raise ValueError(f"{type(self).__name__}: no parameters to optimise")
-        for name, value in (("lr", lr), ("weight_decay", weight_decay), ("l1", l1)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 \
-                    or math.isnan(value):
-                raise ValueError(f"{type(self).__name__}: {name} must be a non-negative number, "
-                                 f"got {value!r}")
-        if clip_norm is not None and clip_norm <= 0:
-            raise ValueError(f"{type(self).__name__}: clip_norm must be positive, got {clip_norm}")
-        self.lr, self.weight_decay, self.l1, self.clip_norm = float(lr), weight_decay, l1, clip_norm
+        owner = type(self).__name__
+        lr = validate.non_negative_float(owner, "lr", lr)
+        weight_decay = validate.non_negative_float(owner, "weight_decay", weight_decay)
+        l1 = validate.non_negative_float(owner, "l1", l1)
+        if clip_norm is not None:
+            clip_norm = validate.positive_float(owner, "clip_norm", clip_norm)
+        if not callable(decay_filter):
+            raise TypeError(f"{owner}: decay_filter must be a callable (name, param) -> bool, "
+                            f"got {decay_filter!r}")
+        self.lr, self.weight_decay, self.l1, self.clip_norm = lr, weight_decay, l1, clip_norm
         self.decay_filter = decay_filter
         self.t = 0
         self.state: dict[str, dict[str, Array]] = {}
@@ -175,9 +177,7 @@ class Momentum(Optimizer):
 
     def __init__(self, params: Params, lr: float = 0.01, momentum: float = 0.9, **kw: Any):
         super().__init__(params, lr, **kw)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"{type(self).__name__}: momentum must be in [0, 1), got {momentum}")
-        self.momentum = momentum
+        self.momentum = validate.probability(type(self).__name__, "momentum", momentum)
 
     def _update(self, name, p, g, xp):
         v = self._slot(name, "v", p.data)
@@ -198,7 +198,7 @@ class AdaGrad(Optimizer):
 
     def __init__(self, params: Params, lr: float = 0.01, eps: float = 1e-10, **kw: Any):
         super().__init__(params, lr, **kw)
-        self.eps = eps
+        self.eps = validate.positive_float("AdaGrad", "eps", eps)
 
     def _update(self, name, p, g, xp):
         h = self._slot(name, "h", p.data)
@@ -212,9 +212,8 @@ class RMSProp(Optimizer):
     def __init__(self, params: Params, lr: float = 0.01, alpha: float = 0.99,
                  eps: float = 1e-8, **kw: Any):
         super().__init__(params, lr, **kw)
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"RMSProp: alpha must be in [0, 1), got {alpha}")
-        self.alpha, self.eps = alpha, eps
+        self.alpha = validate.probability("RMSProp", "alpha", alpha)
+        self.eps = validate.positive_float("RMSProp", "eps", eps)
 
     def _update(self, name, p, g, xp):
         v = self._slot(name, "v", p.data)
@@ -231,10 +230,13 @@ class Adam(Optimizer):
     def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, **kw: Any):
         super().__init__(params, lr, **kw)
-        b1, b2 = betas
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas}")
-        self.beta1, self.beta2, self.eps = b1, b2, eps
+        owner = type(self).__name__
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+        b1 = validate.probability(owner, "betas[0]", betas[0])
+        b2 = validate.probability(owner, "betas[1]", betas[1])
+        self.beta1, self.beta2 = b1, b2
+        self.eps = validate.positive_float(owner, "eps", eps)
 
     def _update(self, name, p, g, xp):
         m = self._slot(name, "m", p.data)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from . import validate
+
 __all__ = ["CosineLR", "ExponentialLR", "Schedule", "StepLR"]
 
 
@@ -17,6 +19,12 @@ class Schedule:
     (``epoch``; optimizer steps when ``per_step`` is True, which the Trainer honours)."""
 
     def __init__(self, optimizer: Any, per_step: bool = False):
+        if not isinstance(getattr(optimizer, "lr", None), (int, float)):
+            raise TypeError(f"{type(self).__name__}: optimizer must be an Optimizer (with a "
+                            f"float lr), got {type(optimizer).__name__}")
+        if not isinstance(per_step, bool):
+            raise TypeError(f"{type(self).__name__}: per_step must be True or False, "
+                            f"got {per_step!r}")
         self.optimizer = optimizer
         self.base_lr = optimizer.lr
         self.epoch = 0
@@ -59,9 +67,8 @@ class StepLR(Schedule):
 
     def __init__(self, optimizer: Any, step_size: int, gamma: float = 0.1):
         super().__init__(optimizer)
-        if step_size <= 0:
-            raise ValueError(f"StepLR: step_size must be a positive integer, got {step_size}")
-        self.step_size, self.gamma = step_size, gamma
+        self.step_size = validate.positive_int("StepLR", "step_size", step_size)
+        self.gamma = validate.positive_float("StepLR", "gamma", gamma)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "step_size": self.step_size, "gamma": self.gamma}
@@ -75,9 +82,7 @@ class ExponentialLR(Schedule):
 
     def __init__(self, optimizer: Any, gamma: float):
         super().__init__(optimizer)
-        if not gamma > 0:
-            raise ValueError(f"ExponentialLR: gamma must be positive, got {gamma}")
-        self.gamma = gamma
+        self.gamma = validate.positive_float("ExponentialLR", "gamma", gamma)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "gamma": self.gamma}
@@ -95,10 +100,12 @@ class CosineLR(Schedule):
     def __init__(self, optimizer: Any, total_epochs: int, min_lr: float = 0.0, *,
                  warmup: int = 0, per_step: bool = False):
         super().__init__(optimizer, per_step)
-        if total_epochs <= 0:
-            raise ValueError(f"CosineLR: total_epochs must be positive, got {total_epochs}")
-        if not 0 <= warmup < total_epochs:
-            raise ValueError(f"CosineLR: warmup must be in [0, total_epochs), got {warmup}")
+        total_epochs = validate.positive_int("CosineLR", "total_epochs", total_epochs)
+        min_lr = validate.non_negative_float("CosineLR", "min_lr", min_lr)
+        warmup = validate.non_negative_int("CosineLR", "warmup", warmup)
+        if warmup >= total_epochs:
+            raise ValueError(f"CosineLR: warmup must be an integer in [0, total_epochs="
+                             f"{total_epochs}), got {warmup!r}")
         self.total_epochs, self.min_lr, self.warmup = total_epochs, min_lr, warmup
         optimizer.lr = self.rate(0)  # the warm-up starts below the base rate
 

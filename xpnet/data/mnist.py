@@ -17,11 +17,11 @@ name, so an interrupted or bad download never leaves a file under that name.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import http.client
 import logging
-import numbers
 import os
 import sys
 import tempfile
@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from ..validate import positive_int
 
 __all__ = [
     "FASHION_MNIST", "FILES", "MNIST", "DataError", "DownloadError", "Source", "cache_dir",
@@ -188,10 +190,9 @@ def load_mnist(data_dir: str | os.PathLike | None = None, *, flatten: bool = Fal
     ((60000, 784), dtype('int64'))
     """
     src = source if source is not None else (FASHION_MNIST if fashion else MNIST)
-    if train_limit is not None and (isinstance(train_limit, bool)
-                                    or not isinstance(train_limit, numbers.Integral)
-                                    or train_limit < 1):
-        raise ValueError(f"train_limit: expected a positive integer or None, got {train_limit!r}")
+    if train_limit is not None:
+        train_limit = positive_int("load_mnist", "train_limit", train_limit)
+    _check_data_dir(data_dir, src)
     folder = _locate(data_dir, src, download, progress)
     out: list[np.ndarray] = []
     for images_name, labels_name, limit in ((TRAIN_IMAGES, TRAIN_LABELS, train_limit),
@@ -223,6 +224,25 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, **kwargs
     cache, and checked against the official ``.gz`` MD5 digests.
     """
     return load_mnist(data_dir, fashion=True, **kwargs)
+
+
+def _check_data_dir(data_dir: str | os.PathLike | None, src: Source) -> None:
+    """A ``data_dir`` the caller named must be a folder: a typo must not fall through to
+    another folder or to a download."""
+    if data_dir is None:
+        return
+    if not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(f"load_mnist: data_dir must be a folder path (str or Path), "
+                        f"got {data_dir!r}")
+    path = Path(data_dir).expanduser()
+    expected = (f"expected a folder holding {', '.join(FILES)} or a {src.name}/ folder with "
+                "them")
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, f"data_dir does not exist; {expected}",
+                                str(path))
+    if not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"data_dir is a file, not a folder; {expected}",
+                                 str(path))
 
 
 def _search_dirs(data_dir: str | os.PathLike | None, src: Source) -> list[tuple[str, Path]]:
@@ -265,7 +285,11 @@ def _locate(data_dir: str | os.PathLike | None, src: Source, download: bool,
             + f"\nPut {', '.join(FILES)} in one folder and pass it as data_dir= (or set "
             "XPNET_DATA_DIR), or call with download=True.")
     dest = cache_dir() / src.name
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"cannot create the download cache ({exc.strerror}); "
+                        "set XDG_CACHE_HOME or pass data_dir=", str(dest)) from exc
     show = progress if progress is not None else bool(sys.stderr and sys.stderr.isatty())
     for fname in _missing(dest):
         _download(fname, dest, src, show)
@@ -281,6 +305,8 @@ def _download(fname: str, dest: Path, src: Source, show: bool) -> None:
         try:
             _fetch(url, fname, dest, src, show)
             return
+        except _LocalWriteError as exc:  # disk full, no permission: no mirror can help
+            raise exc.error from exc.error.__cause__
         except (OSError, ValueError, http.client.HTTPException) as exc:
             failures.append(f"  {url}: {_reason(exc)}")
     tried = "\n".join(failures) if failures else "  (no mirrors configured)"
@@ -300,9 +326,28 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class _LocalWriteError(Exception):
+    """Carries an OSError from writing the download on this machine (not the mirror's)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _local(exc: OSError, path: Path) -> _LocalWriteError:
+    """A write error on this machine, as the same OSError kind naming ``path``."""
+    named = type(exc)(exc.errno, f"cannot write the downloaded file ({exc.strerror})",
+                      str(path)) if exc.errno is not None else exc
+    named.__cause__ = exc
+    return _LocalWriteError(named)
+
+
 def _fetch(url: str, fname: str, dest: Path, src: Source, show: bool) -> None:
     """Stream url to a temp file beside dest/fname, verify it, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".part", dir=dest)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".part", dir=dest)
+    except OSError as exc:
+        raise _local(exc, dest / fname) from exc
     try:
         with os.fdopen(fd, "wb") as out:
             with urllib.request.urlopen(url, timeout=TIMEOUT) as resp:
@@ -312,15 +357,24 @@ def _fetch(url: str, fname: str, dest: Path, src: Source, show: bool) -> None:
                           leave=False) as bar:
                     got = 0
                     while chunk := resp.read(1 << 16):
-                        out.write(chunk)
+                        try:
+                            out.write(chunk)
+                        except OSError as exc:
+                            raise _local(exc, dest / fname) from exc
                         got += len(chunk)
                         bar.update(len(chunk))
             if size and got != int(size):  # http.client returns a short body without raising
                 raise OSError(f"incomplete download: got {got} of {size} bytes")
-            out.flush()
-            os.fsync(out.fileno())
+            try:
+                out.flush()
+                os.fsync(out.fileno())
+            except OSError as exc:
+                raise _local(exc, dest / fname) from exc
         _read_idx(Path(tmp), fname, src, shown=f"{url} (downloaded)")
-        os.replace(tmp, dest / fname)
+        try:
+            os.replace(tmp, dest / fname)
+        except OSError as exc:
+            raise _local(exc, dest / fname) from exc
     except BaseException:  # interrupted or bad: never leave the partial file behind
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -7,27 +7,21 @@ reproducible from ``seed``; move them with :func:`xpnet.to_device` or a
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import numpy as np
+
+from ..validate import int_at_least, non_negative_float, real_in_range
 
 __all__ = ["circles", "moons", "spiral"]
 
 
-def _check_count(value: object, name: str, minimum: int) -> int:
+def _check_count(value: object, name: str, minimum: int, owner: str) -> int:
     """Return value as int, or raise ValueError unless it is an integer >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return int_at_least(owner, name, value, minimum)
 
 
-def _check_noise(noise: object) -> float:
+def _check_noise(noise: object, owner: str) -> float:
     """Return noise as float, or raise ValueError unless it is a finite number >= 0."""
-    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) \
-            or not math.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise: expected a finite number >= 0, got {noise!r}")
-    return float(noise)
+    return non_negative_float(owner, "noise", noise)
 
 
 def _finish(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,9 +64,9 @@ def spiral(n_per_class: int = 100, n_classes: int = 3, noise: float = 0.2,
     >>> X.shape, y.shape
     ((300, 2), (300,))
     """
-    n = _check_count(n_per_class, "n_per_class", 1)
-    k = _check_count(n_classes, "n_classes", 1)
-    noise = _check_noise(noise)
+    n = _check_count(n_per_class, "n_per_class", 1, "spiral")
+    k = _check_count(n_classes, "n_classes", 1, "spiral")
+    noise = _check_noise(noise, "spiral")
     rng = np.random.default_rng(seed)
     X = np.zeros((n * k, 2))
     y = np.zeros(n * k, dtype=np.int64)
@@ -113,8 +107,8 @@ def moons(n: int = 200, noise: float = 0.2,
     >>> int(y.sum())
     100
     """
-    n = _check_count(n, "n", 2)
-    noise = _check_noise(noise)
+    n = _check_count(n, "n", 2, "moons")
+    noise = _check_noise(noise, "moons")
     n_out = n // 2
     n_in = n - n_out
     a_out = np.linspace(0, np.pi, n_out)
@@ -155,11 +149,10 @@ def circles(n: int = 200, noise: float = 0.1, factor: float = 0.5,
     >>> X.shape
     (100, 2)
     """
-    n = _check_count(n, "n", 2)
-    noise = _check_noise(noise)
-    if isinstance(factor, bool) or not isinstance(factor, numbers.Real) \
-            or not 0 < factor < 1:
-        raise ValueError(f"factor: expected a number with 0 < factor < 1, got {factor!r}")
+    n = _check_count(n, "n", 2, "circles")
+    noise = _check_noise(noise, "circles")
+    factor = real_in_range("circles", "factor", factor, "a number with 0 < factor < 1",
+                           low=0.0, high=1.0, low_open=True, high_open=True)
     n_out = n // 2
     n_in = n - n_out
     a_out = np.linspace(0, 2 * np.pi, n_out, endpoint=False)

@@ -1,0 +1,106 @@
+"""Argument validators: the one place that decides what a valid number or choice is.
+
+Every validator accepts Python and NumPy numbers alike (``np.int64(32)``, ``np.float32(1e-3)``),
+refuses ``bool`` (``True`` is not a batch size), NaN and infinities, and raises with one format::
+
+    "{owner}: {name} must be {expected}, got {value!r}"
+
+A value of the wrong kind (a string, None, a float where an integer is needed) raises
+:class:`ArgumentTypeError`, a ``TypeError`` that is also a ``ValueError`` (as NumPy's
+``AxisError`` is both a ``ValueError`` and an ``IndexError``), so ``except ValueError`` catches
+every bad argument; a number out of range raises ``ValueError``. Each returns the value as a plain
+Python ``int`` or ``float``, so what is stored (and checkpointed as JSON) is never a NumPy scalar.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["ArgumentTypeError", "choice", "finite_float", "int_at_least", "non_negative_float",
+           "non_negative_int", "positive_float", "positive_int", "probability", "real_in_range"]
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong kind: a string, None or a float where a number or integer is
+    expected."""
+
+
+def _fail(owner: str, name: str, expected: str, value: Any, kind: type = ValueError) -> None:
+    raise kind(f"{owner}: {name} must be {expected}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    # numbers.Real covers int, float and NumPy's integer and floating scalars; bool and
+    # np.bool_ are refused (np.bool_ is not registered as a number)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def int_at_least(owner: str, name: str, value: Any, minimum: int) -> int:
+    """``value`` as an ``int``, which must be an integer ``>= minimum``."""
+    expected = ("a positive integer" if minimum == 1 else
+                "a non-negative integer" if minimum == 0 else f"an integer >= {minimum}")
+    if not _is_int(value):
+        _fail(owner, name, expected, value, ArgumentTypeError)
+    if value < minimum:
+        _fail(owner, name, expected, value)
+    return int(value)
+
+
+def positive_int(owner: str, name: str, value: Any) -> int:
+    """``value`` as an ``int`` >= 1."""
+    return int_at_least(owner, name, value, 1)
+
+
+def non_negative_int(owner: str, name: str, value: Any) -> int:
+    """``value`` as an ``int`` >= 0."""
+    return int_at_least(owner, name, value, 0)
+
+
+def real_in_range(owner: str, name: str, value: Any, expected: str, *,
+                  low: float = -math.inf, high: float = math.inf,
+                  low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a finite ``float`` in the interval [low, high] (ends opened on request);
+    ``expected`` words the interval in the message ("a positive finite number")."""
+    if not _is_real(value):
+        _fail(owner, name, expected, value, ArgumentTypeError)
+    v = float(value)
+    if not math.isfinite(v) or v < low or v > high or (low_open and v == low) \
+            or (high_open and v == high):
+        _fail(owner, name, expected, value)
+    return v
+
+
+def finite_float(owner: str, name: str, value: Any) -> float:
+    """``value`` as a finite ``float`` of any sign."""
+    return real_in_range(owner, name, value, "a finite number")
+
+
+def positive_float(owner: str, name: str, value: Any) -> float:
+    """``value`` as a finite ``float`` > 0."""
+    return real_in_range(owner, name, value, "a finite number > 0", low=0.0, low_open=True)
+
+
+def non_negative_float(owner: str, name: str, value: Any) -> float:
+    """``value`` as a finite ``float`` >= 0."""
+    return real_in_range(owner, name, value, "a finite number >= 0", low=0.0)
+
+
+def probability(owner: str, name: str, value: Any, *, closed: bool = False) -> float:
+    """``value`` as a ``float`` in [0, 1) (in [0, 1] with ``closed=True``)."""
+    expected = "a number in [0, 1]" if closed else "a number in [0, 1)"
+    return real_in_range(owner, name, value, expected, low=0.0, high=1.0, high_open=not closed)
+
+
+def choice(owner: str, name: str, value: Any, options: Iterable[Any]) -> Any:
+    """``value`` itself, which must be one of ``options``."""
+    options = list(options)
+    if isinstance(value, bool) or value not in options:
+        _fail(owner, name, "one of " + ", ".join(repr(o) for o in options), value)
+    return value
