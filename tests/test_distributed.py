@@ -1,0 +1,175 @@
+"""Data-parallel communication (xpnet/distributed.py) and synchronised BatchNorm.
+
+Multi-rank checks launch ``mpiexec -n 2 python tests/distributed_worker.py <scenario>`` as a
+subprocess with a timeout (CI can never hang); they are skipped with the reason when mpi4py or
+mpiexec is missing. Single-process checks (launcher detection, world size 1, the BatchNorm
+gradient with ``sync=True``) run everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import assert_gradients_close, dev, to_np
+
+import xpnet
+from xpnet import distributed
+from xpnet.gradcheck import check_module
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "distributed_worker.py"
+LAUNCH_TIMEOUT = 120  # seconds for one mpiexec job; a hang fails the test instead of CI
+
+
+def mpiexec() -> str:
+    """Path of mpiexec (the venv's, from the mpich wheel, first), or skip."""
+    if importlib.util.find_spec("mpi4py") is None:
+        pytest.skip('mpi4py is not installed (pip install ".[mpi]")')
+    found = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}"
+                         f"{os.environ.get('PATH', '')}")
+    if found is None:
+        pytest.skip("no mpiexec on PATH (pip install mpich, or load the cluster's MPI)")
+    return found
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("XPNET_", "PMI_", "OMPI_", "MV2_", "PMIX_", "SLURM_"))}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def launch(*args: str, n: int = 2, timeout: float = LAUNCH_TIMEOUT
+           ) -> tuple[subprocess.CompletedProcess, float]:
+    """Run the worker under ``mpiexec -n n``; returns (result, seconds)."""
+    cmd = [mpiexec(), "-n", str(n), sys.executable, str(WORKER), *args]
+    t0 = time.monotonic()
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                            env=clean_env(), cwd=ROOT)
+    return result, time.monotonic() - t0
+
+
+# ---------------------------------------------------------------------- launcher detection
+@pytest.mark.parametrize("env, size", [
+    ({}, 1),
+    ({"PMI_SIZE": "4", "PMI_RANK": "1"}, 4),                   # MPICH/Hydra, Intel MPI, pmi2
+    ({"OMPI_COMM_WORLD_SIZE": "8"}, 8),                        # Open MPI
+    ({"MV2_COMM_WORLD_SIZE": "2"}, 2),                         # MVAPICH
+    ({"PMIX_RANK": "0", "SLURM_STEP_NUM_TASKS": "16"}, 16),   # srun --mpi=pmix
+    ({"SLURM_STEP_NUM_TASKS": "16"}, 1),                       # srun without PMIx: no MPI
+    ({"PMI_SIZE": "1"}, 1),                                    # a launcher with one process
+    ({"PMI_SIZE": "4", "XPNET_DISTRIBUTED": "0"}, 1),          # forced off
+])
+def test_launcher_world_size_reads_the_launchers_variables(env, size):
+    assert distributed.launcher_world_size(env) == size
+
+
+def test_bad_override_is_refused_naming_the_variable():
+    with pytest.raises(ValueError, match=r"XPNET_DISTRIBUTED='yes'.*'0'.*'1'"):
+        distributed.launcher_world_size({"XPNET_DISTRIBUTED": "yes"})
+
+
+def test_one_process_never_imports_mpi4py():
+    code = ("import sys, xpnet, xpnet.distributed as d\n"
+            "c = d.world(); assert (c.rank, c.size) == (0, 1), c\n"
+            "assert isinstance(c, d.SingleProcess), c\n"
+            "assert 'mpi4py' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=clean_env(),
+                   timeout=60)
+
+
+def test_single_process_collectives_are_the_identity(backend):
+    comm = distributed.SingleProcess()
+    model = xpnet.Sequential(xpnet.Linear(3, 2, dtype="float64"))
+    params = model.parameters()
+    for p in params.values():
+        p.grad = dev(np.ones(p.shape))
+    before = {k: p.grad for k, p in params.items()}
+    distributed.GradientAverager(comm)(params)
+    assert all(params[k].grad is before[k] for k in params)  # not even a copy
+    assert comm.allreduce_host([2.0, 3.0]) == [2.0, 3.0]
+    assert comm.check_identical(model) == comm.check_identical(model)
+
+
+def test_bucket_bytes_is_validated():
+    with pytest.raises(ValueError, match=r"bucket_bytes.*positive.*0"):
+        distributed.GradientAverager(distributed.SingleProcess(), bucket_bytes=0)
+
+
+def test_shard_bounds_cover_every_item_once():
+    for n in (0, 1, 7, 100, 101):
+        for size in (1, 2, 3, 8):
+            bounds = [distributed.shard_bounds(n, r, size) for r in range(size)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+            sizes = [e - s for s, e in bounds]
+            assert max(sizes) - min(sizes) <= 1
+
+
+# ---------------------------------------------------------------------- synchronised BatchNorm
+@pytest.mark.parametrize("shape", [(6, 3), (3, 3, 2, 3)], ids=["2d", "4d"])
+def test_sync_batchnorm_gradcheck_at_world_size_one(backend, shape):
+    """sync=True takes the Allreduce path (identity in one process): same gradients."""
+    rng = np.random.default_rng(0)
+    bn = xpnet.BatchNorm(3, dtype="float64", sync=True)
+    bn.gamma.data = dev(1.0 + 0.5 * rng.standard_normal(3))
+    bn.beta.data = dev(rng.standard_normal(3))
+    x = dev(rng.standard_normal(shape) * 2 + 1)
+    assert_gradients_close(check_module(bn, x), {"x", "gamma", "beta"})
+
+
+def test_sync_batchnorm_matches_per_rank_batchnorm_in_one_process(backend):
+    rng = np.random.default_rng(1)
+    x, dout = rng.standard_normal((5, 3, 2, 2)), rng.standard_normal((5, 3, 2, 2))
+    a, b = xpnet.BatchNorm(3, dtype="float64"), xpnet.BatchNorm(3, dtype="float64", sync=True)
+    np.testing.assert_allclose(to_np(b(dev(x))), to_np(a(dev(x))), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(to_np(b.backward(dev(dout))), to_np(a.backward(dev(dout))),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(to_np(b.running_var), to_np(a.running_var), rtol=1e-12)
+    assert "sync" in repr(b)
+
+
+def test_sync_must_be_a_bool():
+    with pytest.raises(TypeError, match=r"sync must be True or False, got 'yes'"):
+        xpnet.BatchNorm(3, sync="yes")
+
+
+# ---------------------------------------------------------------------- two ranks
+def test_two_rank_collectives():
+    """Averaging per dtype and bucket size on numpy/torch/array_api_strict, broadcast of model
+    and optimizer, checksum mismatch detection, sync BatchNorm vs one process."""
+    result, _ = launch("collectives")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("OK")]
+    assert len(lines) == 1, result.stdout  # rank 0 alone reports
+    assert int(lines[0].split()[1]) > 100, lines
+
+
+def test_an_exception_on_one_rank_ends_the_job_once():
+    result, seconds = launch("raise", timeout=60)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    assert out.count("ValueError: deliberate failure on rank 1") == 1, out
+    assert "[rank 1/2]" in out and seconds < 60
+
+
+def test_an_error_every_rank_raises_is_shown_by_rank_0_only():
+    result, _ = launch("collective", timeout=60)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    assert out.count("ReplicaMismatch: deliberate mismatch") == 1, out
+    assert "[rank 0/2]" in out
+
+
+def test_a_rank_killed_with_sigkill_ends_the_job_within_60_s():
+    result, seconds = launch("sigkill", timeout=60)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert seconds < 60
