@@ -22,6 +22,7 @@ from conftest import assert_gradients_close, dev, to_np
 
 import xpnet
 from xpnet import distributed
+from xpnet.data import BatchLoader
 from xpnet.gradcheck import check_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,3 +174,30 @@ def test_a_rank_killed_with_sigkill_ends_the_job_within_60_s():
     result, seconds = launch("sigkill", timeout=60)
     assert result.returncode != 0, result.stdout + result.stderr
     assert seconds < 60
+
+
+# ---------------------------------------------------------------------- loader shards
+@pytest.mark.parametrize("n, bs, size", [(103, 20, 2), (100, 25, 3), (60, 60, 4)])
+def test_shards_split_each_global_batch_and_use_every_image_once(n, bs, size):
+    x = np.arange(n, dtype=np.float32).reshape(n, 1)
+    y = np.arange(n)
+    full = [to_np(yb) for _, yb in BatchLoader(x, y, bs, rng=xpnet.Generator(4))]
+    shards = [[to_np(yb) for _, yb in BatchLoader(x, y, bs, rng=xpnet.Generator(4),
+                                                   shard=(r, size))] for r in range(size)]
+    assert all(len(s) == len(full) for s in shards)
+    for k, batch in enumerate(full):
+        parts = [s[k] for s in shards]
+        np.testing.assert_array_equal(np.concatenate(parts), batch)  # rank order = batch order
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    seen = np.concatenate([np.concatenate(s) for s in shards])
+    np.testing.assert_array_equal(np.sort(seen), y)  # every image exactly once per epoch
+
+
+@pytest.mark.parametrize("shard, match", [
+    ((2, 2), r"shard: expected \(rank, size\).*\(2, 2\)"),
+    ([0, 2], r"shard: expected \(rank, size\).*\[0, 2\]"),
+    ((0, 4), r"batch of 3 example\(s\) cannot be split over 4 ranks"),
+])
+def test_bad_shards_are_refused(shard, match):
+    with pytest.raises(ValueError, match=match):
+        BatchLoader(np.zeros((23, 1)), np.zeros(23, dtype=np.int64), 10, shard=shard)

@@ -305,7 +305,7 @@ def abort_on_error(comm: Communicator | None = None) -> Iterator[Communicator]:
 
     The failing rank prints its traceback (prefixed with its rank) and calls ``Abort(1)``, which
     ends the whole job non-zero; ranks waiting in a collective are killed, so the error is shown
-    once. A :class:`CollectiveError` (raised by every rank alike) is printed by rank 0 only.
+    once (see :func:`_report_and_abort` for errors all ranks raise together).
     ``SystemExit(0)`` and normal completion pass through.
     """
     c = comm or world()
@@ -322,15 +322,18 @@ def abort_on_error(comm: Communicator | None = None) -> Iterator[Communicator]:
 
 
 def _report_and_abort(c: Communicator, exc: BaseException) -> None:
-    collective = isinstance(exc, CollectiveError)
-    if c.is_root or not collective:
+    """Print the error once and end the job. Rank 0 reports at once; another rank first waits
+    a moment, so that an error every rank hits at the same point (bad data, a mismatch) is
+    shown by rank 0 alone, whose Abort ends the waiting ranks; a :class:`CollectiveError` is
+    never printed by them."""
+    if not c.is_root:
+        time.sleep(5.0 if isinstance(exc, CollectiveError) else 2.0)
+    if c.is_root or not isinstance(exc, CollectiveError):
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         if isinstance(exc, SystemExit):
             text = f"exit status {exc.code}\n"
         sys.stderr.write(f"[rank {c.rank}/{c.size}] {text}")
         sys.stderr.flush()
-    else:
-        time.sleep(5.0)  # let rank 0 report the shared error before this Abort ends it
     c.abort(1)
 
 
