@@ -60,5 +60,21 @@ for model in cnn mlp; do
       2>>"$LOG" | record "xpnet-numpy-$model-bs$bs" || status=1
   done
 done
+step "5. data parallel on GPUs over NCCL (2+ GPUs, mpi4py): collectives, 2 ranks vs 1 process"
+ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
+if [ "$ngpu" -ge 2 ] && python -c "import mpi4py, cupy.cuda.nccl" 2>>"$LOG"; then
+  XPNET_TEST_BACKENDS=cupy timeout 300 mpiexec -n 2 python tests/distributed_worker.py \
+    collectives 2>&1 | tail -n 20 | tee -a "$LOG" || status=1
+  python examples/mnist_cnn.py --backend cupy --epochs 1 --train-limit 6000 --json \
+    --data-dir "$DATA" 2>>"$LOG" | record "mnist_cnn-1proc-cupy" || status=1
+  timeout 600 mpiexec -n 2 python examples/mnist_cnn.py --backend cupy --epochs 1 \
+    --train-limit 6000 --json --data-dir "$DATA" 2>>"$LOG" | record "mnist_cnn-2ranks-nccl" \
+    || status=1
+  timeout 600 mpiexec -n 2 python benchmarks/distributed_bench.py --backend cupy --json \
+    2>>"$LOG" | record "distributed-bench-2ranks-nccl" || status=1
+else
+  echo "skipped: $ngpu GPU(s); needs 2 and mpi4py + cupy.cuda.nccl (pip install '.[mpi]')" \
+    | tee -a "$LOG"
+fi
 echo "gpu_check finished with status $status" | tee -a "$LOG"
 exit $status

@@ -22,7 +22,13 @@ import xpnet  # noqa: E402
 from xpnet import distributed  # noqa: E402
 from xpnet.backend import to_numpy  # noqa: E402
 
-BACKENDS = ("numpy", "torch", "array_api_strict")
+BACKENDS = tuple(os.environ.get("XPNET_TEST_BACKENDS", "numpy,torch,array_api_strict")
+                 .split(","))  # benchmarks/gpu_check.sh runs cupy (one GPU per rank)
+
+
+def use(name: str) -> None:
+    device = distributed.device_for_local_rank() if name == "cupy" else None
+    xpnet.set_backend(name, device)
 checks = 0
 
 
@@ -52,7 +58,7 @@ def fake_grads(model: xpnet.Module, rank: int) -> dict[str, np.ndarray]:
 
 def check_averaging(comm: distributed.Communicator) -> None:
     for name in BACKENDS:
-        xpnet.set_backend(name)
+        use(name)
         for bucket_bytes, expect_buckets in ((None, 2), (64, None), (10**9, 2)):
             model = model_with_dtypes()
             params = model.parameters()
@@ -111,7 +117,7 @@ def check_sync_batchnorm(comm: distributed.Communicator) -> None:
     """2 ranks x 4 rows with sync=True == 1 process x 8 rows: output, dx, dgamma, running."""
     rng = np.random.default_rng(5)
     for name in BACKENDS:
-        xpnet.set_backend(name)
+        use(name)
         for shape in ((8, 3), (4, 3, 2, 2)):
             x = rng.standard_normal(shape) * 2 + 1  # same on both ranks (same seed)
             dout = rng.standard_normal(shape)
