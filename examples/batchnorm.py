@@ -46,7 +46,8 @@ def train(trainer, x, y, epochs):
 
 def evaluate(trainer, x, y):
     """(mean loss, accuracy) on host arrays, in evaluation mode (running statistics)."""
-    return trainer.evaluate(x, y)
+    scores = trainer.evaluate(x, y)  # {'loss': ..., 'acc': ...}
+    return scores["loss"], scores["acc"]
 
 
 @common.cli

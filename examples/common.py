@@ -31,7 +31,7 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     import xpnet
 from xpnet.data import BatchLoader
 from xpnet.data import load_mnist as _load_mnist
-from xpnet.train import Trainer, TrainingDiverged
+from xpnet.train import Trainer, TrainingDiverged, predict
 
 # What a user can cause and fix without reading a traceback: a backend that cannot run here
 # (BackendError), a bad backend name, argument, data file or checkpoint (ValueError, which
@@ -193,12 +193,7 @@ class Stopwatch:
 # ---------------------------------------------------------------------------- models and data
 def predictor(model: xpnet.Module) -> Callable[[np.ndarray], np.ndarray]:
     """``predict(points) -> class indices`` (host NumPy in and out), for xpnet.plot."""
-    def predict(points: np.ndarray) -> np.ndarray:
-        model.eval()
-        logits = model(xpnet.to_device(points))
-        return xpnet.to_numpy(array_namespace(logits).argmax(logits, axis=1))
-
-    return predict
+    return functools.partial(predict, model)
 
 
 def l2_penalty(model: xpnet.Module, reg: float) -> Any:

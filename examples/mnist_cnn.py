@@ -50,7 +50,8 @@ def train(trainer, data, epochs):
 
 def evaluate(trainer, x, y):
     """(mean loss, accuracy) on host arrays, in evaluation mode (dropout off)."""
-    return trainer.evaluate(x, y)
+    scores = trainer.evaluate(x, y)  # {'loss': ..., 'acc': ...}
+    return scores["loss"], scores["acc"]
 
 
 @common.cli

@@ -44,7 +44,8 @@ def train(model, optimizer, data, epochs, batch_size, seed):
 
 def evaluate(trainer, x, y):
     """(mean loss, accuracy) on host arrays, in evaluation mode."""
-    return trainer.evaluate(x, y)
+    scores = trainer.evaluate(x, y)  # {'loss': ..., 'acc': ...}
+    return scores["loss"], scores["acc"]
 
 
 @common.cli

@@ -1,4 +1,4 @@
-"""Trainer (xpnet/train.py): batch order, exact resume, NaN guard, label checks, predict."""
+"""Trainer (xpnet/train/trainer.py): batch order, exact resume, NaN guard, label checks, predict."""
 
 from __future__ import annotations
 
@@ -111,6 +111,6 @@ def test_fit_learns_and_predict_evaluate_agree(backend):
     assert history["loss"][-1] < history["loss"][0]
     pred = trainer.predict(x)
     assert isinstance(pred, np.ndarray) and pred.shape == (300,)
-    _, acc = trainer.evaluate(x, y)
+    acc = trainer.evaluate(x, y)["acc"]
     assert acc == pytest.approx(np.mean(pred == y)) and acc > 0.9
     assert set(history.last) >= {"epoch", "loss", "train_acc", "test_acc", "lr", "seconds"}
