@@ -3,6 +3,10 @@
 ``collectives``: gradient averaging per dtype and bucket size on numpy, torch and
 array_api_strict; broadcast of model and optimizer; the checksum check; synchronised BatchNorm
 against one process on the whole batch. Prints one ``OK <n checks>`` line from rank 0.
+``trainer DIR``: the Trainer on 2 ranks against one process (float64, 20 Adam steps): plain
+SimpleConvNet, a synchronised-BatchNorm net, an uneven split, every image once per epoch, a
+straight vs a resumed run, a 1-process checkpoint resumed on 2 ranks; leaves DIR/ck2.npz (a
+2-rank checkpoint after epoch 1) for the test to resume in one process.
 ``raise`` / ``collective`` / ``sigkill``: fault handling (the job must end, non-zero).
 """
 
@@ -136,6 +140,138 @@ def check_sync_batchnorm(comm: distributed.Communicator) -> None:
             close(g, ref.gamma.grad, f"{name} sync BN dgamma (summed over ranks) {shape}")
 
 
+# ---------------------------------------------------------------------- Trainer on N ranks
+N_TRAIN, N_TEST, EPOCH_STEPS = 1000, 301, 10
+
+
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Learnable float64 12x12 images: the label is the brightest of 10 patches."""
+    rng = np.random.default_rng(0)
+    x = rng.random((N_TRAIN + N_TEST, 1, 12, 12))
+    y = np.argmax(x[:, 0, :10, :10].reshape(-1, 10, 10).mean(axis=2), axis=1)
+    x[:, 0, 0, 0] = np.arange(len(x))  # each image's id, for the once-per-epoch check
+    return x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
+
+
+def small_net(bn: bool = False, sync: bool = True) -> xpnet.Module:
+    """A SimpleConvNet of 12x12 inputs, or a conv net with BatchNorm after conv and hidden."""
+    if not bn:
+        from xpnet.models import SimpleConvNet
+        return SimpleConvNet((1, 12, 12), filters=4, kernel_size=3, hidden_size=16,
+                             dtype="float64", seed=0)
+    # No trained bias right before a BatchNorm (the conv bias is left out of the optimizer):
+    # its exact gradient is 0, so what Adam would see there is rounding noise, which it
+    # normalises into eps-sized steps that differ between any two summation orders.
+    rng = xpnet.Generator(0)
+    net = xpnet.Sequential(
+        xpnet.Conv2d(1, 4, 3, rng=rng, dtype="float64"),
+        xpnet.BatchNorm(4, sync=sync, dtype="float64"), xpnet.ReLU(),
+        xpnet.Flatten(), xpnet.Linear(400, 16, bias=False, rng=rng, dtype="float64"),
+        xpnet.BatchNorm(16, sync=sync, dtype="float64"), xpnet.ReLU(),
+        xpnet.Linear(16, 10, rng=rng, dtype="float64"))
+    net.frozen = ("0.b",)
+    # Adam at lr 1e-2, eps 1e-8 makes this net chaotic at rounding level: a 1e-15 relative
+    # change of the initial weights moves its parameters by 6e-9 after 20 steps in ONE process
+    # (SimpleConvNet: 2e-15), so 1e-10 could not tell a right reduction from a wrong one.
+    # At lr 1e-3, eps 1e-6 that sensitivity is 2e-12.
+    net.adam = {"lr": 1e-3, "eps": 1e-6}
+    net.num_classes = 10
+    return net
+
+
+def trainer(model: xpnet.Module, comm: distributed.Communicator | None, batch: int = 100,
+            checkpoint: str | None = None):
+    from xpnet.train import Trainer
+    frozen = getattr(model, "frozen", ())
+    trained = {k: p for k, p in model.parameters().items() if k not in frozen}
+    adam = getattr(model, "adam", {"lr": 1e-2})
+    return Trainer(model, xpnet.Adam(trained, **adam), batch_size=batch, seed=3, comm=comm,
+                   checkpoint=checkpoint, eval_batch_size=64)
+
+
+def fit(model, comm, epochs: int, batch: int = 100, checkpoint=None, resume=False):
+    x, y, xt, yt = data()
+    tr = trainer(model, comm, batch, checkpoint)
+    if resume:
+        tr.resume(checkpoint)
+    tr.fit(x, y, epochs, x_test=xt, y_test=yt)
+    return tr
+
+
+def params(model: xpnet.Module) -> dict[str, np.ndarray]:
+    return {k: np.array(to_numpy(v)) for k, v in model.state_dict().items()}
+
+
+def max_error(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+
+
+class Recorder(xpnet.Module):
+    """Wraps a model and records the ids (pixel 0) of the training images it sees."""
+
+    def __init__(self, inner: xpnet.Module):
+        super().__init__()
+        self.inner = inner
+        self.num_classes = inner.num_classes
+        self.seen: list[np.ndarray] = []
+
+    def forward(self, x):
+        if self.training:
+            self.seen.append(np.array(to_numpy(x[:, 0, 0, 0])))
+        return self.inner.forward(x)
+
+    def backward(self, dout, *, input_grad: bool = True):
+        return self.inner.backward(dout, input_grad=input_grad)
+
+
+def check_trainer(comm: distributed.Communicator, out: Path) -> dict[str, float]:
+    xpnet.set_backend("numpy")
+    one = distributed.SingleProcess()
+    errors: dict[str, float] = {}
+    history_keys = ("loss", "train_acc", "test_loss", "test_acc")
+    for name, bn, batch in (("plain", False, 100), ("sync_bn", True, 100),
+                            ("sync_bn_uneven_99", True, 99)):
+        dist = fit(small_net(bn), comm, 2, batch)  # 2 epochs of 10 steps: 20 Adam steps
+        ref = fit(small_net(bn, sync=False), one, 2, batch)
+        errors[name] = max_error(params(dist.model), params(ref.model))
+        if comm.is_root and os.environ.get("XPNET_WORKER_DEBUG"):
+            a, b = params(dist.model), params(ref.model)
+            print({k: float(np.max(np.abs(a[k] - b[k]))) for k in a})
+        errors[name + "_history"] = max(
+            abs(a - b) for k in history_keys for a, b in zip(dist.history[k], ref.history[k]))
+        assert errors[name] < 1e-10 and errors[name + "_history"] < 1e-10, (name, errors)
+        assert dist.history.steps[-1]["step"] == 2 * (-(-N_TRAIN // batch))
+
+    rec = Recorder(small_net())
+    fit(rec, comm, 2)
+    for epoch in range(2):
+        ids = np.concatenate(rec.seen[epoch * EPOCH_STEPS:(epoch + 1) * EPOCH_STEPS])
+        every = np.concatenate(comm.allgather_object(ids))
+        assert np.array_equal(np.sort(every), np.arange(N_TRAIN)), "an image seen twice"
+        assert len(ids) == N_TRAIN // comm.size
+    errors["images_once"] = 0.0
+
+    straight = fit(small_net(), comm, 2, checkpoint=str(out / "straight.npz"))
+    fit(small_net(), comm, 1, checkpoint=str(out / "ck2.npz"))  # left for the 2 -> 1 test
+    import shutil
+    if comm.is_root:
+        shutil.copy(out / "ck2.npz", out / "ck2-resumed.npz")
+    comm.barrier()
+    resumed = fit(small_net(), comm, 2, checkpoint=str(out / "ck2-resumed.npz"), resume=True)
+    errors["resumed_vs_straight"] = max_error(params(resumed.model), params(straight.model))
+    assert errors["resumed_vs_straight"] == 0.0, errors
+    for k in history_keys:  # the resumed run's history holds epoch 1 from the checkpoint
+        assert resumed.history[k] == straight.history[k], (k, resumed.history[k])
+
+    ck1 = out / f"ck1-rank{comm.rank}.npz"  # a 1-process run's checkpoint, resumed on 2 ranks
+    fit(small_net(), one, 1, checkpoint=str(ck1))
+    from_one = fit(small_net(), comm, 2, checkpoint=str(ck1), resume=True)
+    errors["one_to_two"] = max_error(params(from_one.model), params(straight.model))
+    assert errors["one_to_two"] < 1e-10, errors
+    return errors
+
+
 def main(scenario: str) -> None:
     comm = distributed.world()
     assert comm.size == 2, f"expected 2 ranks, got {comm.size}"
@@ -148,6 +284,12 @@ def main(scenario: str) -> None:
             total = comm.allreduce_host([checks])[0]
             if comm.is_root:
                 print(f"OK {int(total)} checks on {comm.size} ranks", flush=True)
+    elif scenario == "trainer":
+        with distributed.abort_on_error(comm):
+            errors = check_trainer(comm, Path(sys.argv[2]))
+            if comm.is_root:
+                print("ERRORS " + " ".join(f"{k}={v:.3g}" for k, v in errors.items()))
+                print(f"OK {len(errors)} checks on {comm.size} ranks", flush=True)
     elif scenario == "raise":
         with distributed.abort_on_error(comm):
             if comm.rank == 1:

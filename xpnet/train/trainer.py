@@ -19,6 +19,7 @@ import numpy as np
 from ..backend import Backend, current
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.loader import BatchLoader
+from ..distributed import Communicator
 from ..losses import SoftmaxCrossEntropy
 from ..module import Module
 from ..optim import Optimizer
@@ -27,6 +28,7 @@ from ..schedules import Schedule
 from .evaluate import evaluate, predict
 from .guard import DivergenceGuard, check_data
 from .metrics import Metric, Totals, default_metrics
+from .parallel import DataParallel
 from .progress import Progress
 from .state import History, RunState
 from .step import train_step
@@ -56,6 +58,12 @@ class Trainer:
     verbose : print one line per epoch to stderr.
     log_interval : steps between host reads of the running loss (progress bar, NaN guard).
     checkpoint : path written after every epoch (atomically), if given.
+    comm : the ranks to train over (default :func:`xpnet.distributed.world`: all ranks of an
+        MPI launch, else this process alone). With N ranks ``batch_size`` is the *global*
+        batch: each rank trains on its share of every batch of one shared shuffle, gradients
+        are averaged before each update, and only rank 0 prints and writes checkpoints (see
+        :mod:`xpnet.train.parallel`).
+    bucket_bytes : size of the gradient buckets reduced together (default: one per dtype).
     """
 
     def __init__(self, model: Module, optimizer: Optimizer, loss: Any = None, *,
@@ -63,7 +71,8 @@ class Trainer:
                  metrics: list[Metric] | None = None, progress: bool | None = None,
                  verbose: bool = False, log_interval: int = 50,
                  checkpoint: str | Path | None = None, eval_batch_size: int = 1000,
-                 backend: Backend | None = None):
+                 backend: Backend | None = None, comm: Communicator | None = None,
+                 bucket_bytes: int | None = None):
         self.batch_size = _positive_int("batch_size", batch_size)
         self.eval_batch_size = _positive_int("eval_batch_size", eval_batch_size)
         self.model, self.optimizer = model, optimizer
@@ -74,7 +83,10 @@ class Trainer:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.backend = backend or current()
         self.state = RunState(seed)
-        self.progress = Progress(progress, verbose)
+        self.parallel = DataParallel(model, optimizer, comm, bucket_bytes=bucket_bytes)
+        root = self.parallel.comm.is_root
+        self.progress = Progress(progress if root else False, verbose and root)
+        self._global_sizes: list[int] | None = None
         self.guard = DivergenceGuard(self.checkpoint)
 
     # the run state's counters, as attributes of the trainer
@@ -103,9 +115,15 @@ class Trainer:
         totals = Totals(self.metrics, keep_steps=True)
         epoch = self.state.epoch + 1
         lrs = []
+        sizes = self._global_sizes if self.parallel.active else None
+        local: list[int] = []
         for xb, yb in self.progress.start(loader, total, epoch):
             lrs.append(self.optimizer.lr)
-            out = train_step(self.model, self.loss, self.optimizer, xb, yb)
+            loss = self.loss
+            if sizes is not None:  # this rank's share of global batch len(local)
+                local.append(int(xb.shape[0]))
+                loss = self.parallel.step_loss(loss, local[-1], sizes[len(local) - 1])
+            out = train_step(self.model, loss, self.optimizer, xb, yb)
             if self.schedule is not None and self.schedule.per_step:
                 self.schedule.step()
             totals.add(out.loss, out.output, yb)
@@ -118,6 +136,9 @@ class Trainer:
         if totals.steps == 0:
             raise ValueError("the training loader yielded no batches")
         result, step_losses = totals.read()  # one host sync at the end of the epoch
+        if sizes is not None:  # global loss and metrics: one Allreduce of host numbers
+            result, step_losses = self.parallel.reduce_epoch(result, step_losses, local,
+                                                             sizes[:len(local)])
         self.guard.check(result["loss"], epoch, totals.steps)
         first = self.state.step - totals.steps
         self.state.history.steps.extend(
@@ -139,8 +160,10 @@ class Trainer:
         check_data(self.model, self.loss, x_train, y_train, "training data")
         if x_test is not None:
             check_data(self.model, self.loss, x_test, y_test, "test data")
+        self.parallel.start()  # N ranks: rank 0's model and optimizer everywhere, verified
         loader = BatchLoader(x_train, y_train, self.batch_size, shuffle=True, rng=self.rng,
-                             backend=self.backend)
+                             backend=self.backend, shard=self.parallel.shard)
+        self._global_sizes = self.parallel.global_sizes(len(loader.y), self.batch_size)
         while self.state.epoch < epochs:
             t0 = time.perf_counter()
             result = self.train_epoch(loader, total=len(loader))
@@ -162,8 +185,11 @@ class Trainer:
     def evaluate(self, x: Any, y: Any) -> dict[str, float]:
         """``{"loss": ..., <metric>: ...}`` on (x, y), in evaluation mode (see
         :func:`xpnet.train.evaluate`)."""
-        return evaluate(self.model, self.loss, x, y, metrics=self.metrics,
-                        batch_size=self.eval_batch_size, backend=self.backend)
+        def run(xs: Any, ys: Any) -> dict[str, float]:
+            return evaluate(self.model, self.loss, xs, ys, metrics=self.metrics,
+                            batch_size=self.eval_batch_size, backend=self.backend)
+
+        return self.parallel.evaluate(run, x, y)  # N ranks: each its share, then reduced
 
     def predict(self, x: Any) -> np.ndarray:
         """Predicted class indices (classification) or outputs (other losses), as NumPy."""
@@ -172,7 +198,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str | Path) -> Path:
-        """Write model, optimizer, schedule, RNG states, counters and history atomically."""
+        """Write model, optimizer, schedule, RNG states, counters and history atomically.
+
+        With N ranks every rank calls this; they first verify that they hold the same model
+        (ReplicaMismatch otherwise), then rank 0 alone writes.
+        """
+        self.parallel.check(f"before writing checkpoint {path}")
+        if not self.parallel.comm.is_root:
+            return Path(path)
         return save_checkpoint(path, self.model.state_dict(), self.optimizer.state_dict(),
                                self.state.meta(self.model, self.schedule, self.backend.name))
 
