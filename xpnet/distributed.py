@@ -40,7 +40,8 @@ import numpy as np
 from .backend import to_numpy
 
 __all__ = ["CollectiveError", "Communicator", "GradientAverager", "ReplicaMismatch",
-           "SingleProcess", "abort_on_error", "launcher_world_size", "reset", "world"]
+           "SingleProcess", "abort_on_error", "launcher_world_size", "report_and_abort", "reset",
+           "world"]
 
 Array = Any
 ENV_FLAG = "XPNET_DISTRIBUTED"
@@ -305,7 +306,7 @@ def abort_on_error(comm: Communicator | None = None) -> Iterator[Communicator]:
 
     The failing rank prints its traceback (prefixed with its rank) and calls ``Abort(1)``, which
     ends the whole job non-zero; ranks waiting in a collective are killed, so the error is shown
-    once (see :func:`_report_and_abort` for errors all ranks raise together).
+    once (see :func:`report_and_abort` for errors all ranks raise together).
     ``SystemExit(0)`` and normal completion pass through.
     """
     c = comm or world()
@@ -314,25 +315,26 @@ def abort_on_error(comm: Communicator | None = None) -> Iterator[Communicator]:
     except SystemExit as exc:
         if c.size == 1 or exc.code in (0, None):
             raise
-        _report_and_abort(c, exc)
+        report_and_abort(c, exc)
     except BaseException as exc:
         if c.size == 1:
             raise
-        _report_and_abort(c, exc)
+        report_and_abort(c, exc)
 
 
-def _report_and_abort(c: Communicator, exc: BaseException) -> None:
+def report_and_abort(c: Communicator, exc: BaseException, text: str | None = None) -> None:
     """Print the error once and end the job. Rank 0 reports at once; another rank first waits
     a moment, so that an error every rank hits at the same point (bad data, a mismatch) is
     shown by rank 0 alone, whose Abort ends the waiting ranks; a :class:`CollectiveError` is
-    never printed by them."""
+    never printed by them. ``text`` replaces the traceback (a one-line message)."""
     if not c.is_root:
         time.sleep(5.0 if isinstance(exc, CollectiveError) else 2.0)
     if c.is_root or not isinstance(exc, CollectiveError):
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        if isinstance(exc, SystemExit):
-            text = f"exit status {exc.code}\n"
-        sys.stderr.write(f"[rank {c.rank}/{c.size}] {text}")
+        if text is None and isinstance(exc, SystemExit):
+            text = f"exit status {exc.code}"
+        elif text is None:
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        sys.stderr.write(f"[rank {c.rank}/{c.size}] {text.rstrip()}\n")
         sys.stderr.flush()
     c.abort(1)
 
