@@ -91,6 +91,9 @@ def make_parser(file: str, doc: str, *, epochs: int, lr: float | None, batch_siz
     parser.add_argument("--json", action="store_true",
                         help="print a JSON summary as the last line of stdout; human output "
                              "goes to stderr (default: False)")
+    if not distributed.world().is_root:  # under mpiexec, rank 0 alone shows usage and errors
+        parser.print_usage = parser.print_help = lambda file=None: None
+        parser.exit = lambda status=0, message=None: sys.exit(status)
     return parser
 
 

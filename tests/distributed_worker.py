@@ -272,6 +272,21 @@ def check_trainer(comm: distributed.Communicator, out: Path) -> dict[str, float]
     return errors
 
 
+class KillAt(Recorder):
+    """Rank 1 kills itself with SIGKILL at training forward number ``at`` (mid-epoch 2)."""
+
+    def __init__(self, inner: xpnet.Module, rank: int, at: int):
+        super().__init__(inner)
+        self.rank, self.at, self.calls = rank, at, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.rank == 1 and self.calls == self.at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return self.inner.forward(x)
+
+
 def main(scenario: str) -> None:
     comm = distributed.world()
     assert comm.size == 2, f"expected 2 ranks, got {comm.size}"
@@ -290,6 +305,10 @@ def main(scenario: str) -> None:
             if comm.is_root:
                 print("ERRORS " + " ".join(f"{k}={v:.3g}" for k, v in errors.items()))
                 print(f"OK {len(errors)} checks on {comm.size} ranks", flush=True)
+    elif scenario == "killed":  # checkpoint after epoch 1, then rank 1 dies in epoch 2
+        xpnet.set_backend("numpy")
+        ck = str(Path(sys.argv[2]) / "killed.npz")
+        fit(KillAt(small_net(), comm.rank, EPOCH_STEPS + 5), comm, 3, checkpoint=ck)
     elif scenario == "raise":
         with distributed.abort_on_error(comm):
             if comm.rank == 1:

@@ -227,3 +227,22 @@ def test_trainer_on_two_ranks_is_one_process_with_the_global_batch(tmp_path):
     assert resumed.history.records[0]["epoch"] == 1 and len(resumed.history) == 2
     assert w.max_error(w.params(resumed.model), w.params(straight.model)) < 1e-10
     np.testing.assert_allclose(resumed.history["test_acc"], straight.history["test_acc"])
+
+
+def test_a_rank_killed_mid_training_leaves_a_checkpoint_that_resumes(tmp_path):
+    """SIGKILL in epoch 2: the job ends non-zero within 60 s, the epoch-1 checkpoint is intact
+    and resuming it finishes with the parameters of an uninterrupted run."""
+    import distributed_worker as w
+
+    from xpnet.checkpoint import load_checkpoint
+
+    result, seconds = launch("killed", str(tmp_path), timeout=60)
+    assert result.returncode != 0 and seconds < 60, result.stdout + result.stderr
+    ck = tmp_path / "killed.npz"
+    assert load_checkpoint(ck).meta["epoch"] == 1
+    one = distributed.SingleProcess()
+    with use_backend("numpy"):
+        resumed = w.fit(w.Recorder(w.small_net()), one, 3, checkpoint=str(ck), resume=True)
+        straight = w.fit(w.Recorder(w.small_net()), one, 3)
+    assert resumed.epoch == 3
+    assert w.max_error(w.params(resumed.model), w.params(straight.model)) < 1e-10

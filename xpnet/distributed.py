@@ -329,14 +329,15 @@ def report_and_abort(c: Communicator, exc: BaseException, text: str | None = Non
     never printed by them. ``text`` replaces the traceback (a one-line message)."""
     if not c.is_root:
         time.sleep(5.0 if isinstance(exc, CollectiveError) else 2.0)
-    if c.is_root or not isinstance(exc, CollectiveError):
-        if text is None and isinstance(exc, SystemExit):
-            text = f"exit status {exc.code}"
-        elif text is None:
+    code = 1
+    if isinstance(exc, SystemExit):  # sys.exit(n) / argparse: its message is already out
+        code = exc.code if isinstance(exc.code, int) else 1
+    elif c.is_root or not isinstance(exc, CollectiveError):
+        if text is None:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         sys.stderr.write(f"[rank {c.rank}/{c.size}] {text.rstrip()}\n")
         sys.stderr.flush()
-    c.abort(1)
+    c.abort(code)
 
 
 @dataclass
