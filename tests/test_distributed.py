@@ -9,6 +9,7 @@ gradient with ``sync=True``) run everywhere.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -246,3 +247,26 @@ def test_a_rank_killed_mid_training_leaves_a_checkpoint_that_resumes(tmp_path):
         straight = w.fit(w.Recorder(w.small_net()), one, 3)
     assert resumed.epoch == 3
     assert w.max_error(w.params(resumed.model), w.params(straight.model)) < 1e-10
+
+
+# ---------------------------------------------------------------------- the example under mpiexec
+def test_mnist_cnn_under_mpiexec_prints_one_summary_equal_to_one_process():
+    data = ROOT.parent / "shared" / "data"
+    if not (data / "mnist").is_dir():
+        pytest.skip(f"MNIST not found in {data}")
+    args = [str(ROOT / "examples" / "mnist_cnn.py"), "--dry-run", "--json", "--data-dir",
+            str(data)]
+    runs = {}
+    for n in (1, 2):
+        cmd = [mpiexec(), "-n", str(n), sys.executable, *args]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT,
+                                env=clean_env(), cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines = result.stdout.strip().splitlines()
+        assert len(lines) == 1, result.stdout  # rank 0 alone prints, and only the JSON
+        runs[n] = json.loads(lines[0])
+        assert result.stderr.count("test accuracy") == 1, result.stderr
+    assert (runs[1]["world_size"], runs[2]["world_size"]) == (1, 2)
+    assert runs[2]["global_batch_size"] == runs[1]["global_batch_size"] == 100
+    assert abs(runs[2]["test_accuracy"] - runs[1]["test_accuracy"]) <= 0.003
+    assert abs(runs[2]["train_loss"] - runs[1]["train_loss"]) < 1e-5
