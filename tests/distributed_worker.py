@@ -243,6 +243,16 @@ def check_trainer(comm: distributed.Communicator, out: Path) -> dict[str, float]
         assert errors[name] < 1e-10 and errors[name + "_history"] < 1e-10, (name, errors)
         assert dist.history.steps[-1]["step"] == 2 * (-(-N_TRAIN // batch))
 
+    x, y, _, _ = data()
+    try:  # a per-rank seed would break the shared batch order: refused on every rank
+        from xpnet.train import Trainer
+        m = small_net()
+        Trainer(m, xpnet.Adam(m, lr=1e-2), seed=comm.rank, comm=comm).fit(x, y, 1)
+        raise AssertionError("a per-rank seed was not refused")
+    except distributed.ReplicaMismatch as exc:
+        assert "ranks [1]" in str(exc) and "batch order" in str(exc), exc
+    errors["per_rank_seed_refused"] = 0.0
+
     rec = Recorder(small_net())
     fit(rec, comm, 2)
     for epoch in range(2):

@@ -21,7 +21,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..distributed import Communicator, GradientAverager, shard_bounds, world
+from ..distributed import (
+    Communicator,
+    GradientAverager,
+    ReplicaMismatch,
+    shard_bounds,
+    world,
+)
 from ..module import Module
 from ..optim import Optimizer
 
@@ -59,10 +65,20 @@ class DataParallel:
     def shard(self) -> tuple[int, int] | None:
         return (self.comm.rank, self.comm.size) if self.active else None
 
-    def start(self) -> None:
-        """Make every rank hold rank 0's model and optimizer, then verify it."""
+    def start(self, run: dict[str, Any] | None = None) -> None:
+        """Make every rank hold rank 0's model and optimizer, then verify it; ``run`` (epoch,
+        step, batch-order RNG state, batch size) must already agree on every rank, else
+        ReplicaMismatch names the ranks that differ (say, a per-rank seed)."""
         if not self.active:
             return
+        if run is not None:
+            runs = self.comm.allgather_object(run)
+            differ = [r for r, other in enumerate(runs) if other != runs[0]]
+            if differ:
+                keys = sorted(k for k in run if any(o[k] != runs[0][k] for o in runs))
+                raise ReplicaMismatch(f"ranks {differ} start training with another {keys} "
+                                      "than rank 0; every rank must use the same seed, batch "
+                                      "size and checkpoint (the batch order is shared)")
         self.comm.broadcast_module(self.model)
         self.comm.broadcast_optimizer(self.optimizer)
         self.check("at the start of training")

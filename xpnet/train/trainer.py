@@ -160,7 +160,9 @@ class Trainer:
         check_data(self.model, self.loss, x_train, y_train, "training data")
         if x_test is not None:
             check_data(self.model, self.loss, x_test, y_test, "test data")
-        self.parallel.start()  # N ranks: rank 0's model and optimizer everywhere, verified
+        self.parallel.start({"epoch": self.state.epoch, "step": self.state.step,
+                             "batch order": self.rng.get_state(), "batch_size": self.batch_size})
+        # N ranks: rank 0's model and optimizer everywhere, verified
         loader = BatchLoader(x_train, y_train, self.batch_size, shuffle=True, rng=self.rng,
                              backend=self.backend, shard=self.parallel.shard)
         self._global_sizes = self.parallel.global_sizes(len(loader.y), self.batch_size)
