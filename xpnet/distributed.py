@@ -358,7 +358,9 @@ class GradientAverager:
     hook, each ``param.grad`` is a view of its bucket (valid until the next step).
 
     ``scale`` multiplies the sum (default ``1/size``: the mean). ``stats`` counts calls,
-    Allreduce messages, bytes and seconds spent in Allreduce, for benchmarks.
+    Allreduce messages, bytes and host seconds inside the Allreduce calls, for benchmarks (on
+    CPU that includes waiting for the slowest rank; with NCCL it is the launch only, the
+    reduction itself running on the CUDA stream).
 
     Use ``optimizer.register_grad_hook(GradientAverager(comm))``, or :meth:`attach`.
     """
