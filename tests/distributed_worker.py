@@ -253,6 +253,20 @@ def check_trainer(comm: distributed.Communicator, out: Path) -> dict[str, float]
         assert "ranks [1]" in str(exc) and "batch order" in str(exc), exc
     errors["per_rank_seed_refused"] = 0.0
 
+    drop = xpnet.Sequential(xpnet.Flatten(), xpnet.Linear(144, 32, dtype="float64"),
+                            xpnet.Dropout(0.5), xpnet.Linear(32, 10, dtype="float64"))
+    drop.num_classes = 10
+    tr = fit(drop, comm, 1)
+    drop.train()
+    drop.forward(xpnet.to_device(x[:8]))  # the same rows on both ranks: one more draw each
+    masks = comm.allgather_object(np.array(to_numpy(drop[2]._scale)))
+    assert masks[0].shape == masks[1].shape and not np.array_equal(masks[0], masks[1]), \
+        "the ranks drew the same dropout masks"
+    states = comm.allgather_object(drop[2].rng.get_state())
+    assert states[0] == states[1], "dropout RNG states differ between ranks"
+    tr.save(out / "dropout.npz")
+    errors["dropout_masks_differ"] = 0.0
+
     rec = Recorder(small_net())
     fit(rec, comm, 2)
     for epoch in range(2):

@@ -15,6 +15,8 @@ the training step. With N ranks:
   optimizer (one Allreduce per dtype or bucket per step).
 - ``reduce_epoch`` / ``evaluate``: losses and metrics over all ranks, exactly as one process
   over the global batches would report them.
+- dropout: each rank's layer Generators get ``stream = rank``, so ranks draw different masks
+  for their different examples while the saved RNG state stays the same on every rank.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..distributed import (
 )
 from ..module import Module
 from ..optim import Optimizer
+from .state import layer_generators
 
 __all__ = ["DataParallel"]
 
@@ -60,6 +63,9 @@ class DataParallel:
         self.averager = GradientAverager.attach(optimizer, self.comm,
                                                 bucket_bytes=bucket_bytes) \
             if self.active else None
+        if self.active:  # each rank its own dropout masks (the host RNG state stays shared)
+            for g in layer_generators(model).values():
+                g.stream = self.comm.rank
 
     @property
     def shard(self) -> tuple[int, int] | None:
