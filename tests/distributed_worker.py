@@ -266,6 +266,15 @@ def check_trainer(comm: distributed.Communicator, out: Path) -> dict[str, float]
     assert states[0] == states[1], "dropout RNG states differ between ranks"
     tr.save(out / "dropout.npz")
     errors["dropout_masks_differ"] = 0.0
+    if comm.rank == 1:  # a replica drifts: the next checkpoint is refused on every rank
+        drop[1].b.data = drop[1].b.data + 1e-12
+    try:
+        tr.save(out / "drifted.npz")
+        raise AssertionError("a drifted replica was saved")
+    except distributed.ReplicaMismatch as exc:
+        assert "ranks [1]" in str(exc) and "drifted.npz" in str(exc), exc
+    assert not (out / "drifted.npz").exists()
+    errors["checkpoint_checksum"] = 0.0
 
     rec = Recorder(small_net())
     fit(rec, comm, 2)

@@ -208,9 +208,10 @@ def test_bad_shards_are_refused(shard, match):
 def test_trainer_on_two_ranks_is_one_process_with_the_global_batch(tmp_path):
     """float64, 20 Adam steps: SimpleConvNet and a sync-BatchNorm net (global batch 100 and an
     uneven 99) equal to one process within 1e-10 (parameters and history); a per-rank seed
-    refused; different dropout masks per rank; every image once per epoch; straight vs
-    resumed 2-rank runs identical; a 1-process checkpoint resumed on 2 ranks. Then the 2-rank
-    checkpoint after epoch 1 resumes here, in one process."""
+    refused; different dropout masks per rank; a drifted replica refused at the checkpoint;
+    every image once per epoch; straight vs resumed 2-rank runs identical; a 1-process
+    checkpoint resumed on 2 ranks. Then the 2-rank checkpoint after epoch 1 resumes here, in
+    one process."""
     import distributed_worker as w
 
     result, _ = launch("trainer", str(tmp_path))
@@ -219,7 +220,7 @@ def test_trainer_on_two_ranks_is_one_process_with_the_global_batch(tmp_path):
     errors = dict(kv.split("=") for line in result.stdout.splitlines()
                   if line.startswith("ERRORS ") for kv in line.split()[1:])
     assert {k: float(v) for k, v in errors.items()}["plain"] < 1e-10, errors
-    assert len(errors) == 11 and "OK 11 checks" in result.stdout, out
+    assert len(errors) == 12 and "OK 12 checks" in result.stdout, out
 
     one = distributed.SingleProcess()
     with use_backend("numpy"):
