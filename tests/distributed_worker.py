@@ -4,9 +4,11 @@
 array_api_strict; broadcast of model and optimizer; the checksum check; synchronised BatchNorm
 against one process on the whole batch. Prints one ``OK <n checks>`` line from rank 0.
 ``trainer DIR``: the Trainer on 2 ranks against one process (float64, 20 Adam steps): plain
-SimpleConvNet, a synchronised-BatchNorm net, an uneven split, every image once per epoch, a
-straight vs a resumed run, a 1-process checkpoint resumed on 2 ranks; leaves DIR/ck2.npz (a
+SimpleConvNet, a synchronised-BatchNorm net, an uneven split; a per-rank seed refused;
+per-rank dropout masks; a drifted replica refused at a checkpoint; every image once per epoch;
+a straight vs a resumed run; a 1-process checkpoint resumed on 2 ranks. Leaves DIR/ck2.npz (a
 2-rank checkpoint after epoch 1) for the test to resume in one process.
+``killed DIR``: rank 1 SIGKILLs itself in epoch 2, after the epoch-1 checkpoint.
 ``raise`` / ``collective`` / ``sigkill``: fault handling (the job must end, non-zero).
 """
 
