@@ -30,6 +30,7 @@ try:
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import xpnet
+from xpnet import distributed
 from xpnet.checkpoint import load_checkpoint
 from xpnet.data import BatchLoader
 from xpnet.data import load_mnist as _load_mnist
@@ -179,6 +180,9 @@ def make_parser(file: str, doc: str, *, epochs: int, lr: float | None, batch_siz
     parser.add_argument("--json", action="store_true",
                         help="print a JSON summary as the last line of stdout; human output "
                              "goes to stderr (default: False)")
+    if not distributed.world().is_root:  # under mpiexec, rank 0 alone shows usage and errors
+        parser.print_usage = parser.print_help = lambda file=None: None
+        parser.exit = lambda status=0, message=None: sys.exit(status)
     return parser
 
 
@@ -195,30 +199,52 @@ def cli(main: Callable[..., int]) -> Callable[..., int]:
     """Decorate an example's ``main``: an expected error becomes one line on stderr, exit 1.
 
     The line reads ``examples/<name>.py: error: <message>``, like argparse's usage errors.
+    Under an MPI launcher (several ranks) any error ends every rank: the line (or, for an
+    unexpected error, the traceback) is shown once and the job exits non-zero.
     """
     name = prog(inspect.getfile(main))
 
     @functools.wraps(main)
     def wrapper(argv: Sequence[str] | None = None) -> int:
-        try:
-            return main(argv)
-        except EXPECTED_ERRORS as exc:
-            message = str(exc).replace("\n", " ") or type(exc).__name__
-            print(f"{name}: error: {message}", file=sys.stderr)
-            return 1
+        comm = distributed.world()  # one process unless an MPI launcher started several
+        with distributed.abort_on_error(comm):
+            try:
+                return main(argv)
+            except EXPECTED_ERRORS as exc:
+                message = str(exc).replace("\n", " ") or type(exc).__name__
+                if comm.size > 1:
+                    distributed.report_and_abort(comm, exc, f"{name}: error: {message}")
+                print(f"{name}: error: {message}", file=sys.stderr)
+                return 1
 
     return wrapper
 
 
 # ---------------------------------------------------------------------------- output
 def log(*parts: Any) -> None:
-    """Progress: always to stderr, so stdout stays clean for ``--json``."""
-    print(*parts, file=sys.stderr, flush=True)
+    """Progress: always to stderr, so stdout stays clean for ``--json``; rank 0 only."""
+    if distributed.world().is_root:
+        print(*parts, file=sys.stderr, flush=True)
 
 
 def show(args: argparse.Namespace, text: str) -> None:
-    """Final human-readable results: stdout normally, stderr when ``--json`` is on."""
-    print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+    """Final human-readable results: stdout normally, stderr when ``--json`` is on; rank 0
+    only."""
+    if distributed.world().is_root:
+        print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+
+def set_backend(name: str | None) -> xpnet.Backend:
+    """``xpnet.set_backend(name)``; on several ranks with a GPU backend and no
+    ``XPNET_DEVICE``, each rank takes GPU ``local_rank`` of its node."""
+    backend = xpnet.set_backend(name)
+    comm = distributed.world()
+    if comm.size > 1 and "cuda" in str(backend.device).lower() \
+            and not os.environ.get("XPNET_DEVICE"):
+        backend = xpnet.set_backend(backend.name, distributed.device_for_local_rank(comm))
+    if comm.size > 1:
+        log(f"data parallel: {comm.size} ranks (MPI), global batch split across them")
+    return backend
 
 
 def _plain(value: Any) -> Any:
@@ -336,10 +362,14 @@ def report_mnist_run(args: argparse.Namespace, backend: xpnet.Backend, history: 
     show(args, f"{label} on {backend.name}: test accuracy {test_accuracy:.4f}, test loss "
                f"{test_loss:.4f} after {len(history)} epoch(s); training {train_seconds:.1f} s, "
                f"{images_per_second:,.0f} images/s")
+    comm = distributed.world()
+    if not comm.is_root:  # rank 0 alone plots and prints the summary
+        return
     if args.json:  # first: a failing figure must not lose the summary
         print_json({
             "example": example, **backend_fields(backend), "model": model,
             "epochs": len(history), "batch_size": args.batch_size, "lr": args.lr,
+            "world_size": comm.size, "global_batch_size": args.batch_size,
             "schedule": args.schedule, "warmup": args.warmup, "weight_decay": args.weight_decay,
             "train_images": len(x_train), "test_images": len(x_test),
             "test_accuracy": test_accuracy, "test_loss": test_loss,

@@ -32,7 +32,6 @@ import sys
 
 import common
 
-import xpnet
 from xpnet.models import DeepConvNet, SimpleConvNet
 
 MODELS = {"simple": SimpleConvNet, "deep": DeepConvNet}
@@ -66,7 +65,7 @@ def main(argv=None):
     if args.dry_run:
         args.epochs = 1
 
-    backend = xpnet.set_backend(args.backend)  # None reads XPNET_BACKEND
+    backend = common.set_backend(args.backend)  # None reads XPNET_BACKEND
     common.log(f"backend: {backend}")
     data = common.load_mnist(args, flatten=False)  # images (N, 1, 28, 28) in [0, 1]
     _, _, x_test, y_test = data

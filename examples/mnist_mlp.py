@@ -20,7 +20,6 @@ import sys
 
 import common
 
-import xpnet
 from xpnet.models import TwoLayerNet
 
 
@@ -53,7 +52,7 @@ def main(argv=None):
     if args.dry_run:
         args.epochs = 1
 
-    backend = xpnet.set_backend(args.backend)  # None reads XPNET_BACKEND
+    backend = common.set_backend(args.backend)  # None reads XPNET_BACKEND
     common.log(f"backend: {backend}")
     data = common.load_mnist(args, flatten=True)  # images (N, 784) in [0, 1]
     _, _, x_test, y_test = data

@@ -180,17 +180,26 @@ class BatchNorm(Module):
     Training uses batch statistics and updates running ones:
     ``running = (1 - momentum) * running + momentum * batch`` (PyTorch's convention; running
     variance unbiased). Evaluation uses the running statistics.
+
+    In data-parallel training the batch statistics are by default each rank's own (its slice
+    of the global batch), as in PyTorch's DistributedDataParallel. With ``sync=True`` the mean,
+    variance and the two backward sums are reduced over all ranks
+    (:func:`xpnet.distributed.world`; ChainerMN's multi-node BatchNorm), so N ranks with B/N
+    examples each normalise exactly like one process with B: three small Allreduces per layer
+    and step. In one process ``sync=True`` computes the same as ``sync=False``.
     """
 
     def __init__(self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5,
-                 dtype: str = "float32", backend: Backend | None = None):
+                 sync: bool = False, dtype: str = "float32", backend: Backend | None = None):
         super().__init__()
         self.num_features = _positive("num_features", num_features, "BatchNorm")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"BatchNorm: momentum must be in [0, 1], got {momentum}")
         if eps <= 0:
             raise ValueError(f"BatchNorm: eps must be positive, got {eps}")
-        self.momentum, self.eps = momentum, eps
+        if not isinstance(sync, bool):
+            raise TypeError(f"BatchNorm: sync must be True or False, got {sync!r}")
+        self.momentum, self.eps, self.sync = momentum, eps, sync
         # a fresh host array each: to_device may share memory with it, and the optimizer
         # updates gamma and beta in place, which must not move the running statistics
         def fill(value: float) -> Array:
@@ -202,12 +211,24 @@ class BatchNorm(Module):
         self.add_buffer("running_var", fill(1.0))
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, momentum={self.momentum}"
+        return f"{self.num_features}, momentum={self.momentum}" + (", sync" if self.sync else "")
 
     def _axes_and_shape(self, x: Array) -> tuple[tuple[int, ...], tuple[int, ...]]:
         if x.ndim == 2:
             return (0,), (1, self.num_features)
         return (0, 2, 3), (1, self.num_features, 1, 1)
+
+    def _means(self, xp: Any, arrays: list[Array], axes: tuple[int, ...], count: float
+               ) -> list[Array]:
+        """Per-channel means of each array over ``axes`` (and over all ranks with ``sync``,
+        ``count`` then being the global number of values per channel): one Allreduce."""
+        if not self.sync:
+            return [xp.mean(a, axis=axes) for a in arrays]
+        from .distributed import world
+
+        sums = world().allreduce_(xp.concat([xp.sum(a, axis=axes) for a in arrays]))
+        c = self.num_features
+        return [sums[i * c:(i + 1) * c] / count for i in range(len(arrays))]
 
     def forward(self, x: Array) -> Array:
         c = self.num_features
@@ -216,14 +237,18 @@ class BatchNorm(Module):
                              f"or (N, {c}, H, W)")
         xp = check_input(self, x, x.ndim, "", like=self.gamma.data)
         axes, bshape = self._axes_and_shape(x)
+        count = math.prod(x.shape[a] for a in axes)
         if self.training:
-            count = math.prod(x.shape[a] for a in axes)
+            if self.sync:
+                from .distributed import world
+
+                count = world().allreduce_host([count])[0]
             if count < 2:
                 raise ValueError(f"{self!r}: training needs more than one value per channel, "
                                  f"got input of shape {tuple(x.shape)}")
-            mean = xp.mean(x, axis=axes)
+            (mean,) = self._means(xp, [x], axes, count)
             xc = x - xp.reshape(mean, bshape)
-            var = xp.mean(xc * xc, axis=axes)
+            (var,) = self._means(xp, [xc * xc], axes, count)
             m = self.momentum
             self.running_mean = (1.0 - m) * self.running_mean + m * mean
             self.running_var = (1.0 - m) * self.running_var + m * var * (count / (count - 1))
@@ -232,20 +257,20 @@ class BatchNorm(Module):
             var = self.running_var
         inv_std = 1.0 / xp.sqrt(var + self.eps)
         xhat = xc * xp.reshape(inv_std, bshape)
-        self._cache = (xhat, inv_std, axes, bshape)
+        self._cache = (xhat, inv_std, axes, bshape, count)
         return xhat * xp.reshape(self.gamma.data, bshape) + xp.reshape(self.beta.data, bshape)
 
     def backward(self, dout: Array) -> Array:
         xp = _ns(dout)
-        xhat, inv_std, axes, bshape = self._cache
+        xhat, inv_std, axes, bshape, count = self._cache
         self.beta.grad = xp.sum(dout, axis=axes)
         self.gamma.grad = xp.sum(dout * xhat, axis=axes)
         dxhat = dout * xp.reshape(self.gamma.data, bshape)
         if not self.training:  # running statistics are constants
             return dxhat * xp.reshape(inv_std, bshape)
-        mean_dxhat = xp.mean(dxhat, axis=axes, keepdims=True)
-        mean_dxhat_xhat = xp.mean(dxhat * xhat, axis=axes, keepdims=True)
-        return (dxhat - mean_dxhat - xhat * mean_dxhat_xhat) * xp.reshape(inv_std, bshape)
+        mean_dxhat, mean_dxhat_xhat = self._means(xp, [dxhat, dxhat * xhat], axes, count)
+        return (dxhat - xp.reshape(mean_dxhat, bshape)
+                - xhat * xp.reshape(mean_dxhat_xhat, bshape)) * xp.reshape(inv_std, bshape)
 
 
 class Flatten(Module):

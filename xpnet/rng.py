@@ -28,6 +28,9 @@ class Generator:
     def __init__(self, seed: int | None = 0):
         self.seed = seed
         self.host = np.random.default_rng(seed)
+        # data parallelism: rank r's device draws are mixed with r, so the ranks' dropout
+        # masks differ while the host state (what checkpoints save) stays the same everywhere
+        self.stream = 0
 
     def normal(self, shape: tuple[int, ...], std: float = 1.0) -> np.ndarray:
         """Host float64 normal draws (callers cast and transfer)."""
@@ -49,6 +52,9 @@ class Generator:
             b = current()
             xp, device = b.xp, b.device if device is None else device
         sub_seed = int(self.host.integers(0, 2**63 - 1))
+        if self.stream:
+            sub_seed = int(np.random.SeedSequence([sub_seed, self.stream])
+                           .generate_state(1, np.uint64)[0] >> 1)
         return ops.uniform(sub_seed, shape, dtype if dtype is not None else xp.float32,
                            xp=xp, device=device)
 

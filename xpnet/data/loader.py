@@ -42,6 +42,10 @@ class BatchLoader:
     resident : True, False or 'auto'
         Keep the whole data set on the device. 'auto' (default) does so on a GPU backend
         when the data take at most half of the free device memory.
+    shard : (rank, size), optional
+        Data parallelism: every rank draws the same permutation (same ``rng`` seed) and yields
+        only its contiguous share of each global batch of ``batch_size`` (shares differ by at
+        most one example). A batch with fewer examples than ranks is refused.
 
     Notes
     -----
@@ -59,7 +63,8 @@ class BatchLoader:
 
     def __init__(self, x: Any, y: Any, batch_size: int = 100, *, shuffle: bool = True,
                  rng: Generator | None = None, drop_last: bool = False,
-                 backend: Backend | None = None, resident: bool | str = "auto"):
+                 backend: Backend | None = None, resident: bool | str = "auto",
+                 shard: tuple[int, int] | None = None):
         x, y = as_host(x, "x"), as_host(y, "y")
         if x.ndim == 0 or y.ndim == 0:
             raise ValueError(f"x and y: expected arrays with a leading example axis, got shapes "
@@ -77,6 +82,7 @@ class BatchLoader:
         self.x, self.y = x, y.astype(np.int64, copy=False)
         self.batch_size = int(batch_size)
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
+        self.shard = _check_shard(shard, len(self.y), self.batch_size, self.drop_last)
         self.rng = rng or Generator(0)
         self.backend = backend or current()
         if resident == "auto":
@@ -99,23 +105,34 @@ class BatchLoader:
         n, bs = len(self.y), self.batch_size
         return range(0, n - n % bs if self.drop_last else n, bs)
 
+    def _bounds(self) -> Iterator[tuple[int, int]]:
+        """[start, stop) of each batch, or of this rank's share of it."""
+        n, bs = len(self.y), self.batch_size
+        for s in self._starts():
+            e = min(s + bs, n)
+            if self.shard is not None:
+                rank, size = self.shard
+                base, extra = divmod(e - s, size)
+                s += rank * base + min(rank, extra)
+                e = s + base + (rank < extra)
+            yield s, e
+
     def _host_batches(self, order: np.ndarray | None) -> Iterator[tuple[Any, Any]]:
         """Gather on the host (a view when unshuffled), then transfer the batch."""
-        bs, b = self.batch_size, self.backend
-        for s in self._starts():
+        b = self.backend
+        for s, e in self._bounds():
             if order is None:
-                xb, yb = self.x[s:s + bs], self.y[s:s + bs]  # views
+                xb, yb = self.x[s:e], self.y[s:e]  # views
             else:
-                i = order[s:s + bs]
+                i = order[s:e]
                 xb, yb = self.x[i], self.y[i]
             yield to_device(xb, backend=b), to_device(yb, backend=b)
 
     def _device_batches(self, order: np.ndarray | None) -> Iterator[tuple[Any, Any]]:
         """Slice or gather (``xp.take``) the resident arrays on the device."""
-        n, bs, xp = len(self.y), self.batch_size, self.backend.xp
+        xp = self.backend.xp
         idx = None if order is None else to_device(order, backend=self.backend)
-        for s in self._starts():
-            e = min(s + bs, n)
+        for s, e in self._bounds():
             if idx is None:
                 yield self._xd[s:e, ...], self._yd[s:e, ...]
             else:
@@ -123,6 +140,23 @@ class BatchLoader:
                 with device_scope(self.backend.device):  # CuPy: gather on the data's GPU
                     xb, yb = xp.take(self._xd, i, axis=0), xp.take(self._yd, i, axis=0)
                 yield xb, yb
+
+
+def _check_shard(shard: Any, n: int, bs: int, drop_last: bool) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    ok = (isinstance(shard, tuple) and len(shard) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+          and 0 <= shard[0] < shard[1])
+    if not ok:
+        raise ValueError(f"shard: expected (rank, size) with 0 <= rank < size, got {shard!r}")
+    size = shard[1]
+    smallest = bs if drop_last or n % bs == 0 else n % bs
+    if n and smallest < size:
+        raise ValueError(f"shard: a batch of {smallest} example(s) cannot be split over "
+                         f"{size} ranks (batch_size={bs}, {n} examples); use a batch size "
+                         f"and data size giving every rank at least one example, or drop_last")
+    return shard
 
 
 def fits_on_device(nbytes: int, backend: Backend, fraction: float = 0.5) -> bool:

@@ -19,6 +19,7 @@ import numpy as np
 from ..backend import Backend, current
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.loader import BatchLoader
+from ..distributed import Communicator
 from ..losses import SoftmaxCrossEntropy
 from ..module import Module
 from ..optim import Optimizer
@@ -27,6 +28,7 @@ from ..schedules import Schedule
 from .evaluate import evaluate, predict
 from .guard import DivergenceGuard, TrainingDiverged, check_data, check_trainer_args, diverged_path
 from .metrics import Metric, Totals, default_metrics
+from .parallel import DataParallel
 from .progress import Progress
 from .state import History, RunState, base_lr
 from .step import train_step
@@ -60,6 +62,12 @@ class Trainer:
         infinite or above this factor times the run's first loss read (None: only NaN/inf);
         the checkpoint keeps the last good epoch and the diverged state is saved beside it as
         ``<name>.diverged.npz``.
+    comm : the ranks to train over (default :func:`xpnet.distributed.world`: all ranks of an
+        MPI launch, else this process alone). With N ranks ``batch_size`` is the *global*
+        batch: each rank trains on its share of every batch of one shared shuffle, gradients
+        are averaged before each update, and only rank 0 prints and writes checkpoints (see
+        :mod:`xpnet.train.parallel`).
+    bucket_bytes : size of the gradient buckets reduced together (default: one per dtype).
     """
 
     def __init__(self, model: Module, optimizer: Optimizer, loss: Any = None, *,
@@ -67,7 +75,8 @@ class Trainer:
                  metrics: list[Metric] | None = None, progress: bool | None = None,
                  verbose: bool = False, log_interval: int = 50,
                  checkpoint: str | Path | None = None, eval_batch_size: int = 1000,
-                 backend: Backend | None = None, divergence_factor: float | None = 1e3):
+                 backend: Backend | None = None, divergence_factor: float | None = 1e3,
+                 comm: Communicator | None = None, bucket_bytes: int | None = None):
         check_trainer_args(model, optimizer, schedule, log_interval, checkpoint)
         self.batch_size = _positive_int("batch_size", batch_size)
         self.eval_batch_size = _positive_int("eval_batch_size", eval_batch_size)
@@ -79,7 +88,10 @@ class Trainer:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.backend = backend or current()
         self.state = RunState(seed)
-        self.progress = Progress(progress, verbose)
+        self.parallel = DataParallel(model, optimizer, comm, bucket_bytes=bucket_bytes)
+        root = self.parallel.comm.is_root
+        self.progress = Progress(progress if root else False, verbose and root)
+        self._global_sizes: list[int] | None = None
         self.guard = DivergenceGuard(self.checkpoint, divergence_factor)
 
     # the run state's counters, as attributes of the trainer
@@ -108,9 +120,15 @@ class Trainer:
         totals = Totals(self.metrics, keep_steps=True)
         epoch = self.state.epoch + 1
         lrs = []
+        sizes = self._global_sizes if self.parallel.active else None
+        local: list[int] = []
         for xb, yb in self.progress.start(loader, total, epoch):
             lrs.append(self.optimizer.lr)
-            out = train_step(self.model, self.loss, self.optimizer, xb, yb)
+            loss = self.loss
+            if sizes is not None:  # this rank's share of global batch len(local)
+                local.append(int(xb.shape[0]))
+                loss = self.parallel.step_loss(loss, local[-1], sizes[len(local) - 1])
+            out = train_step(self.model, loss, self.optimizer, xb, yb)
             if self.schedule is not None and self.schedule.per_step:
                 self.schedule.step()
             totals.add(out.loss, out.output, yb)
@@ -125,6 +143,9 @@ class Trainer:
         if totals.steps == 0:
             raise ValueError("the training loader yielded no batches")
         result, step_losses = totals.read()  # one host sync at the end of the epoch
+        if sizes is not None:  # global loss and metrics: one Allreduce of host numbers
+            result, step_losses = self.parallel.reduce_epoch(result, step_losses, local,
+                                                             sizes[:len(local)])
         self.guard.check(result["loss"], epoch, totals.steps)
         first = self.state.step - totals.steps
         self.state.history.steps.extend(
@@ -148,8 +169,12 @@ class Trainer:
         if x_test is not None:
             check_data(self.model, self.loss, x_test, y_test, "test data",
                        names=("x_test", "y_test"))
+        self.parallel.start({"epoch": self.state.epoch, "step": self.state.step,
+                             "batch order": self.rng.get_state(), "batch_size": self.batch_size})
+        # N ranks: rank 0's model and optimizer everywhere, verified
         loader = BatchLoader(x_train, y_train, self.batch_size, shuffle=True, rng=self.rng,
-                             backend=self.backend)
+                             backend=self.backend, shard=self.parallel.shard)
+        self._global_sizes = self.parallel.global_sizes(len(loader.y), self.batch_size)
         while self.state.epoch < epochs:
             t0 = time.perf_counter()
             try:
@@ -174,8 +199,11 @@ class Trainer:
     def evaluate(self, x: Any, y: Any) -> dict[str, float]:
         """``{"loss": ..., <metric>: ...}`` on (x, y), in evaluation mode (see
         :func:`xpnet.train.evaluate`)."""
-        return evaluate(self.model, self.loss, x, y, metrics=self.metrics,
-                        batch_size=self.eval_batch_size, backend=self.backend)
+        def run(xs: Any, ys: Any) -> dict[str, float]:
+            return evaluate(self.model, self.loss, xs, ys, metrics=self.metrics,
+                            batch_size=self.eval_batch_size, backend=self.backend)
+
+        return self.parallel.evaluate(run, x, y)  # N ranks: each its share, then reduced
 
     def predict(self, x: Any) -> np.ndarray:
         """Predicted class indices (classification) or outputs (other losses), as NumPy."""
@@ -198,7 +226,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str | Path) -> Path:
-        """Write model, optimizer, schedule, RNG states, counters and history atomically."""
+        """Write model, optimizer, schedule, RNG states, counters and history atomically.
+
+        With N ranks every rank calls this; they first verify that they hold the same model
+        (ReplicaMismatch otherwise), then rank 0 alone writes.
+        """
+        self.parallel.check(f"before writing checkpoint {path}")
+        if not self.parallel.comm.is_root:
+            return Path(path)
         meta = self.state.meta(self.model, self.schedule, self.backend.name,
                                optimizer=self.optimizer, batch_size=self.batch_size)
         return save_checkpoint(path, self.model.state_dict(), self.optimizer.state_dict(), meta)

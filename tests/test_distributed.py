@@ -1,0 +1,297 @@
+"""Data-parallel communication (xpnet/distributed.py) and synchronised BatchNorm.
+
+Multi-rank checks launch ``mpiexec -n 2 python tests/distributed_worker.py <scenario>`` as a
+subprocess with a timeout (CI can never hang); they are skipped with the reason when mpi4py or
+mpiexec is missing. Single-process checks (launcher detection, world size 1, the BatchNorm
+gradient with ``sync=True``) run everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import assert_gradients_close, dev, to_np, use_backend
+
+import xpnet
+from xpnet import distributed
+from xpnet.data import BatchLoader
+from xpnet.gradcheck import check_module
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "distributed_worker.py"
+LAUNCH_TIMEOUT = 120  # seconds for one mpiexec job; a hang fails the test instead of CI
+
+
+def mpiexec() -> str:
+    """Path of mpiexec (the venv's, from the mpich wheel, first), or skip."""
+    if importlib.util.find_spec("mpi4py") is None:
+        pytest.skip('mpi4py is not installed (pip install ".[mpi]")')
+    found = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}"
+                         f"{os.environ.get('PATH', '')}")
+    if found is None:
+        pytest.skip("no mpiexec on PATH (pip install mpich, or load the cluster's MPI)")
+    return found
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("XPNET_", "PMI_", "OMPI_", "MV2_", "PMIX_", "SLURM_"))}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def launch(*args: str, n: int = 2, timeout: float = LAUNCH_TIMEOUT
+           ) -> tuple[subprocess.CompletedProcess, float]:
+    """Run the worker under ``mpiexec -n n``; returns (result, seconds)."""
+    cmd = [mpiexec(), "-n", str(n), sys.executable, str(WORKER), *args]
+    t0 = time.monotonic()
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                            env=clean_env(), cwd=ROOT)
+    return result, time.monotonic() - t0
+
+
+# ---------------------------------------------------------------------- launcher detection
+@pytest.mark.parametrize("env, size", [
+    ({}, 1),
+    ({"PMI_SIZE": "4", "PMI_RANK": "1"}, 4),                   # MPICH/Hydra, Intel MPI, pmi2
+    ({"OMPI_COMM_WORLD_SIZE": "8"}, 8),                        # Open MPI
+    ({"MV2_COMM_WORLD_SIZE": "2"}, 2),                         # MVAPICH
+    ({"PMIX_RANK": "0", "SLURM_STEP_NUM_TASKS": "16"}, 16),   # srun --mpi=pmix
+    ({"SLURM_STEP_NUM_TASKS": "16"}, 1),                       # srun without PMIx: no MPI
+    ({"PMI_SIZE": "1"}, 1),                                    # a launcher with one process
+    ({"PMI_SIZE": "4", "XPNET_DISTRIBUTED": "0"}, 1),          # forced off
+])
+def test_launcher_world_size_reads_the_launchers_variables(env, size):
+    assert distributed.launcher_world_size(env) == size
+
+
+def test_bad_override_is_refused_naming_the_variable():
+    with pytest.raises(ValueError, match=r"XPNET_DISTRIBUTED='yes'.*'0'.*'1'"):
+        distributed.launcher_world_size({"XPNET_DISTRIBUTED": "yes"})
+
+
+def test_one_process_never_imports_mpi4py():
+    code = ("import sys, xpnet, xpnet.distributed as d\n"
+            "c = d.world(); assert (c.rank, c.size) == (0, 1), c\n"
+            "assert isinstance(c, d.SingleProcess), c\n"
+            "assert 'mpi4py' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=clean_env(),
+                   timeout=60)
+
+
+def test_single_process_collectives_are_the_identity(backend):
+    comm = distributed.SingleProcess()
+    model = xpnet.Sequential(xpnet.Linear(3, 2, dtype="float64"))
+    params = model.parameters()
+    for p in params.values():
+        p.grad = dev(np.ones(p.shape))
+    before = {k: p.grad for k, p in params.items()}
+    distributed.GradientAverager(comm)(params)
+    assert all(params[k].grad is before[k] for k in params)  # not even a copy
+    assert comm.allreduce_host([2.0, 3.0]) == [2.0, 3.0]
+    assert comm.check_identical(model) == comm.check_identical(model)
+
+
+def test_bucket_bytes_is_validated():
+    with pytest.raises(ValueError, match=r"bucket_bytes.*positive.*0"):
+        distributed.GradientAverager(distributed.SingleProcess(), bucket_bytes=0)
+
+
+def test_shard_bounds_cover_every_item_once():
+    for n in (0, 1, 7, 100, 101):
+        for size in (1, 2, 3, 8):
+            bounds = [distributed.shard_bounds(n, r, size) for r in range(size)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+            sizes = [e - s for s, e in bounds]
+            assert max(sizes) - min(sizes) <= 1
+
+
+# ---------------------------------------------------------------------- synchronised BatchNorm
+@pytest.mark.parametrize("shape", [(6, 3), (3, 3, 2, 3)], ids=["2d", "4d"])
+def test_sync_batchnorm_gradcheck_at_world_size_one(backend, shape):
+    """sync=True takes the Allreduce path (identity in one process): same gradients."""
+    rng = np.random.default_rng(0)
+    bn = xpnet.BatchNorm(3, dtype="float64", sync=True)
+    bn.gamma.data = dev(1.0 + 0.5 * rng.standard_normal(3))
+    bn.beta.data = dev(rng.standard_normal(3))
+    x = dev(rng.standard_normal(shape) * 2 + 1)
+    assert_gradients_close(check_module(bn, x), {"x", "gamma", "beta"})
+
+
+def test_sync_batchnorm_matches_per_rank_batchnorm_in_one_process(backend):
+    rng = np.random.default_rng(1)
+    x, dout = rng.standard_normal((5, 3, 2, 2)), rng.standard_normal((5, 3, 2, 2))
+    a, b = xpnet.BatchNorm(3, dtype="float64"), xpnet.BatchNorm(3, dtype="float64", sync=True)
+    np.testing.assert_allclose(to_np(b(dev(x))), to_np(a(dev(x))), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(to_np(b.backward(dev(dout))), to_np(a.backward(dev(dout))),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(to_np(b.running_var), to_np(a.running_var), rtol=1e-12)
+    assert "sync" in repr(b)
+
+
+def test_sync_must_be_a_bool():
+    with pytest.raises(TypeError, match=r"sync must be True or False, got 'yes'"):
+        xpnet.BatchNorm(3, sync="yes")
+
+
+# ---------------------------------------------------------------------- two ranks
+def test_two_rank_collectives():
+    """Averaging per dtype and bucket size on numpy/torch/array_api_strict, broadcast of model
+    and optimizer, checksum mismatch detection, sync BatchNorm vs one process."""
+    result, _ = launch("collectives")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("OK")]
+    assert len(lines) == 1, result.stdout  # rank 0 alone reports
+    assert int(lines[0].split()[1]) > 100, lines
+
+
+@pytest.mark.gpu
+def test_two_rank_collectives_over_nccl():
+    """The CuPy path (NCCL, one GPU per local rank): the same collectives scenario on cupy.
+    Needs two CUDA GPUs; run by benchmarks/gpu_check.py's `distributed` item."""
+    mpiexec()
+    if importlib.util.find_spec("cupy") is None:
+        pytest.skip('CuPy is not installed (pip install "xpnet[cupy12]")')
+    import cupy
+
+    try:
+        gpus = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # no driver
+        pytest.skip(f"no usable CUDA device ({exc})")
+    if gpus < 2:
+        pytest.skip(f"NCCL between two ranks needs two GPUs, found {gpus}")
+    cmd = [mpiexec(), "-n", "2", sys.executable, str(WORKER), "collectives"]
+    env = {**clean_env(), "XPNET_TEST_BACKENDS": "cupy"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT,
+                            env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sum(ln.startswith("OK") for ln in result.stdout.splitlines()) == 1, result.stdout
+
+
+def test_an_exception_on_one_rank_ends_the_job_once():
+    result, seconds = launch("raise", timeout=60)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    assert out.count("ValueError: deliberate failure on rank 1") == 1, out
+    assert "[rank 1/2]" in out and seconds < 60
+
+
+def test_an_error_every_rank_raises_is_shown_by_rank_0_only():
+    result, _ = launch("collective", timeout=60)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    assert out.count("ReplicaMismatch: deliberate mismatch") == 1, out
+    assert "[rank 0/2]" in out
+
+
+def test_a_rank_killed_with_sigkill_ends_the_job_within_60_s():
+    result, seconds = launch("sigkill", timeout=60)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert seconds < 60
+
+
+# ---------------------------------------------------------------------- loader shards
+@pytest.mark.parametrize("n, bs, size", [(103, 20, 2), (100, 25, 3), (60, 60, 4)])
+def test_shards_split_each_global_batch_and_use_every_image_once(n, bs, size):
+    x = np.arange(n, dtype=np.float32).reshape(n, 1)
+    y = np.arange(n)
+    full = [to_np(yb) for _, yb in BatchLoader(x, y, bs, rng=xpnet.Generator(4))]
+    shards = [[to_np(yb) for _, yb in BatchLoader(x, y, bs, rng=xpnet.Generator(4),
+                                                   shard=(r, size))] for r in range(size)]
+    assert all(len(s) == len(full) for s in shards)
+    for k, batch in enumerate(full):
+        parts = [s[k] for s in shards]
+        np.testing.assert_array_equal(np.concatenate(parts), batch)  # rank order = batch order
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    seen = np.concatenate([np.concatenate(s) for s in shards])
+    np.testing.assert_array_equal(np.sort(seen), y)  # every image exactly once per epoch
+
+
+@pytest.mark.parametrize("shard, match", [
+    ((2, 2), r"shard: expected \(rank, size\).*\(2, 2\)"),
+    ([0, 2], r"shard: expected \(rank, size\).*\[0, 2\]"),
+    ((0, 4), r"batch of 3 example\(s\) cannot be split over 4 ranks"),
+])
+def test_bad_shards_are_refused(shard, match):
+    with pytest.raises(ValueError, match=match):
+        BatchLoader(np.zeros((23, 1)), np.zeros(23, dtype=np.int64), 10, shard=shard)
+
+
+# ---------------------------------------------------------------------- the Trainer on 2 ranks
+def test_trainer_on_two_ranks_is_one_process_with_the_global_batch(tmp_path):
+    """float64, 20 Adam steps: SimpleConvNet and a sync-BatchNorm net (global batch 100 and an
+    uneven 99) equal to one process within 1e-10 (parameters and history); a per-rank seed
+    refused; different dropout masks per rank; a drifted replica refused at the checkpoint;
+    every image once per epoch; straight vs resumed 2-rank runs identical; a 1-process
+    checkpoint resumed on 2 ranks. Then the 2-rank checkpoint after epoch 1 resumes here, in
+    one process."""
+    import distributed_worker as w
+
+    result, _ = launch("trainer", str(tmp_path))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    errors = dict(kv.split("=") for line in result.stdout.splitlines()
+                  if line.startswith("ERRORS ") for kv in line.split()[1:])
+    assert {k: float(v) for k, v in errors.items()}["plain"] < 1e-10, errors
+    assert len(errors) == 12 and "OK 12 checks" in result.stdout, out
+
+    one = distributed.SingleProcess()
+    with use_backend("numpy"):
+        straight = w.fit(w.small_net(), one, 2)
+        resumed = w.fit(w.small_net(), one, 2, checkpoint=str(tmp_path / "ck2.npz"),
+                        resume=True)
+    assert resumed.history.records[0]["epoch"] == 1 and len(resumed.history) == 2
+    assert w.max_error(w.params(resumed.model), w.params(straight.model)) < 1e-10
+    np.testing.assert_allclose(resumed.history["test_acc"], straight.history["test_acc"])
+
+
+def test_a_rank_killed_mid_training_leaves_a_checkpoint_that_resumes(tmp_path):
+    """SIGKILL in epoch 2: the job ends non-zero within 60 s, the epoch-1 checkpoint is intact
+    and resuming it finishes with the parameters of an uninterrupted run."""
+    import distributed_worker as w
+
+    from xpnet.checkpoint import load_checkpoint
+
+    result, seconds = launch("killed", str(tmp_path), timeout=60)
+    assert result.returncode != 0 and seconds < 60, result.stdout + result.stderr
+    ck = tmp_path / "killed.npz"
+    assert load_checkpoint(ck).meta["epoch"] == 1
+    one = distributed.SingleProcess()
+    with use_backend("numpy"):
+        resumed = w.fit(w.Recorder(w.small_net()), one, 3, checkpoint=str(ck), resume=True)
+        straight = w.fit(w.Recorder(w.small_net()), one, 3)
+    assert resumed.epoch == 3
+    assert w.max_error(w.params(resumed.model), w.params(straight.model)) < 1e-10
+
+
+# ---------------------------------------------------------------------- the example under mpiexec
+def test_mnist_cnn_under_mpiexec_prints_one_summary_equal_to_one_process():
+    data = ROOT.parent / "shared" / "data"
+    if not (data / "mnist").is_dir():
+        pytest.skip(f"MNIST not found in {data}")
+    args = [str(ROOT / "examples" / "mnist_cnn.py"), "--dry-run", "--json", "--data-dir",
+            str(data)]
+    runs = {}
+    for n in (1, 2):
+        cmd = [mpiexec(), "-n", str(n), sys.executable, *args]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT,
+                                env=clean_env(), cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines = result.stdout.strip().splitlines()
+        assert len(lines) == 1, result.stdout  # rank 0 alone prints, and only the JSON
+        runs[n] = json.loads(lines[0])
+        assert result.stderr.count("test accuracy") == 1, result.stderr
+    assert (runs[1]["world_size"], runs[2]["world_size"]) == (1, 2)
+    assert runs[2]["global_batch_size"] == runs[1]["global_batch_size"] == 100
+    assert abs(runs[2]["test_accuracy"] - runs[1]["test_accuracy"]) <= 0.003
+    assert abs(runs[2]["train_loss"] - runs[1]["train_loss"]) < 1e-5

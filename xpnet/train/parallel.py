@@ -1,0 +1,137 @@
+"""Data parallelism for the Trainer: what changes when ``fit`` runs on N ranks.
+
+:class:`DataParallel` is called by the Trainer at fixed points; with one process
+(:class:`~xpnet.distributed.SingleProcess`) every call returns at once and nothing is added to
+the training step. With N ranks:
+
+- ``start``: rank 0's parameters, buffers and optimizer state are broadcast, then every rank's
+  checksum is compared (also at every checkpoint: ``check``).
+- ``shard``: the loader's ``(rank, size)``: the same shuffle everywhere, each rank its
+  contiguous share of every global batch.
+- ``step_loss``: the loss whose gradient the step uses. When a global batch does not split
+  evenly, each rank's loss gradient is scaled by ``n_rank * N / n_global``, so the averaged
+  gradient (and a synchronised BatchNorm's statistics) is exactly that of the whole batch.
+- gradients are averaged by a :class:`~xpnet.distributed.GradientAverager` registered on the
+  optimizer (one Allreduce per dtype or bucket per step).
+- ``reduce_epoch`` / ``evaluate``: losses and metrics over all ranks, exactly as one process
+  over the global batches would report them.
+- dropout: each rank's layer Generators get ``stream = rank``, so ranks draw different masks
+  for their different examples while the saved RNG state stays the same on every rank.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..distributed import (
+    Communicator,
+    GradientAverager,
+    ReplicaMismatch,
+    shard_bounds,
+    world,
+)
+from ..module import Module
+from ..optim import Optimizer
+from .state import layer_generators
+
+__all__ = ["DataParallel"]
+
+Array = Any
+
+
+class _ScaledLoss:
+    """``loss`` whose backward is multiplied by ``scale`` (forward unchanged)."""
+
+    def __init__(self, loss: Any, scale: float):
+        self.loss, self.scale = loss, scale
+
+    def forward(self, out: Array, target: Array) -> Array:
+        return self.loss.forward(out, target)
+
+    def backward(self) -> Array:
+        return self.loss.backward() * self.scale
+
+
+class DataParallel:
+    """The Trainer's hooks for ``comm`` (default :func:`xpnet.distributed.world`)."""
+
+    def __init__(self, model: Module, optimizer: Optimizer, comm: Communicator | None = None,
+                 *, bucket_bytes: int | None = None):
+        self.comm = comm or world()
+        self.model, self.optimizer = model, optimizer
+        self.active = self.comm.size > 1
+        self.averager = GradientAverager.attach(optimizer, self.comm,
+                                                bucket_bytes=bucket_bytes) \
+            if self.active else None
+        if self.active:  # each rank its own dropout masks (the host RNG state stays shared)
+            for g in layer_generators(model).values():
+                g.stream = self.comm.rank
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        return (self.comm.rank, self.comm.size) if self.active else None
+
+    def start(self, run: dict[str, Any] | None = None) -> None:
+        """Make every rank hold rank 0's model and optimizer, then verify it; ``run`` (epoch,
+        step, batch-order RNG state, batch size) must already agree on every rank, else
+        ReplicaMismatch names the ranks that differ (say, a per-rank seed)."""
+        if not self.active:
+            return
+        if run is not None:
+            runs = self.comm.allgather_object(run)
+            differ = [r for r, other in enumerate(runs) if other != runs[0]]
+            if differ:
+                keys = sorted(k for k in run if any(o[k] != runs[0][k] for o in runs))
+                raise ReplicaMismatch(f"ranks {differ} start training with another {keys} "
+                                      "than rank 0; every rank must use the same seed, batch "
+                                      "size and checkpoint (the batch order is shared)")
+        self.comm.broadcast_module(self.model)
+        self.comm.broadcast_optimizer(self.optimizer)
+        self.check("at the start of training")
+
+    def check(self, where: str) -> None:
+        """Raise ReplicaMismatch (on every rank) unless all ranks hold the same model."""
+        if self.active:
+            self.comm.check_identical(self.model, where)
+
+    def global_sizes(self, n: int, batch_size: int) -> list[int]:
+        """Examples in each global batch of an epoch over ``n`` examples."""
+        return [min(batch_size, n - s) for s in range(0, n, batch_size)]
+
+    def step_loss(self, loss: Any, local: int, global_n: int) -> Any:
+        """``loss``, or its gradient scaled for an uneven split of this global batch."""
+        if not self.active or local * self.comm.size == global_n:
+            return loss
+        return _ScaledLoss(loss, local * self.comm.size / global_n)
+
+    def reduce_epoch(self, result: dict[str, float], step_losses: list[float],
+                     local: list[int], global_n: list[int]) -> tuple[dict[str, float],
+                                                                      list[float]]:
+        """Global training loss (mean over steps of each global batch's mean loss), metrics
+        (over all examples) and per-step losses: one Allreduce of a few host numbers."""
+        if not self.active:
+            return result, step_losses
+        seen = sum(local)
+        names = [k for k in result if k != "loss"]
+        terms = [v * n / g for v, n, g in zip(step_losses, local, global_n)]
+        sums = self.comm.allreduce_host([*terms, *(result[k] * seen for k in names), seen])
+        steps = sums[:len(terms)]
+        total_seen = sums[-1]
+        out = {"loss": sum(steps) / len(steps)}
+        out.update({k: sums[len(terms) + i] / total_seen for i, k in enumerate(names)})
+        return out, steps
+
+    def evaluate(self, run: Any, x: Any, y: Any) -> dict[str, float]:
+        """``run(x, y)`` (an evaluate returning means) on this rank's share of ``(x, y)``,
+        combined over ranks into the means over all of it."""
+        if not self.active:
+            return run(x, y)
+        n = int(x.shape[0]) if hasattr(x, "shape") else len(x)
+        a, b = shard_bounds(n, self.comm.rank, self.comm.size)
+        part = run(x[a:b], y[a:b]) if b > a else None
+        keys = self.comm.broadcast_object(sorted(part) if part is not None else None)
+        if keys is None:  # rank 0 had no examples: n < size
+            raise ValueError(f"evaluate: {n} examples cannot be split over {self.comm.size} "
+                             "ranks")
+        sums = self.comm.allreduce_host([(part[k] * (b - a) if part else 0.0) for k in keys])
+        return {k: s / n for k, s in zip(keys, sums)}
