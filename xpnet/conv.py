@@ -65,30 +65,80 @@ class Conv2d(Module):
         self.b = self.add_param("b", init_array("zeros", rng, (out_channels,), fan_in,
                                                 fan_out, dtype, backend))
 
+    #: "auto" (the grid formulation for stride 1 where its padded grid is at most
+    #: ``grid_limit`` times the output, else im2col), "grid" (stride 1 only) or "im2col"
+    path = "auto"
+    grid_limit = 1.2
+
     def extra_repr(self) -> str:
         return (f"{self.in_channels} -> {self.out_channels}, k={self.k}, stride={self.stride}, "
                 f"padding={self.padding}")
 
-    def forward(self, x: Array) -> Array:
-        xp, out = self._conv_matrix(x, pool=1)
-        n, _, oh, ow = self._out_shape
-        return xp.permute_dims(xp.reshape(out, (self.out_channels, n, oh, ow)), (1, 0, 2, 3))
-
-    def _conv_matrix(self, x: Array, pool: int) -> tuple[Any, Array]:
-        """Check x, keep its im2col matrix, return (xp, W @ cols): the (F, N*OH*OW) output
-        (columns in im2col's ``pool`` order)."""
+    def _check(self, x: Array) -> Any:
         xp = check_input(self, x, 4, f"(N, {self.in_channels}, H, W)", like=self.W.data)
         if x.shape[1] != self.in_channels:
             raise ValueError(f"{self!r}: input x has shape {tuple(x.shape)}; expected "
                              f"(N, {self.in_channels}, H, W)")
+        return xp
+
+    def _use_grid(self, h: int, w: int, oh: int, ow: int) -> bool:
+        if self.path not in ("auto", "grid", "im2col"):
+            raise ValueError(f"{self!r}: path must be 'auto', 'grid' or 'im2col', got "
+                             f"{self.path!r}")
+        if self.stride != 1 or self.path == "im2col":
+            return False
+        hg, wg = h + 2 * self.padding, w + 2 * self.padding
+        return self.path == "grid" or hg * wg <= self.grid_limit * oh * ow
+
+    def forward(self, x: Array) -> Array:
+        xp = self._check(x)
+        oh, ow = _out_hw(self, x, self.k, self.stride, self.padding)
+        if self._use_grid(x.shape[2], x.shape[3], oh, ow):
+            return self._forward_grid(xp, x, oh, ow)
+        xp, out = self._conv_matrix(x, pool=1)
+        n, _, oh, ow = self._out_shape
+        return xp.permute_dims(xp.reshape(out, (self.out_channels, n, oh, ow)), (1, 0, 2, 3))
+
+    def _workspace(self) -> ops.Workspace:
+        ws = self.__dict__.get("_ws")
+        if ws is None:
+            ws = self._ws = ops.Workspace()
+        return ws
+
+    def _w_aug(self, xp: Any) -> Array:
+        """[W as (F, kh*kw*C) | b]: the bias rides in the matmul against a ones row."""
+        return xp.concat([self._w_matrix(xp), xp.reshape(self.b.data, (-1, 1))], axis=1)
+
+    def _forward_grid(self, xp: Any, x: Array, oh: int, ow: int) -> Array:
+        """Stride 1 over the padded grid (see :func:`xpnet.ops.grid_cols`): the column matrix
+        is k*k contiguous copies, made (on NumPy) one cache-sized block at a time
+        (:func:`xpnet.ops.grid_matmul`)."""
+        n, _, h, w = x.shape
+        k, p, f = self.k, self.padding, self.out_channels
+        hg, wg = h + 2 * p, w + 2 * p
+        length = n * hg * wg
+        ws = self._workspace()
+        # the padded input is all backward needs: the columns are rebuilt there, block by block
+        self._cols = ops.to_grid(x, (hg, wg), (p, p), (k - 1) * (wg + 1), ws=ws, key="x",
+                                 xp=xp)
+        self._mode, self._pool, self._grid = "grid", 1, (hg, wg)
+        self._x_shape, self._out_shape = tuple(x.shape), (n, f, oh, ow)
+        out = ops.grid_matmul(self._w_aug(xp), self._cols, k, wg, length, ones_row=True, ws=ws,
+                              xp=xp)
+        out = xp.reshape(out, (f, n, hg, wg))
+        return xp.permute_dims(out[:, :, :oh, :ow], (1, 0, 2, 3))
+
+    def _conv_matrix(self, x: Array, pool: int) -> tuple[Any, Array]:
+        """Check x, keep its im2col matrix, return (xp, W @ cols): the (F, N*OH*OW) output
+        (columns in im2col's ``pool`` order)."""
+        xp = self._check(x)
         oh, ow = _out_hw(self, x, self.k, self.stride, self.padding)
         self._x_shape, self._out_shape = tuple(x.shape), (x.shape[0], self.out_channels, oh, ow)
-        self._pool = pool
+        self._mode, self._pool = "im2col", pool
         # a ones row in cols and the bias as W's last column: the bias add rides in the matmul
         self._cols = ops.im2col(x, self.k, self.k, self.stride, self.padding, ones_row=True,
                                 pool=pool, xp=xp)
-        w_aug = xp.concat([self._w_matrix(xp), xp.reshape(self.b.data, (-1, 1))], axis=1)
-        return xp, w_aug @ self._cols
+        return xp, self._w_aug(xp) @ self._cols
 
     def _w_matrix(self, xp: Any) -> Array:
         """W as (F, kh*kw*C), matching the row order of :func:`xpnet.ops.im2col`."""
@@ -99,22 +149,78 @@ class Conv2d(Module):
         xp = array_namespace(dout)
         return xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (self.out_channels, -1))
 
-    def param_backward(self, dout: Array) -> Array:
-        """Fill W.grad and b.grad; return dout as a (F, N*OH*OW) matrix."""
-        xp = array_namespace(dout)
-        d = self._output_grad_matrix(dout)
+    def _set_grads(self, xp: Any, dw_aug: Array) -> None:
         f, c, k = self.out_channels, self.in_channels, self.k
-        dw_aug = d @ self._cols.T  # (F, kh*kw*C + 1): the last column is the bias gradient
+        # (F, kh*kw*C + 1): the last column is the bias gradient
         self.W.grad = xp.permute_dims(xp.reshape(dw_aug[:, :-1], (f, k, k, c)), (0, 3, 1, 2))
         self.b.grad = dw_aug[:, -1]
-        return d
 
-    def backward(self, dout: Array) -> Array:
+    def param_backward(self, dout: Array) -> None:
+        """Fill W.grad and b.grad only (an alias of ``backward(dout, input_grad=False)``)."""
+        self.backward(dout, input_grad=False)
+
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array | None:
+        """Fill W.grad and b.grad; return the input gradient, or None with
+        ``input_grad=False`` (a first layer: the input gradient is then never computed)."""
+        if getattr(self, "_cols", None) is None:
+            raise RuntimeError(f"{self!r}: backward needs a forward pass first")
         xp = array_namespace(dout)
-        d = self.param_backward(dout)
+        if self._mode == "grid":
+            return self._backward_grid(xp, dout, input_grad)
+        d = self._output_grad_matrix(dout)
+        self._set_grads(xp, d @ self._cols.T)
+        if not input_grad:
+            return None
+        if self.stride == 1 and self._pool == 1 and self.padding <= self.k - 1:
+            return self._input_grad_conv(xp, dout, None)
         dcols = self._w_matrix(xp).T @ d
         return ops.col2im(dcols, self._x_shape, self.k, self.k, self.stride, self.padding,
                           pool=self._pool, xp=xp)
+
+    def _backward_grid(self, xp: Any, dout: Array, input_grad: bool) -> Array | None:
+        n, f, oh, ow = dout.shape
+        hg, wg = self._grid
+        k, p = self.k, self.padding
+        q = k - 1 - p  # the input gradient is a convolution of dout padded by q
+        ws = self._workspace()
+        if input_grad and q >= 0 and (oh + 2 * q, ow + 2 * q) == (hg, wg):
+            # "same" convolution: dout padded by q on the forward's grid, shifted by q rows
+            # and q columns, is dout at the grid's corner: one grid serves both gradients
+            shift = q * wg + q
+            dflat = ops.to_grid(dout, (hg, wg), (q, q), (k - 1) * (wg + 1), ws=ws,
+                                key="dout", xp=xp)
+            dgrid = dflat[:, shift:shift + n * hg * wg]
+        else:
+            dflat = None
+            dgrid = ops.to_grid(dout, (hg, wg), (0, 0), 0, ws=ws, key="dout", xp=xp)
+        self._set_grads(xp, ops.grid_matmul(dgrid, self._cols, k, wg, n * hg * wg,
+                                            ones_row=True, transpose=True, ws=ws, xp=xp))
+        if not input_grad:
+            return None
+        if q < 0:  # padding wider than the kernel: scatter-add through col2im
+            d = self._output_grad_matrix(dout)
+            dcols = self._w_matrix(xp).T @ d
+            return ops.col2im(dcols, self._x_shape, k, k, 1, p, xp=xp)
+        return self._input_grad_conv(xp, dout, dflat)
+
+    def _input_grad_conv(self, xp: Any, dout: Array, dflat: Array | None) -> Array:
+        """dL/dx of a stride-1 convolution: the convolution of dout, padded by k - 1 - p,
+        with the flipped kernel, channels swapped (one well-shaped matmul instead of a skinny
+        one and a col2im scatter-add). Computed over dout's padded grid."""
+        n, f, oh, ow = dout.shape
+        _, c, h, w = self._x_shape
+        k = self.k
+        q = k - 1 - self.padding
+        hq, wq = oh + 2 * q, ow + 2 * q  # = h + k - 1
+        ws = self._workspace()
+        if dflat is None:
+            dflat = ops.to_grid(dout, (hq, wq), (q, q), (k - 1) * (wq + 1), ws=ws,
+                                key="dout_x", xp=xp)
+        w_t = xp.reshape(xp.permute_dims(xp.flip(self.W.data, axis=(2, 3)), (1, 2, 3, 0)),
+                         (c, k * k * f))
+        dx = ops.grid_matmul(w_t, dflat, k, wq, n * hq * wq, ws=ws, xp=xp)
+        dx = xp.reshape(dx, (c, n, hq, wq))
+        return xp.permute_dims(dx[:, :, :h, :w], (1, 0, 2, 3))
 
 
 def _max_of(xp: Any, parts: list[Array], keep_beats: bool) -> tuple[Array, list[Array] | None]:
