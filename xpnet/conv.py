@@ -66,7 +66,8 @@ class Conv2d(Module):
                                                 fan_out, dtype, backend))
 
     #: "auto" (the grid formulation for stride 1 where its padded grid is at most
-    #: ``grid_limit`` times the output, else im2col), "grid" (stride 1 only) or "im2col"
+    #: ``grid_limit`` times the output or in evaluation mode, else im2col), "grid" (stride 1
+    #: only) or "im2col"
     path = "auto"
     grid_limit = 1.2
 
@@ -88,7 +89,9 @@ class Conv2d(Module):
         if self.stride != 1 or self.path == "im2col":
             return False
         hg, wg = h + 2 * self.padding, w + 2 * self.padding
-        return self.path == "grid" or hg * wg <= self.grid_limit * oh * ow
+        # in evaluation always: no column matrix is built (memory), nothing is kept for backward
+        return (self.path == "grid" or not self.training
+                or hg * wg <= self.grid_limit * oh * ow)
 
     def forward(self, x: Array) -> Array:
         xp = self._check(x)
@@ -117,14 +120,17 @@ class Conv2d(Module):
         k, p, f = self.k, self.padding, self.out_channels
         hg, wg = h + 2 * p, w + 2 * p
         length = n * hg * wg
-        ws = self._workspace()
         # the padded input is all backward needs: the columns are rebuilt there, block by block
-        self._cols = ops.to_grid(x, (hg, wg), (p, p), (k - 1) * (wg + 1), ws=ws, key="x",
-                                 xp=xp)
+        # (evaluation keeps nothing: a fresh grid, freed after the forward)
+        ws = self._workspace()
+        self._cols = ops.to_grid(x, (hg, wg), (p, p), (k - 1) * (wg + 1),
+                                 ws=ws if self.training else None, key="x", xp=xp)
         self._mode, self._pool, self._grid = "grid", 1, (hg, wg)
         self._x_shape, self._out_shape = tuple(x.shape), (n, f, oh, ow)
         out = ops.grid_matmul(self._w_aug(xp), self._cols, k, wg, length, ones_row=True, ws=ws,
                               xp=xp)
+        if not self.training:
+            self._cols = None
         out = xp.reshape(out, (f, n, hg, wg))
         return xp.permute_dims(out[:, :, :oh, :ow], (1, 0, 2, 3))
 

@@ -25,6 +25,7 @@ function            fallback (standard only)                     fast paths
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -335,6 +336,7 @@ class Workspace:
 
 
 _POOL: ThreadPoolExecutor | None = None
+_SCRATCH = threading.local()
 
 
 def copy_threads() -> int:
@@ -493,8 +495,11 @@ def _grid_matmul_generic(xp, w, flat, k, wg, length, ones_row, transpose, ws):
 
 
 def _grid_matmul_chunked(xp, w, flat, k, wg, length, ones_row, transpose, ws):
-    # one cache-sized block of columns at a time: copied, then multiplied while still in cache
-    ws = ws if ws is not None else Workspace()
+    # one cache-sized block of columns at a time: copied, then multiplied while still in cache;
+    # the block buffer is transient, so one per thread serves every layer
+    ws = getattr(_SCRATCH, "ws", None)
+    if ws is None:
+        ws = _SCRATCH.ws = Workspace()
     rows = k * k * flat.shape[0] + int(ones_row)
     if transpose:
         result = None
