@@ -203,11 +203,14 @@ def test_conv2d_backward_without_input_grad_and_the_param_backward_alias(backend
 
 
 def test_conv2d_auto_path_and_bad_path(backend):
+    def mode(stride, padding, k=3):
+        layer = xpnet.Conv2d(2, 3, k, stride=stride, padding=padding)
+        layer(dev(np.zeros((1, 2, 6, 6), dtype=np.float32)))
+        return layer._mode
+    assert mode(1, 1) == "grid" and mode(1, 2) == "grid" and mode(1, 0, k=1) == "grid"
+    assert mode(2, 1) == "im2col"  # stride 2
+    assert mode(1, 3) == "im2col"  # padding beyond k - 1: no shared-padding grid
     layer = xpnet.Conv2d(2, 3, 3, padding=1)
-    layer(dev(np.zeros((1, 2, 28, 28), dtype=np.float32)))
-    assert layer._mode == "grid"  # 30x30 grid for a 28x28 output: little waste
-    layer(dev(np.zeros((1, 2, 4, 4), dtype=np.float32)))
-    assert layer._mode == "im2col"  # 6x6 grid for 4x4: the plain columns are cheaper
     layer.path = "fast"
     with pytest.raises(ValueError, match="path must be"):
         layer(dev(np.zeros((1, 2, 4, 4), dtype=np.float32)))

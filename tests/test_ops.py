@@ -334,12 +334,10 @@ def test_grid_matmul_fast_matches_generic(backend, shape, k, p, chunk_bytes, mon
     flat = ops.to_grid(dev(host), (shape[2] + 2 * p, wg), (p, p), (k - 1) * (wg + 1))
     w_host, g_host = _rand((4, cols_ref.shape[0] + 1), seed=1), _rand((4, length), seed=2)
     cols1 = np.concatenate([cols_ref, np.ones((1, length))])
-    ws = ops.Workspace()
     for generic in (False, True):
-        fwd = ops.grid_matmul(dev(w_host), flat, k, wg, length, ones_row=True, ws=ws,
-                              generic=generic)
+        fwd = ops.grid_matmul(dev(w_host), flat, k, wg, length, ones_row=True, generic=generic)
         wgrad = ops.grid_matmul(dev(g_host), flat, k, wg, length, ones_row=True,
-                                transpose=True, ws=ws, generic=generic)
+                                transpose=True, generic=generic)
         np.testing.assert_allclose(to_np(fwd), w_host @ cols1, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(to_np(wgrad), g_host @ cols1.T, rtol=1e-12, atol=1e-12)
 

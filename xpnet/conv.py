@@ -65,11 +65,11 @@ class Conv2d(Module):
         self.b = self.add_param("b", init_array("zeros", rng, (out_channels,), fan_in,
                                                 fan_out, dtype, backend))
 
-    #: "auto" (the grid formulation for stride 1 where its padded grid is at most
-    #: ``grid_limit`` times the output or in evaluation mode, else im2col), "grid" (stride 1
-    #: only) or "im2col"
+    #: "auto" (the grid formulation where it applies: stride 1 and padding <= k - 1; else
+    #: im2col), "grid" (the same: it falls back to im2col where it does not apply) or
+    #: "im2col" (im2col + one matmul; the input gradient by col2im, or for stride 1 as a
+    #: convolution of the output gradient on the grid)
     path = "auto"
-    grid_limit = 1.2
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels} -> {self.out_channels}, k={self.k}, stride={self.stride}, "
@@ -82,21 +82,16 @@ class Conv2d(Module):
                              f"(N, {self.in_channels}, H, W)")
         return xp
 
-    def _use_grid(self, h: int, w: int, oh: int, ow: int) -> bool:
+    def _use_grid(self) -> bool:
         if self.path not in ("auto", "grid", "im2col"):
             raise ValueError(f"{self!r}: path must be 'auto', 'grid' or 'im2col', got "
                              f"{self.path!r}")
-        if self.stride != 1 or self.path == "im2col":
-            return False
-        hg, wg = h + 2 * self.padding, w + 2 * self.padding
-        # in evaluation always: no column matrix is built (memory), nothing is kept for backward
-        return (self.path == "grid" or not self.training
-                or hg * wg <= self.grid_limit * oh * ow)
+        return self.path != "im2col" and self.stride == 1 and self.padding <= self.k - 1
 
     def forward(self, x: Array) -> Array:
         xp = self._check(x)
         oh, ow = _out_hw(self, x, self.k, self.stride, self.padding)
-        if self._use_grid(x.shape[2], x.shape[3], oh, ow):
+        if self._use_grid():
             return self._forward_grid(xp, x, oh, ow)
         xp, out = self._conv_matrix(x, pool=1)
         n, _, oh, ow = self._out_shape
@@ -113,21 +108,20 @@ class Conv2d(Module):
         return xp.concat([self._w_matrix(xp), xp.reshape(self.b.data, (-1, 1))], axis=1)
 
     def _forward_grid(self, xp: Any, x: Array, oh: int, ow: int) -> Array:
-        """Stride 1 over the padded grid (see :func:`xpnet.ops.grid_cols`): the column matrix
-        is k*k contiguous copies, made (on NumPy) one cache-sized block at a time
-        (:func:`xpnet.ops.grid_matmul`)."""
+        """Stride 1 over a shared-padding grid (see :func:`_grid_geometry`): the column
+        matrix is k*k contiguous copies, made (on NumPy) one cache-sized block at a time and
+        never kept (:func:`xpnet.ops.grid_matmul`)."""
         n, _, h, w = x.shape
         k, p, f = self.k, self.padding, self.out_channels
-        hg, wg = h + 2 * p, w + 2 * p
-        length = n * hg * wg
+        hg, wg, tail = _grid_geometry(h, w, k, p)
         # the padded input is all backward needs: the columns are rebuilt there, block by block
         # (evaluation keeps nothing: a fresh grid, freed after the forward)
         ws = self._workspace()
-        self._cols = ops.to_grid(x, (hg, wg), (p, p), (k - 1) * (wg + 1),
-                                 ws=ws if self.training else None, key="x", xp=xp)
+        self._cols = ops.to_grid(x, (hg, wg), (p, p), tail, ws=ws if self.training else None,
+                                 key="x", xp=xp)
         self._mode, self._pool, self._grid = "grid", 1, (hg, wg)
         self._x_shape, self._out_shape = tuple(x.shape), (n, f, oh, ow)
-        out = ops.grid_matmul(self._w_aug(xp), self._cols, k, wg, length, ones_row=True, ws=ws,
+        out = ops.grid_matmul(self._w_aug(xp), self._cols, k, wg, n * hg * wg, ones_row=True,
                               xp=xp)
         if not self.training:
             self._cols = None
@@ -178,55 +172,67 @@ class Conv2d(Module):
         if not input_grad:
             return None
         if self.stride == 1 and self._pool == 1 and self.padding <= self.k - 1:
-            return self._input_grad_conv(xp, dout, None)
+            return self._input_grad_conv(xp, dout, None)  # a convolution, on the grid
         dcols = self._w_matrix(xp).T @ d
         return ops.col2im(dcols, self._x_shape, self.k, self.k, self.stride, self.padding,
                           pool=self._pool, xp=xp)
 
     def _backward_grid(self, xp: Any, dout: Array, input_grad: bool) -> Array | None:
-        n, f, oh, ow = dout.shape
+        n = dout.shape[0]
         hg, wg = self._grid
-        k, p = self.k, self.padding
-        q = k - 1 - p  # the input gradient is a convolution of dout padded by q
-        ws = self._workspace()
-        if input_grad and q >= 0 and (oh + 2 * q, ow + 2 * q) == (hg, wg):
-            # "same" convolution: dout padded by q on the forward's grid, shifted by q rows
-            # and q columns, is dout at the grid's corner: one grid serves both gradients
-            shift = q * wg + q
-            dflat = ops.to_grid(dout, (hg, wg), (q, q), (k - 1) * (wg + 1), ws=ws,
-                                key="dout", xp=xp)
-            dgrid = dflat[:, shift:shift + n * hg * wg]
-        else:
-            dflat = None
-            dgrid = ops.to_grid(dout, (hg, wg), (0, 0), 0, ws=ws, key="dout", xp=xp)
+        k = self.k
+        q = k - 1 - self.padding
+        # dout padded by q on the forward's grid (the input gradient's convolution reads it);
+        # the same array shifted by q rows and q columns is dout at the grid's corner, zeros
+        # elsewhere: the output gradient matching the forward's columns (weight gradient)
+        dflat = self._dout_grid(xp, dout)
+        shift = q * wg + q
+        dgrid = dflat[:, shift:shift + n * hg * wg]
         self._set_grads(xp, ops.grid_matmul(dgrid, self._cols, k, wg, n * hg * wg,
-                                            ones_row=True, transpose=True, ws=ws, xp=xp))
+                                            ones_row=True, transpose=True, xp=xp))
         if not input_grad:
             return None
-        if q < 0:  # padding wider than the kernel: scatter-add through col2im
-            d = self._output_grad_matrix(dout)
-            dcols = self._w_matrix(xp).T @ d
-            return ops.col2im(dcols, self._x_shape, k, k, 1, p, xp=xp)
         return self._input_grad_conv(xp, dout, dflat)
+
+    def _dout_grid(self, xp: Any, dout: Array) -> Array:
+        _, _, h, w = self._x_shape
+        k, p = self.k, self.padding
+        hg, wg, tail = _grid_geometry(h, w, k, p)
+        q = k - 1 - p
+        return ops.to_grid(dout, (hg, wg), (q, q), tail, ws=self._workspace(), key="dout",
+                           xp=xp)
 
     def _input_grad_conv(self, xp: Any, dout: Array, dflat: Array | None) -> Array:
         """dL/dx of a stride-1 convolution: the convolution of dout, padded by k - 1 - p,
         with the flipped kernel, channels swapped (one well-shaped matmul instead of a skinny
-        one and a col2im scatter-add). Computed over dout's padded grid."""
-        n, f, oh, ow = dout.shape
+        one and a col2im scatter-add). Computed over the forward's grid: dout padded by
+        k - 1 - p on a (OH + k-1-p) x (OW + k-1-p) = (H + p) x (W + p) grid."""
+        n, f = dout.shape[0], dout.shape[1]
         _, c, h, w = self._x_shape
         k = self.k
-        q = k - 1 - self.padding
-        hq, wq = oh + 2 * q, ow + 2 * q  # = h + k - 1
-        ws = self._workspace()
+        hg, wg, _ = _grid_geometry(h, w, k, self.padding)
         if dflat is None:
-            dflat = ops.to_grid(dout, (hq, wq), (q, q), (k - 1) * (wq + 1), ws=ws,
-                                key="dout_x", xp=xp)
+            dflat = self._dout_grid(xp, dout)
         w_t = xp.reshape(xp.permute_dims(xp.flip(self.W.data, axis=(2, 3)), (1, 2, 3, 0)),
                          (c, k * k * f))
-        dx = ops.grid_matmul(w_t, dflat, k, wq, n * hq * wq, ws=ws, xp=xp)
-        dx = xp.reshape(dx, (c, n, hq, wq))
+        dx = xp.reshape(ops.grid_matmul(w_t, dflat, k, wg, n * hg * wg, xp=xp), (c, n, hg, wg))
         return xp.permute_dims(dx[:, :, :h, :w], (1, 0, 2, 3))
+
+
+def _grid_geometry(h: int, w: int, k: int, p: int) -> tuple[int, int, int]:
+    """(Hg, Wg, tail) of the grid a stride-1 k x k convolution with padding p <= k - 1 runs
+    on: one (H + p) x (W + p) block per image, the image at row, column (p, p).
+
+    Neighbouring blocks share their padding: a window that runs past the right edge of a row
+    reads the next row's p leading zeros, and past the bottom of an image the next image's p
+    zero rows (the last image's come from the ``tail`` of zeros, which also covers the
+    farthest kernel offset). Every output position (y, x) < (OH, OW) = (H + 2p - k + 1, ...)
+    <= (Hg, Wg) thus reads exactly its padded window; the other grid positions are discarded.
+    The waste is (Hg*Wg) / (OH*OW) - 1: 7% at 28x28 (p=1, k=3), 0% at 14x14 (p=2), 27% at
+    8x8, against 15%, 27% and 56% for a grid padded on every side.
+    """
+    hg, wg = h + p, w + p
+    return hg, wg, (k - 1) * (wg + 1)
 
 
 def _max_of(xp: Any, parts: list[Array], keep_beats: bool) -> tuple[Array, list[Array] | None]:

@@ -468,11 +468,13 @@ def grid_cols(flat: Array, k: int, wg: int, length: int, *, ones_row: bool = Fal
 
 
 #: target size of one column chunk of :func:`grid_matmul` (fits the L2/L3 caches)
-GRID_CHUNK_BYTES = 8 * 2**20
+GRID_CHUNK_BYTES = 4 * 2**20
 
 
 def _grid_chunks(rows: int, length: int, itemsize: int):
-    step = max(256, GRID_CHUNK_BYTES // max(1, rows * itemsize))
+    # cache-sized, and at least 4 per thread where the columns allow (load balance)
+    step = min(GRID_CHUNK_BYTES // max(1, rows * itemsize), -(-length // (4 * copy_threads())))
+    step = max(256, step)
     return [(a, min(a + step, length)) for a in range(0, length, step)]
 
 
@@ -489,28 +491,46 @@ def _grid_chunk_cols(xp, flat, k, wg, a, b, ones_row, ws):
     return cols
 
 
-def _grid_matmul_generic(xp, w, flat, k, wg, length, ones_row, transpose, ws):
+def _grid_matmul_generic(xp, w, flat, k, wg, length, ones_row, transpose):
     cols = grid_cols(flat, k, wg, length, ones_row=ones_row, xp=xp, generic=True)
     return w @ cols.T if transpose else w @ cols
 
 
-def _grid_matmul_chunked(xp, w, flat, k, wg, length, ones_row, transpose, ws):
-    # one cache-sized block of columns at a time: copied, then multiplied while still in cache;
-    # the block buffer is transient, so one per thread serves every layer
+def _thread_scratch() -> Workspace:
     ws = getattr(_SCRATCH, "ws", None)
     if ws is None:
         ws = _SCRATCH.ws = Workspace()
+    return ws
+
+
+def _grid_matmul_chunked(xp, w, flat, k, wg, length, ones_row, transpose):
+    # One cache-sized block of columns at a time: copied, then multiplied while still in cache.
+    # The blocks are independent tasks, spread over copy_threads() Python threads that each
+    # call a single-threaded BLAS: every thread copies and multiplies its own blocks (NumPy and
+    # OpenBLAS release the GIL), and a thread that loses its core to another process only
+    # delays its own blocks (a multi-threaded BLAS call waits for its slowest thread, many
+    # times per matmul). Each thread's block buffer is its own (thread-local).
     rows = k * k * flat.shape[0] + int(ones_row)
-    if transpose:
-        result = None
-        for a, b in _grid_chunks(rows, length, flat.itemsize):
-            part = w[:, a:b] @ _grid_chunk_cols(xp, flat, k, wg, a, b, ones_row, ws).T
-            result = part if result is None else _iadd(result, part)
-        return result
-    out = xp.empty((w.shape[0], length), dtype=flat.dtype)
-    for a, b in _grid_chunks(rows, length, flat.itemsize):
-        np.matmul(w, _grid_chunk_cols(xp, flat, k, wg, a, b, ones_row, ws), out=out[:, a:b])
-    return out
+    chunks = _grid_chunks(rows, length, flat.itemsize)
+    out = None if transpose else xp.empty((w.shape[0], length), dtype=flat.dtype)
+    partials: list[Array] = [None] * len(chunks)  # summed in chunk order: deterministic
+
+    def task(i: int) -> None:
+        a, b = chunks[i]
+        cols = _grid_chunk_cols(xp, flat, k, wg, a, b, ones_row, _thread_scratch())
+        if transpose:
+            partials[i] = w[:, a:b] @ cols.T
+        else:
+            np.matmul(w, cols, out=out[:, a:b])
+
+    with _single_threaded_blas(min(copy_threads(), len(chunks)) > 1):
+        _in_threads(task, len(chunks))
+    if not transpose:
+        return out
+    result = partials[0]
+    for part in partials[1:]:
+        result = _iadd(result, part)
+    return result
 
 
 def _iadd(a: Array, b: Array) -> Array:
@@ -518,22 +538,58 @@ def _iadd(a: Array, b: Array) -> Array:
     return a
 
 
+class _single_threaded_blas:
+    """Context: the BLAS libraries NumPy uses run single-threaded inside (through
+    threadpoolctl, when installed; otherwise a no-op), restored on exit."""
+
+    _controller: Any = False  # False: not looked up yet; None: unavailable
+
+    def __init__(self, active: bool):
+        self.active = active
+        self.saved: list[tuple[Any, int]] = []
+
+    @classmethod
+    def _libs(cls) -> list[Any]:
+        if cls._controller is False:
+            try:
+                from threadpoolctl import ThreadpoolController
+                cls._controller = ThreadpoolController().select(user_api="blas")
+            except Exception:  # not installed, or an unknown BLAS: leave threads alone
+                cls._controller = None
+        return list(cls._controller.lib_controllers) if cls._controller is not None else []
+
+    def __enter__(self):
+        if self.active:
+            for lib in self._libs():
+                n = lib.num_threads
+                if n != 1:
+                    lib.set_num_threads(1)
+                    self.saved.append((lib, n))
+        return self
+
+    def __exit__(self, *exc):
+        for lib, n in self.saved:
+            lib.set_num_threads(n)
+        self.saved.clear()
+
+
 _GRID_MATMUL = {"numpy": _grid_matmul_chunked}
 
 
 def grid_matmul(w: Array, flat: Array, k: int, wg: int, length: int, *, ones_row: bool = False,
-                transpose: bool = False, ws: Workspace | None = None, xp: Any = None,
-                generic: bool = False) -> Array:
+                transpose: bool = False, xp: Any = None, generic: bool = False) -> Array:
     """``w @ cols`` (or, with ``transpose``, ``w @ cols.T``) for cols = :func:`grid_cols`
     (flat, k, wg, length, ones_row=ones_row): a stride-1 convolution's forward product
     (w: (F, k*k*C [+1]) -> (F, length)) or its weight gradient (w: the (F, length) output
     gradient on the grid -> (F, k*k*C [+1])).
 
     The fallback builds the whole column matrix. The NumPy fast path never does: it copies
-    one cache-sized block of columns at a time (``GRID_CHUNK_BYTES``, into workspace ``ws``)
-    and multiplies it while it is still in cache, so no column matrix of tens of MB is
-    written, faulted in or kept.
+    one cache-sized block of columns at a time (``GRID_CHUNK_BYTES``, into a per-thread
+    buffer) and multiplies it while it is still in cache, so no column matrix of tens of MB
+    is written, faulted in or kept; the blocks are spread over :func:`copy_threads` threads,
+    each with a single-threaded BLAS (threadpoolctl), and the weight-gradient partial sums
+    are added in block order (deterministic).
     """
     xp = xp or array_namespace(flat)
     fn = _dispatch(_GRID_MATMUL, _grid_matmul_generic, xp, generic)
-    return fn(xp, w, flat, k, wg, length, ones_row, transpose, ws)
+    return fn(xp, w, flat, k, wg, length, ones_row, transpose)
