@@ -1,9 +1,17 @@
 """Convolution and pooling on NCHW arrays, built on the window hooks of :mod:`xpnet.ops`.
 
-Conv2d is im2col + one large matmul; its backward is two matmuls + col2im (a scatter-add of
-slices over the kernel offsets). Pooling never builds the (N*OH*OW*C, k*k) matrix of the
-textbook: max and mean are taken elementwise over the k*k strided slices, which is much faster
-than a reduction over a short innermost axis.
+Conv2d has two formulations. Stride 1 with padding <= k - 1 (nearly every conv net's 3x3 and
+5x5 layers) runs on a *grid*: the padded input stored channel-major and flat, one
+(H + p) x (W + p) block per image with the padding shared between neighbours, so kernel offset
+(i, j) is the same flat array shifted by i*(W + p) + j. Its column matrix is k*k contiguous
+copies, made and multiplied one cache-sized block at a time and never kept
+(:func:`xpnet.ops.grid_matmul`); the weight gradient rebuilds the blocks; the input gradient is
+a convolution of the output gradient, padded by k - 1 - p on the same grid, with the flipped
+kernel (one well-shaped matmul instead of a skinny one plus a col2im scatter-add). Other
+convolutions (stride > 1, wider padding) and :class:`ConvMaxPool2d` use im2col + one large
+matmul, and col2im (a scatter-add of slices over the kernel offsets) for stride > 1. Pooling
+never builds the (N*OH*OW*C, k*k) matrix of the textbook: max and mean are taken elementwise
+over the k*k strided slices, which is much faster than a reduction over a short innermost axis.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ function            fallback (standard only)                     fast paths
 ``grid_cols``       concat of k*k shifted slices                 numpy, cupy, torch (copies into
                                                                  a reused workspace; numpy splits
                                                                  them over threads)
+``grid_matmul``     grid_cols, then one matmul                   numpy (cache-sized column blocks
+                                                                 over threads, single-threaded
+                                                                 BLAS per block)
 ``uniform``         host NumPy draw, then transfer               torch, cupy (device generator)
 ==================  ===========================================  =================================
 """
@@ -352,20 +355,37 @@ def copy_threads() -> int:
         return max(1, min(os.cpu_count() or 1, 8))
 
 
-def _in_threads(fn: Callable[[int], None], count: int) -> None:
-    """Run fn(0), ..., fn(count - 1), spread over :func:`copy_threads` threads (NumPy releases
-    the GIL during copies, so large slice assignments run in parallel)."""
+def _in_threads(fn: Callable[[int], None], count: int, threads: int | None = None) -> None:
+    """Run fn(0), ..., fn(count - 1) on ``threads`` threads (default :func:`copy_threads`):
+    the calling thread and pool workers take the next index as each finishes, so a thread
+    that loses its core to another process delays only the items it holds. Useful where fn
+    releases the GIL (NumPy copies and matmuls on large arrays)."""
     global _POOL
-    threads = min(copy_threads(), count)
+    threads = min(copy_threads() if threads is None else threads, count)
     if threads <= 1:
         for i in range(count):
             fn(i)
         return
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=copy_threads(), thread_name_prefix="xpnet")
-    chunks = [range(t, count, threads) for t in range(threads)]
-    for f in [_POOL.submit(lambda r=r: [fn(i) for i in r]) for r in chunks]:
-        f.result()
+    if _POOL is None or _POOL._max_workers < threads - 1:
+        _POOL = ThreadPoolExecutor(max_workers=max(threads - 1, copy_threads()),
+                                   thread_name_prefix="xpnet")
+    indices = iter(range(count))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                i = next(indices, None)
+            if i is None:
+                return
+            fn(i)
+
+    helpers = [_POOL.submit(work) for _ in range(threads - 1)]
+    try:
+        work()
+    finally:
+        for f in helpers:
+            f.result()
 
 
 # ----------------------------------------------------------------- grid convolution (stride 1)
@@ -523,8 +543,10 @@ def _grid_matmul_chunked(xp, w, flat, k, wg, length, ones_row, transpose):
         else:
             np.matmul(w, cols, out=out[:, a:b])
 
-    with _single_threaded_blas(min(copy_threads(), len(chunks)) > 1):
-        _in_threads(task, len(chunks))
+    threads = min(copy_threads(), len(chunks))
+    with _single_threaded_blas(threads > 1) as blas:
+        # without control of the BLAS threads, one thread (no oversubscription)
+        _in_threads(task, len(chunks), threads if blas.controlled else 1)
     if not transpose:
         return out
     result = partials[0]
@@ -559,8 +581,11 @@ class _single_threaded_blas:
         return list(cls._controller.lib_controllers) if cls._controller is not None else []
 
     def __enter__(self):
+        self.controlled = False
         if self.active:
-            for lib in self._libs():
+            libs = self._libs()
+            self.controlled = bool(libs)
+            for lib in libs:
                 n = lib.num_threads
                 if n != 1:
                     lib.set_num_threads(1)
