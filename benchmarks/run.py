@@ -82,6 +82,8 @@ def main_table(args: argparse.Namespace) -> dict:
                     limit = args.textbook_train_limit or limit
                 if model == "deep":
                     limit = args.deep_train_limit or limit
+                if model == "cnn" and args.cnn_train_limit:
+                    limit = args.cnn_train_limit
                 results[model][impl].append(bench(impl, model, args, train_limit=limit))
     summary = {}
     for model, by_impl in results.items():
@@ -130,7 +132,7 @@ def scaling(args: argparse.Namespace) -> list[dict]:
     print("scaling", file=sys.stderr)
     for model in args.scaling_models:
         limit = args.scaling_train_limit if model != "deep" else args.deep_train_limit
-        for threads in (1, 2):
+        for threads in args.scaling_threads:
             for bs in (32, 100, 256, 1024):
                 for impl in ("xpnet", "torch"):
                     r = bench(impl, model, args, batch_size=bs, threads=threads,
@@ -142,7 +144,7 @@ def scaling(args: argparse.Namespace) -> list[dict]:
           " xpnet step ms |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for model in args.scaling_models:
-        for threads in (1, 2):
+        for threads in args.scaling_threads:
             for bs in (32, 100, 256, 1024):
                 x, t = (next(r["images_per_s"] for r in rows if r["impl"] == i and
                              r["model"] == model and r["threads"] == threads and
@@ -191,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", choices=["deep", "cnn", "mlp"],
                    default=["deep", "cnn", "mlp"], help="models to run (default: deep cnn mlp)")
-    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default: 2)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="interleaved rounds; 0 skips the main table (default: 2)")
     p.add_argument("--threads", type=int, default=2, help="threads for all (default: 2)")
     p.add_argument("--backend", default="numpy", help="xpnet backend (default: numpy)")
     p.add_argument("--train-limit", type=int, default=None,
@@ -202,11 +205,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deep-train-limit", type=int, default=6000,
                    help="training images per DeepConvNet epoch, all frameworks; 0: all "
                         "(default: 6000)")
+    p.add_argument("--cnn-train-limit", type=int, default=None,
+                   help="training images per SimpleConvNet epoch, all frameworks (default: as "
+                        "--train-limit)")
     p.add_argument("--layers", action="store_true",
                    help="also time each conv/pool shape against torch (benchmarks/layers.py; "
                         "default: off)")
     p.add_argument("--scaling-models", nargs="+", choices=["deep", "cnn"], default=["cnn"],
                    help="models of the scaling table (default: cnn)")
+    p.add_argument("--scaling-threads", nargs="+", type=int, default=[1, 2],
+                   help="thread counts of the scaling table (default: 1 2)")
     p.add_argument("--scaling", action="store_true",
                    help="also run batch sizes 32/100/256/1024 x 1/2 threads (default: off)")
     p.add_argument("--scaling-train-limit", type=int, default=12000,
@@ -221,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     out = {"date": started, "machine": machine_line(), "argv": sys.argv[1:]}
-    out.update(main_table(args))
     print(f"\n{started}  {out['machine']}")
-    print_table(out["summary"])
+    if args.rounds > 0:  # --rounds 0: only the extra tables
+        out.update(main_table(args))
+        print_table(out["summary"])
     if args.layers:
         out["layers"] = layers(args)
     if args.scaling:
