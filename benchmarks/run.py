@@ -9,6 +9,11 @@ xpnet / reference, and optionally the examples' own ``images_per_second`` and a 
     python benchmarks/run.py                          # main table, 2 rounds (about 4 minutes)
     python benchmarks/run.py --scaling --examples     # plus batch-size/thread table and examples
     python benchmarks/run.py --json results.json      # also write every raw result
+    python benchmarks/run.py --models deep cnn mlp --rounds 5 --layers   # DeepConvNet too,
+                                                      # plus the per-layer conv/pool table
+
+DeepConvNet (``deep``) runs on ``--deep-train-limit`` images (6,000 by default: its epoch is
+long) and has no textbook NumPy reference.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def impls_for(model: str) -> list[str]:
+    """The references a model has: the textbook NumPy script has no DeepConvNet."""
+    return [i for i in REFERENCES if not (model == "deep" and i == "numpy-textbook")]
+
+
 def bench(impl: str, model: str, args: argparse.Namespace, batch_size: int = 100,
           threads: int | None = None, train_limit: int | None = None) -> dict:
     cmd = [sys.executable, str(REFERENCES[impl]), "--model", model, "--json",
@@ -61,15 +71,19 @@ def median(runs: list[dict], key: str) -> float:
 
 
 def main_table(args: argparse.Namespace) -> dict:
-    results: dict[str, dict[str, list[dict]]] = {m: {i: [] for i in REFERENCES}
+    results: dict[str, dict[str, list[dict]]] = {m: {i: [] for i in impls_for(m)}
                                                  for m in args.models}
     for rnd in range(1, args.rounds + 1):
         print(f"round {rnd}/{args.rounds}", file=sys.stderr)
         for model in args.models:
-            for impl in REFERENCES:
+            for impl in impls_for(model):
                 limit = args.train_limit
                 if impl == "numpy-textbook" and model == "cnn":
                     limit = args.textbook_train_limit or limit
+                if model == "deep":
+                    limit = args.deep_train_limit or limit
+                if model == "cnn" and args.cnn_train_limit:
+                    limit = args.cnn_train_limit
                 results[model][impl].append(bench(impl, model, args, train_limit=limit))
     summary = {}
     for model, by_impl in results.items():
@@ -81,7 +95,12 @@ def main_table(args: argparse.Namespace) -> dict:
                for impl, runs in by_impl.items()}
         x = row["xpnet"]["images_per_s"]
         row["ratio_vs_torch"] = x / row["torch"]["images_per_s"]
-        row["ratio_vs_numpy_textbook"] = x / row["numpy-textbook"]["images_per_s"]
+        # round by round (same machine state): the median of the per-round ratios
+        row["ratio_vs_torch_rounds"] = [a["images_per_s"] / b["images_per_s"] for a, b in
+                                        zip(by_impl["xpnet"], by_impl["torch"], strict=True)]
+        row["ratio_vs_torch_median_of_rounds"] = statistics.median(row["ratio_vs_torch_rounds"])
+        if "numpy-textbook" in row:
+            row["ratio_vs_numpy_textbook"] = x / row["numpy-textbook"]["images_per_s"]
         summary[model] = row
     return {"summary": summary, "raw": results}
 
@@ -91,38 +110,63 @@ def print_table(summary: dict) -> None:
           " runs img/s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for model, row in summary.items():
-        for impl in REFERENCES:
+        for impl in impls_for(model):
             r = row[impl]
             runs = " / ".join(f"{v:,.0f}" for v in r["runs_images_per_s"])
             print(f"| {model} | {impl} | {r['images_per_s']:,.0f} | "
                   f"{r['epoch_seconds_60k']:.2f} | {r['test_accuracy']:.4f} | "
                   f"{r['peak_rss_mb']:.0f} | {runs} |")
-    print("\n| model | xpnet / torch | xpnet / textbook NumPy |")
-    print("| --- | --- | --- |")
+    print("\n| model | xpnet / torch (medians) | median of round ratios | round ratios |"
+          " xpnet / textbook NumPy |")
+    print("| --- | --- | --- | --- | --- |")
     for model, row in summary.items():
-        print(f"| {model} | {row['ratio_vs_torch']:.2f}x | {row['ratio_vs_numpy_textbook']:.2f}x |")
+        rounds = " / ".join(f"{r:.2f}" for r in row["ratio_vs_torch_rounds"])
+        textbook = (f"{row['ratio_vs_numpy_textbook']:.2f}x" if "ratio_vs_numpy_textbook" in row
+                    else "-")
+        print(f"| {model} | {row['ratio_vs_torch']:.2f}x | "
+              f"{row['ratio_vs_torch_median_of_rounds']:.2f}x | {rounds} | {textbook} |")
 
 
 def scaling(args: argparse.Namespace) -> list[dict]:
     rows = []
     print("scaling", file=sys.stderr)
-    for threads in (1, 2):
-        for bs in (32, 100, 256, 1024):
-            for impl in ("xpnet", "torch"):
-                r = bench(impl, "cnn", args, batch_size=bs, threads=threads,
-                          train_limit=args.scaling_train_limit)
-                rows.append({"impl": impl, "threads": threads, "batch_size": bs,
-                             "images_per_s": r["images_per_s"],
-                             "test_accuracy": r["test_accuracy"]})
-    print("\n| threads | batch | xpnet img/s | torch img/s | xpnet / torch |")
-    print("| --- | --- | --- | --- | --- |")
-    for threads in (1, 2):
-        for bs in (32, 100, 256, 1024):
-            x, t = (next(r["images_per_s"] for r in rows if r["impl"] == i and
-                         r["threads"] == threads and r["batch_size"] == bs)
-                    for i in ("xpnet", "torch"))
-            print(f"| {threads} | {bs} | {x:,.0f} | {t:,.0f} | {x / t:.2f}x |")
+    for model in args.scaling_models:
+        limit = args.scaling_train_limit if model != "deep" else args.deep_train_limit
+        for threads in args.scaling_threads:
+            for bs in (32, 100, 256, 1024):
+                for impl in ("xpnet", "torch"):
+                    r = bench(impl, model, args, batch_size=bs, threads=threads,
+                              train_limit=limit)
+                    rows.append({"model": model, "impl": impl, "threads": threads,
+                                 "batch_size": bs, "images_per_s": r["images_per_s"],
+                                 "test_accuracy": r["test_accuracy"]})
+    print("\n| model | threads | batch | xpnet img/s | torch img/s | xpnet / torch |"
+          " xpnet step ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for model in args.scaling_models:
+        for threads in args.scaling_threads:
+            for bs in (32, 100, 256, 1024):
+                x, t = (next(r["images_per_s"] for r in rows if r["impl"] == i and
+                             r["model"] == model and r["threads"] == threads and
+                             r["batch_size"] == bs) for i in ("xpnet", "torch"))
+                print(f"| {model} | {threads} | {bs} | {x:,.0f} | {t:,.0f} | {x / t:.2f}x | "
+                      f"{bs / x * 1e3:.1f} |")
     return rows
+
+
+def layers(args: argparse.Namespace) -> dict:
+    """The per-layer table (benchmarks/layers.py) in its own process, same thread count."""
+    print("layers", file=sys.stderr)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+               OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "layers.py"), "--threads",
+                           str(args.threads), "--json"], capture_output=True, text=True,
+                          env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmarks/layers.py failed:\n{proc.stderr[-2000:]}")
+    lines = proc.stdout.strip().splitlines()
+    print("\n".join(lines[:-1]))
+    return json.loads(lines[-1])
 
 
 def examples(args: argparse.Namespace) -> dict:
@@ -147,9 +191,10 @@ def examples(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", choices=["cnn", "mlp"], default=["cnn", "mlp"],
-                   help="models to run (default: cnn mlp)")
-    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default: 2)")
+    p.add_argument("--models", nargs="+", choices=["deep", "cnn", "mlp"],
+                   default=["deep", "cnn", "mlp"], help="models to run (default: deep cnn mlp)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="interleaved rounds; 0 skips the main table (default: 2)")
     p.add_argument("--threads", type=int, default=2, help="threads for all (default: 2)")
     p.add_argument("--backend", default="numpy", help="xpnet backend (default: numpy)")
     p.add_argument("--train-limit", type=int, default=None,
@@ -157,6 +202,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--textbook-train-limit", type=int, default=None,
                    help="images for the slow textbook CNN only; img/s is per image "
                         "(default: same as --train-limit)")
+    p.add_argument("--deep-train-limit", type=int, default=6000,
+                   help="training images per DeepConvNet epoch, all frameworks; 0: all "
+                        "(default: 6000)")
+    p.add_argument("--cnn-train-limit", type=int, default=None,
+                   help="training images per SimpleConvNet epoch, all frameworks (default: as "
+                        "--train-limit)")
+    p.add_argument("--layers", action="store_true",
+                   help="also time each conv/pool shape against torch (benchmarks/layers.py; "
+                        "default: off)")
+    p.add_argument("--scaling-models", nargs="+", choices=["deep", "cnn"], default=["cnn"],
+                   help="models of the scaling table (default: cnn)")
+    p.add_argument("--scaling-threads", nargs="+", type=int, default=[1, 2],
+                   help="thread counts of the scaling table (default: 1 2)")
     p.add_argument("--scaling", action="store_true",
                    help="also run batch sizes 32/100/256/1024 x 1/2 threads (default: off)")
     p.add_argument("--scaling-train-limit", type=int, default=12000,
@@ -171,9 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     out = {"date": started, "machine": machine_line(), "argv": sys.argv[1:]}
-    out.update(main_table(args))
     print(f"\n{started}  {out['machine']}")
-    print_table(out["summary"])
+    if args.rounds > 0:  # --rounds 0: only the extra tables
+        out.update(main_table(args))
+        print_table(out["summary"])
+    if args.layers:
+        out["layers"] = layers(args)
     if args.scaling:
         out["scaling"] = scaling(args)
     if args.examples:

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""xpnet under the reference protocol: MNIST SimpleConvNet / TwoLayerNet, one training loop
-timed exactly like ../shared/bench/torch_reference.py (same CLI, data, seeds, warm-up, timing and
-JSON, through the shared bench_common module), so the figures compare directly.
+"""xpnet under the reference protocol: MNIST SimpleConvNet / DeepConvNet / TwoLayerNet.
+
+One training loop timed exactly like ../shared/bench/torch_reference.py (same CLI, data, seeds,
+warm-up, timing and JSON, through the shared bench_common module), so the figures compare
+directly.
 
     python benchmarks/xpnet_bench.py --model cnn --threads 2 --json [--backend numpy]
+    python benchmarks/xpnet_bench.py --model deep --threads 2 --train-limit 6000 --json
 """
 import os
 import sys
@@ -25,7 +28,7 @@ def main():
     import numpy as np
 
     import xpnet
-    from xpnet.models import SimpleConvNet, TwoLayerNet
+    from xpnet.models import DeepConvNet, SimpleConvNet, TwoLayerNet
 
     backend = xpnet.set_backend(args.backend)
     data = bc.load_mnist(args.data_dir, flatten=args.model == "mlp", dtype="float32",
@@ -36,7 +39,7 @@ def main():
     loss_fn = xpnet.SoftmaxCrossEntropy(check_range=False)
 
     def build():
-        model = SimpleConvNet(seed=args.seed) if args.model == "cnn" else TwoLayerNet(
+        model = {"cnn": SimpleConvNet, "deep": DeepConvNet, "mlp": TwoLayerNet}[args.model](
             seed=args.seed)
         opt = (xpnet.Adam(model, lr=args.lr) if args.optimizer == "adam"
                else xpnet.SGD(model, lr=args.lr))

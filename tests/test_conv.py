@@ -94,22 +94,45 @@ def _ref_maxpool_backward(x, dout, k, s, p):
     return dx[:, :, p:p + h, p:p + w]
 
 
-def _conv(k, s, p, dtype="float64", seed=1):
+def _conv(k, s, p, dtype="float64", seed=1, path="auto"):
     layer = xpnet.Conv2d(2, 3, k, stride=s, padding=p, dtype=dtype, rng=xpnet.Generator(seed))
     layer.b.data = dev(_rand(3, seed=seed + 10), dtype=dtype)
+    layer.path = path
     return layer
 
 
+# Conv2d's two formulations: "grid" (stride 1 over the padded grid, blocked column copies) and
+# "im2col" (strided im2col, col2im or a transposed convolution for the input gradient)
+PATHS = pytest.mark.parametrize("path", ["auto", "grid", "im2col"])
+
+
+def _skip_grid_for_strides(path, s):
+    if path == "grid" and s != 1:
+        pytest.skip("the grid formulation is stride 1 only (path='grid' falls back to im2col)")
+
+
+@pytest.fixture(params=[None, 2048], ids=["whole", "chunked"])
+def grid_chunks(request, monkeypatch):
+    """Whole column blocks, or (NumPy) blocks of a few columns: every chunk edge is exercised."""
+    from xpnet import ops
+    if request.param:
+        monkeypatch.setattr(ops, "GRID_CHUNK_BYTES", request.param)
+
+
 # ---------------------------------------------------------------------- Conv2d
+@PATHS
 @pytest.mark.parametrize("k,s,p", CONV_CASES)
-def test_conv2d_gradcheck(backend, k, s, p):
-    results = check_module(_conv(k, s, p), dev(_rand(X_SHAPE)))
+def test_conv2d_gradcheck(backend, k, s, p, path):
+    _skip_grid_for_strides(path, s)
+    results = check_module(_conv(k, s, p, path=path), dev(_rand(X_SHAPE)))
     assert_gradients_close(results, {"x", "W", "b"})
 
 
+@PATHS
 @pytest.mark.parametrize("k,s,p", CONV_CASES)
-def test_conv2d_forward_matches_loop_reference(backend, k, s, p):
-    layer = _conv(k, s, p)
+def test_conv2d_forward_matches_loop_reference(backend, k, s, p, path):
+    _skip_grid_for_strides(path, s)
+    layer = _conv(k, s, p, path=path)
     x = _rand(X_SHAPE)
     y = layer(dev(x))
     expected = _ref_conv(x, to_np(layer.W.data), to_np(layer.b.data), s, p)
@@ -140,6 +163,57 @@ def test_conv2d_first_layer_without_input_grad(backend):
     assert model.backward(dout, input_grad=False) is None
     for n, p in model.parameters().items():
         np.testing.assert_allclose(to_np(p.grad), full[n], rtol=1e-13, atol=1e-15, err_msg=n)
+
+
+@pytest.mark.parametrize("shape,k,p", [((3, 2, 9, 7), 3, 1), ((2, 2, 6, 6), 3, 2),
+                                       ((2, 2, 6, 5), 3, 0), ((2, 2, 5, 5), 1, 0),
+                                       ((1, 2, 7, 8), 2, 1), ((2, 2, 4, 4), 2, 3)])
+def test_conv2d_grid_equals_im2col_forward_and_backward(backend, shape, k, p, grid_chunks):
+    """The fast formulation against the plain one: same output, W/b gradients and input
+    gradient, over two steps (reused workspaces must not leak one step into the next)."""
+    grid, ref = (xpnet.Conv2d(2, 3, k, padding=p, dtype="float64", rng=xpnet.Generator(5))
+                 for _ in range(2))
+    grid.path, ref.path = "grid", "im2col"
+    for step in range(2):
+        x = dev(_rand(shape, seed=step))
+        y_grid, y_ref = grid(x), ref(x)
+        np.testing.assert_allclose(to_np(y_grid), to_np(y_ref), rtol=1e-12, atol=1e-12)
+        dout = dev(_rand(tuple(y_ref.shape), seed=10 + step))
+        dx_grid, dx_ref = grid.backward(dout), ref.backward(dout)
+        np.testing.assert_allclose(to_np(dx_grid), to_np(dx_ref), rtol=1e-12, atol=1e-12)
+        for name in ("W", "b"):
+            np.testing.assert_allclose(to_np(getattr(grid, name).grad),
+                                       to_np(getattr(ref, name).grad), rtol=1e-12, atol=1e-12)
+
+
+@PATHS
+def test_conv2d_backward_without_input_grad_and_the_param_backward_alias(backend, path):
+    layer = _conv(3, 1, 1, path=path)
+    x, dout = dev(_rand(X_SHAPE)), dev(_rand((2, 3, 5, 6), seed=1))
+    layer(x)
+    assert layer.backward(dout) is not None
+    full = {n: to_np(p.grad).copy() for n, p in layer.parameters().items()}
+    for call in (lambda: layer.backward(dout, input_grad=False),
+                 lambda: layer.param_backward(dout)):
+        layer.zero_grad()
+        layer(x)
+        assert call() is None
+        for n, p in layer.parameters().items():
+            np.testing.assert_allclose(to_np(p.grad), full[n], rtol=1e-13, err_msg=n)
+
+
+def test_conv2d_auto_path_and_bad_path(backend):
+    def mode(stride, padding, k=3):
+        layer = xpnet.Conv2d(2, 3, k, stride=stride, padding=padding)
+        layer(dev(np.zeros((1, 2, 6, 6), dtype=np.float32)))
+        return layer._mode
+    assert mode(1, 1) == "grid" and mode(1, 2) == "grid" and mode(1, 0, k=1) == "grid"
+    assert mode(2, 1) == "im2col"  # stride 2
+    assert mode(1, 3) == "im2col"  # padding beyond k - 1: no shared-padding grid
+    layer = xpnet.Conv2d(2, 3, 3, padding=1)
+    layer.path = "fast"
+    with pytest.raises(ValueError, match="path must be"):
+        layer(dev(np.zeros((1, 2, 4, 4), dtype=np.float32)))
 
 
 # ---------------------------------------------------------------------- ConvMaxPool2d

@@ -280,3 +280,99 @@ def test_uniform_generic_draws_on_the_host_with_numpy(backend):
     u = ops.uniform(7, (3, 4), xp.float32, xp=xp, device=backend.device, generic=True)
     expected = np.random.default_rng(7).random((3, 4), dtype=np.float32)
     np.testing.assert_array_equal(to_np(u), expected)
+
+
+# ------------------------------------------------------------- grid convolution (stride 1)
+GRID_CASES = [((2, 3, 5, 6), 3, 1), ((1, 2, 4, 4), 2, 0), ((2, 1, 3, 5), 1, 0),
+              ((1, 2, 4, 3), 3, 2)]
+
+
+def _grid_ref(x, k, p):
+    """Loop reference: flat channel-major padded grid with a zero tail, and its columns."""
+    n, c, h, w = x.shape
+    hg, wg = h + 2 * p, w + 2 * p
+    g = np.zeros((c, n, hg, wg))
+    g[:, :, p:p + h, p:p + w] = x.transpose(1, 0, 2, 3)
+    flat = np.concatenate([g.reshape(c, -1), np.zeros((c, (k - 1) * (wg + 1)))], axis=1)
+    length = n * hg * wg
+    cols = np.zeros((k * k * c, length))
+    for i in range(k):
+        for j in range(k):
+            for ch in range(c):
+                cols[(i * k + j) * c + ch] = flat[ch, i * wg + j:i * wg + j + length]
+    return flat, cols, wg, length
+
+
+@pytest.mark.parametrize("reuse", [False, True], ids=["fresh", "workspace"])
+@pytest.mark.parametrize("shape,k,p", GRID_CASES)
+def test_to_grid_and_grid_cols_fast_match_generic_and_reference(backend, shape, k, p, reuse):
+    ws = ops.Workspace() if reuse else None
+    for seed in range(2):  # a reused workspace must hold the second input, borders still zero
+        host = _rand(shape, seed=seed)
+        flat_ref, cols_ref, wg, length = _grid_ref(host, k, p)
+        hw, tail = (shape[2] + 2 * p, wg), (k - 1) * (wg + 1)
+        x = dev(host)
+        flat = ops.to_grid(x, hw, (p, p), tail, ws=ws, key="x")
+        generic = ops.to_grid(x, hw, (p, p), tail, generic=True)
+        np.testing.assert_array_equal(to_np(flat), flat_ref)
+        np.testing.assert_array_equal(to_np(generic), flat_ref)
+        for ones_row in (False, True):
+            expected = np.concatenate([cols_ref, np.ones((1, length))]) if ones_row else cols_ref
+            fast = ops.grid_cols(flat, k, wg, length, ones_row=ones_row, ws=ws, key="cols")
+            gen = ops.grid_cols(flat, k, wg, length, ones_row=ones_row, generic=True)
+            np.testing.assert_array_equal(to_np(fast), expected)
+            np.testing.assert_array_equal(to_np(gen), expected)
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 64], ids=["whole", "chunked"])
+@pytest.mark.parametrize("shape,k,p", GRID_CASES)
+def test_grid_matmul_fast_matches_generic(backend, shape, k, p, chunk_bytes, monkeypatch):
+    if chunk_bytes:
+        monkeypatch.setattr(ops, "GRID_CHUNK_BYTES", chunk_bytes)
+    host = _rand(shape)
+    _, cols_ref, wg, length = _grid_ref(host, k, p)
+    flat = ops.to_grid(dev(host), (shape[2] + 2 * p, wg), (p, p), (k - 1) * (wg + 1))
+    w_host, g_host = _rand((4, cols_ref.shape[0] + 1), seed=1), _rand((4, length), seed=2)
+    cols1 = np.concatenate([cols_ref, np.ones((1, length))])
+    for generic in (False, True):
+        fwd = ops.grid_matmul(dev(w_host), flat, k, wg, length, ones_row=True, generic=generic)
+        wgrad = ops.grid_matmul(dev(g_host), flat, k, wg, length, ones_row=True,
+                                transpose=True, generic=generic)
+        np.testing.assert_allclose(to_np(fwd), w_host @ cols1, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(to_np(wgrad), g_host @ cols1.T, rtol=1e-12, atol=1e-12)
+
+
+def test_workspace_reuses_shares_and_reallocates(backend):
+    xp = backend.xp
+    like = dev(np.zeros(1))
+    ws = ops.Workspace()
+    a, fresh = ws.get("k", (2, 3), like.dtype, xp=xp, like=like)
+    assert fresh
+    b, fresh = ws.get("k", (3, 2), like.dtype, xp=xp, like=like)  # same size: a view
+    assert not fresh and tuple(b.shape) == (3, 2)
+    _, fresh = ws.get("k", (4, 4), like.dtype, xp=xp, like=like)  # larger: reallocated
+    assert fresh
+    z, fresh = ws.get("z", (2, 2), like.dtype, xp=xp, like=like, zero=True)
+    assert fresh and float(xp.sum(xp.abs(z))) == 0.0
+    _, fresh = ws.get("z", (1, 2), like.dtype, xp=xp, like=like, zero=True)
+    assert fresh  # zero-kept buffers are reused only at the very same shape
+    ws.clear()
+    _, fresh = ws.get("k", (2, 3), like.dtype, xp=xp, like=like)
+    assert fresh
+
+
+def test_copy_threads_follows_the_blas_thread_setting(monkeypatch):
+    for var in ("XPNET_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    assert ops.copy_threads() >= 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert ops.copy_threads() == 3
+    monkeypatch.setenv("XPNET_NUM_THREADS", "1")
+    assert ops.copy_threads() == 1
+    seen = []
+    ops._in_threads(seen.append, 5)
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    monkeypatch.setenv("XPNET_NUM_THREADS", "2")
+    seen.clear()
+    ops._in_threads(seen.append, 5)
+    assert sorted(seen) == [0, 1, 2, 3, 4]

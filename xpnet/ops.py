@@ -13,13 +13,24 @@ function            fallback (standard only)                     fast paths
 ``windows``         stack of k*k strided slices (a copy)         numpy, cupy (as_strided view),
                                                                  torch (Tensor.unfold view)
 ``add_windows``     k*k in-place slice-adds (scatter-add)        torch (F.fold when overlapping)
+``to_grid``         zeros + slice assignment + concat            numpy, cupy, torch (a reused
+                                                                 workspace: borders zeroed once)
+``grid_cols``       concat of k*k shifted slices                 numpy, cupy, torch (copies into
+                                                                 a reused workspace; numpy splits
+                                                                 them over threads)
+``grid_matmul``     grid_cols, then one matmul                   numpy (cache-sized column blocks
+                                                                 over threads, single-threaded
+                                                                 BLAS per block)
 ``uniform``         host NumPy draw, then transfer               torch, cupy (device generator)
 ==================  ===========================================  =================================
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import array_api_compat
@@ -29,10 +40,17 @@ from array_api_compat import array_namespace, device
 
 from .backend import device_scope
 
-__all__ = ["add_windows", "col2im", "fast_path_kind", "im2col", "offset_slices", "out_size",
-           "pad2d", "uniform", "windows"]
+__all__ = ["Workspace", "add_windows", "col2im", "fast_path_kind", "grid_cols", "im2col",
+           "offset_slices", "out_size", "pad2d", "to_grid", "uniform", "windows"]
 
 Array = Any
+
+
+def _alloc(make: Callable, shape: Any, dtype: Any, dev: Any) -> Array:
+    """``make(shape, dtype=, device=)`` on ``dev``: CuPy's creation functions ignore
+    ``device=`` under array-api-compat and allocate on the current GPU instead."""
+    with device_scope(dev):
+        return make(shape, dtype=dtype, device=dev)
 
 
 def fast_path_kind(xp: Any) -> str:
@@ -300,3 +318,325 @@ def uniform(seed: int, shape: tuple[int, ...], dtype: Any, *, xp: Any, device: A
     on the device (no host transfer); the fallback draws on the host with NumPy.
     """
     return _dispatch(_UNIFORM, _uniform_host, xp, generic)(xp, seed, tuple(shape), dtype, device)
+
+
+# ------------------------------------------------------------------ workspaces and threads
+class Workspace:
+    """Arrays a layer keeps from step to step, keyed by role.
+
+    A training step allocates the same large arrays every step; above glibc's largest mmap
+    threshold (32 MiB: DeepConvNet's column matrices reach 50 MB) every allocation is a fresh
+    ``mmap`` whose pages fault in again. A workspace hands back the same array while shape,
+    dtype and device stay the same. ``get`` returns (array, fresh): a fresh array is zero-filled
+    when asked, a reused one holds whatever its last user wrote.
+    """
+
+    def __init__(self):
+        self._arrays: dict[str, Array] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+
+    def get(self, key: str, shape: tuple[int, ...], dtype: Any, *, xp: Any, like: Array,
+            zero: bool = False) -> tuple[Array, bool]:
+        """An array of ``shape`` for role ``key``. Without ``zero`` it is a view of the key's
+        backing buffer whenever that is large enough (roles used one after another may share
+        a key); with ``zero`` the buffer is reused only at the very same shape, so zeros that
+        its users never overwrite stay zero."""
+        shape = tuple(int(d) for d in shape)
+        numel = 1
+        for d in shape:
+            numel *= d
+        old = self._arrays.get(key)
+        dev = device(like)
+        if (old is not None and old.dtype == dtype and device(old) == dev
+                and (self._shapes[key] == shape if zero else old.shape[0] >= numel)):
+            return xp.reshape(old[:numel], shape), False
+        self._arrays.pop(key, None)  # free the old one before allocating its successor
+        new = _alloc((xp.zeros if zero else xp.empty), (numel,), dtype, dev)
+        self._arrays[key], self._shapes[key] = new, shape
+        return xp.reshape(new, shape), True
+
+    def clear(self) -> None:
+        self._arrays.clear()
+        self._shapes.clear()
+
+
+_POOL: ThreadPoolExecutor | None = None
+_SCRATCH = threading.local()
+
+
+def copy_threads() -> int:
+    """Threads for NumPy's large copies: the BLAS thread count the process asked for
+    (``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``), else the usable cores; at most 8."""
+    for var in ("XPNET_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return min(int(value), 8)
+    try:
+        return max(1, min(len(os.sched_getaffinity(0)), 8))
+    except AttributeError:  # not on Linux
+        return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _in_threads(fn: Callable[[int], None], count: int, threads: int | None = None) -> None:
+    """Run fn(0), ..., fn(count - 1) on ``threads`` threads (default :func:`copy_threads`):
+    the calling thread and pool workers take the next index as each finishes, so a thread
+    that loses its core to another process delays only the items it holds. Useful where fn
+    releases the GIL (NumPy copies and matmuls on large arrays)."""
+    global _POOL
+    threads = min(copy_threads() if threads is None else threads, count)
+    if threads <= 1:
+        for i in range(count):
+            fn(i)
+        return
+    if _POOL is None or _POOL._max_workers < threads - 1:
+        _POOL = ThreadPoolExecutor(max_workers=max(threads - 1, copy_threads()),
+                                   thread_name_prefix="xpnet")
+    indices = iter(range(count))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                i = next(indices, None)
+            if i is None:
+                return
+            fn(i)
+
+    helpers = [_POOL.submit(work) for _ in range(threads - 1)]
+    try:
+        work()
+    finally:
+        for f in helpers:
+            f.result()
+
+
+# ----------------------------------------------------------------- grid convolution (stride 1)
+# A stride-1 k x k convolution computed over the whole padded grid: with the padded input stored
+# channel-major and flattened, (C, N*Hg*Wg), kernel offset (i, j) reads the same flat array
+# shifted by i*Wg + j. The column matrix is then k*k plain copies of long contiguous rows (no
+# strided gather), and the matmul's (F, N*Hg*Wg) output, seen as (F, N, Hg, Wg), holds the
+# convolution in its top-left (OH, OW) corner (the rest, where windows wrap, is discarded).
+def _to_grid_generic(xp, x, grid_hw, start, tail, ws, key):
+    n, c, h, w = x.shape
+    hg, wg = grid_hw
+    r0, c0 = start
+    g = _alloc(xp.zeros, (c, n, hg, wg), x.dtype, device(x))
+    g[:, :, r0:r0 + h, c0:c0 + w] = xp.permute_dims(x, (1, 0, 2, 3))
+    flat = xp.reshape(g, (c, n * hg * wg))
+    if not tail:
+        return flat
+    return xp.concat([flat, _alloc(xp.zeros, (c, tail), x.dtype, device(x))], axis=1)
+
+
+def _to_grid_into(xp, x, grid_hw, start, tail, ws, key):
+    n, c, h, w = x.shape
+    hg, wg = grid_hw
+    r0, c0 = start
+    length = n * hg * wg
+    shape = (c, length + tail)
+    if ws is None:
+        buf = _alloc(xp.zeros, shape, x.dtype, device(x))
+    else:  # only the interior is ever written: the zero borders of a reused buffer stay zero
+        buf, _ = ws.get(key, shape, x.dtype, xp=xp, like=x, zero=True)
+    grid = buf[:, :length].reshape(c, n, hg, wg)
+    grid[:, :, r0:r0 + h, c0:c0 + w] = xp.permute_dims(x, (1, 0, 2, 3))
+    return buf
+
+
+_TO_GRID = {"numpy": _to_grid_into, "cupy": _to_grid_into, "torch": _to_grid_into}
+
+
+def to_grid(x: Array, grid_hw: tuple[int, int], start: tuple[int, int] = (0, 0), tail: int = 0,
+            *, ws: Workspace | None = None, key: str = "grid", xp: Any = None,
+            generic: bool = False) -> Array:
+    """Place NCHW ``x`` into a zero grid of (N, C, Hg, Wg) at row, column ``start`` and return
+    it channel-major and flat, (C, N*Hg*Wg + tail), the last ``tail`` columns zero.
+
+    The fast paths keep the buffer in workspace ``ws`` under ``key`` (if given) and write only
+    the interior on later calls; the result then stays valid until the next call with that key.
+    """
+    xp = xp or array_namespace(x)
+    fn = _dispatch(_TO_GRID, _to_grid_generic, xp, generic)
+    return fn(xp, x, tuple(grid_hw), tuple(start), tail, ws, key)
+
+
+def _grid_cols_generic(xp, flat, k, wg, length, ones_row, ws, key):
+    parts = [flat[:, i * wg + j:i * wg + j + length] for i in range(k) for j in range(k)]
+    if ones_row:
+        parts.append(_alloc(xp.ones, (1, length), flat.dtype, device(flat)))
+    return xp.concat(parts, axis=0)
+
+
+def _grid_cols_into(xp, flat, k, wg, length, ones_row, ws, key):
+    c = flat.shape[0]
+    shape = (k * k * c + int(ones_row), length)
+    if ws is None:
+        cols = _alloc(xp.empty, shape, flat.dtype, device(flat))
+    else:  # the buffer may be shared with other roles: the ones row is written every time
+        cols, _ = ws.get(key, shape, flat.dtype, xp=xp, like=flat)
+    if ones_row:
+        cols[-1, :] = 1.0
+
+    def copy(b: int) -> None:
+        o = (b // k) * wg + b % k
+        cols[b * c:(b + 1) * c, :] = flat[:, o:o + length]
+
+    if fast_path_kind(xp) == "numpy":
+        _in_threads(copy, k * k)
+    else:
+        for b in range(k * k):
+            copy(b)
+    return cols
+
+
+_GRID_COLS = {"numpy": _grid_cols_into, "cupy": _grid_cols_into, "torch": _grid_cols_into}
+
+
+def grid_cols(flat: Array, k: int, wg: int, length: int, *, ones_row: bool = False,
+              ws: Workspace | None = None, key: str = "cols", xp: Any = None,
+              generic: bool = False) -> Array:
+    """The (k*k*C [+1], length) column matrix of a stride-1 k x k convolution over a flat
+    channel-major grid of width ``wg`` (from :func:`to_grid`, with a tail of at least
+    (k-1)*(wg+1) columns): rows ordered (kernel row, kernel column, channel) as in
+    :func:`im2col`, column q holding the window whose top-left corner is grid position q.
+    ``ones_row`` appends a row of ones (for a bias column in the weights).
+
+    The fast paths copy into workspace ``ws`` under ``key`` when given (valid until the next
+    call with that key); NumPy spreads the k*k block copies over threads.
+    """
+    xp = xp or array_namespace(flat)
+    fn = _dispatch(_GRID_COLS, _grid_cols_generic, xp, generic)
+    return fn(xp, flat, k, wg, length, ones_row, ws, key)
+
+
+#: target size of one column chunk of :func:`grid_matmul` (fits the L2/L3 caches)
+GRID_CHUNK_BYTES = 4 * 2**20
+
+
+def _grid_chunks(rows: int, length: int, itemsize: int):
+    # cache-sized, and at least 4 per thread where the columns allow (load balance)
+    step = min(GRID_CHUNK_BYTES // max(1, rows * itemsize), -(-length // (4 * copy_threads())))
+    step = max(256, step)
+    return [(a, min(a + step, length)) for a in range(0, length, step)]
+
+
+def _grid_chunk_cols(xp, flat, k, wg, a, b, ones_row, ws):
+    c = flat.shape[0]
+    cols, _ = ws.get("chunk", (k * k * c + int(ones_row), b - a), flat.dtype, xp=xp, like=flat)
+    for i in range(k):
+        for j in range(k):
+            o = i * wg + j
+            blk = (i * k + j) * c
+            cols[blk:blk + c, :] = flat[:, a + o:b + o]
+    if ones_row:
+        cols[-1, :] = 1.0
+    return cols
+
+
+def _grid_matmul_generic(xp, w, flat, k, wg, length, ones_row, transpose):
+    cols = grid_cols(flat, k, wg, length, ones_row=ones_row, xp=xp, generic=True)
+    return w @ cols.T if transpose else w @ cols
+
+
+def _thread_scratch() -> Workspace:
+    ws = getattr(_SCRATCH, "ws", None)
+    if ws is None:
+        ws = _SCRATCH.ws = Workspace()
+    return ws
+
+
+def _grid_matmul_chunked(xp, w, flat, k, wg, length, ones_row, transpose):
+    # One cache-sized block of columns at a time: copied, then multiplied while still in cache.
+    # The blocks are independent tasks, spread over copy_threads() Python threads that each
+    # call a single-threaded BLAS: every thread copies and multiplies its own blocks (NumPy and
+    # OpenBLAS release the GIL), and a thread that loses its core to another process only
+    # delays its own blocks (a multi-threaded BLAS call waits for its slowest thread, many
+    # times per matmul). Each thread's block buffer is its own (thread-local).
+    rows = k * k * flat.shape[0] + int(ones_row)
+    chunks = _grid_chunks(rows, length, flat.itemsize)
+    out = None if transpose else xp.empty((w.shape[0], length), dtype=flat.dtype)
+    partials: list[Array] = [None] * len(chunks)  # summed in chunk order: deterministic
+
+    def task(i: int) -> None:
+        a, b = chunks[i]
+        cols = _grid_chunk_cols(xp, flat, k, wg, a, b, ones_row, _thread_scratch())
+        if transpose:
+            partials[i] = w[:, a:b] @ cols.T
+        else:
+            np.matmul(w, cols, out=out[:, a:b])
+
+    threads = min(copy_threads(), len(chunks))
+    with _single_threaded_blas(threads > 1) as blas:
+        # without control of the BLAS threads, one thread (no oversubscription)
+        _in_threads(task, len(chunks), threads if blas.controlled else 1)
+    if not transpose:
+        return out
+    result = partials[0]
+    for part in partials[1:]:
+        result = _iadd(result, part)
+    return result
+
+
+def _iadd(a: Array, b: Array) -> Array:
+    a += b
+    return a
+
+
+class _single_threaded_blas:
+    """Context: the BLAS libraries NumPy uses run single-threaded inside (through
+    threadpoolctl, when installed; otherwise a no-op), restored on exit."""
+
+    _controller: Any = False  # False: not looked up yet; None: unavailable
+
+    def __init__(self, active: bool):
+        self.active = active
+        self.saved: list[tuple[Any, int]] = []
+
+    @classmethod
+    def _libs(cls) -> list[Any]:
+        if cls._controller is False:
+            try:
+                from threadpoolctl import ThreadpoolController
+                cls._controller = ThreadpoolController().select(user_api="blas")
+            except Exception:  # not installed, or an unknown BLAS: leave threads alone
+                cls._controller = None
+        return list(cls._controller.lib_controllers) if cls._controller is not None else []
+
+    def __enter__(self):
+        self.controlled = False
+        if self.active:
+            libs = self._libs()
+            self.controlled = bool(libs)
+            for lib in libs:
+                n = lib.num_threads
+                if n != 1:
+                    lib.set_num_threads(1)
+                    self.saved.append((lib, n))
+        return self
+
+    def __exit__(self, *exc):
+        for lib, n in self.saved:
+            lib.set_num_threads(n)
+        self.saved.clear()
+
+
+_GRID_MATMUL = {"numpy": _grid_matmul_chunked}
+
+
+def grid_matmul(w: Array, flat: Array, k: int, wg: int, length: int, *, ones_row: bool = False,
+                transpose: bool = False, xp: Any = None, generic: bool = False) -> Array:
+    """``w @ cols`` (or, with ``transpose``, ``w @ cols.T``) for cols = :func:`grid_cols`
+    (flat, k, wg, length, ones_row=ones_row): a stride-1 convolution's forward product
+    (w: (F, k*k*C [+1]) -> (F, length)) or its weight gradient (w: the (F, length) output
+    gradient on the grid -> (F, k*k*C [+1])).
+
+    The fallback builds the whole column matrix. The NumPy fast path never does: it copies
+    one cache-sized block of columns at a time (``GRID_CHUNK_BYTES``, into a per-thread
+    buffer) and multiplies it while it is still in cache, so no column matrix of tens of MB
+    is written, faulted in or kept; the blocks are spread over :func:`copy_threads` threads,
+    each with a single-threaded BLAS (threadpoolctl), and the weight-gradient partial sums
+    are added in block order (deterministic).
+    """
+    xp = xp or array_namespace(flat)
+    fn = _dispatch(_GRID_MATMUL, _grid_matmul_generic, xp, generic)
+    return fn(xp, w, flat, k, wg, length, ones_row, transpose)
