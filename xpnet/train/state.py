@@ -9,6 +9,7 @@ changed; :meth:`RunState.restore` then loads it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,15 +61,15 @@ class RunState:
         self.rng = Generator(seed)
         self.history = History()
 
-    def meta(self, model: Module, schedule: Schedule | None, backend_name: str
-             ) -> dict[str, Any]:
+    def meta(self, model: Module, schedule: Schedule | None, backend_name: str,
+             callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         """The JSON part of a checkpoint."""
         return {
             "epoch": self.epoch, "step": self.step, "rng": self.rng.get_state(),
             "layer_rngs": {k: g.get_state() for k, g in layer_generators(model).items()},
             "schedule": schedule.state_dict() if schedule is not None else None,
             "history": self.history.records, "history_steps": self.history.steps,
-            "backend": backend_name,
+            "backend": backend_name, "callbacks": [c.state_dict() for c in callbacks],
         }
 
     def validate(self, ck: Checkpoint, path: str | Path, *, model: Module, optimizer: Any,
@@ -86,7 +87,8 @@ class RunState:
                              "--schedule)")
 
     def restore(self, ck: Checkpoint, *, model: Module, optimizer: Any,
-                schedule: Schedule | None, backend: Any) -> None:
+                schedule: Schedule | None, backend: Any, callbacks: Sequence[Any] = ()
+                ) -> None:
         """Load a validated checkpoint into the model, optimizer, schedule and this state."""
         meta = ck.meta
         if meta.get("schedule") is not None:
@@ -101,5 +103,9 @@ class RunState:
         for k, state in meta.get("layer_rngs", {}).items():
             if k in gens:
                 gens[k].set_state(state)
+        saved = meta.get("callbacks", [])
+        if len(saved) == len(callbacks):  # early stopping's patience, keep-best's best value
+            for c, state in zip(callbacks, saved):
+                c.load_state_dict(state)
         self.history = History(list(meta.get("history", [])),
                                list(meta.get("history_steps", [])))
