@@ -1,8 +1,10 @@
-"""Plumbing shared by the example scripts, kept out of them so each reads as a tutorial.
+"""CLI plumbing shared by the example scripts, kept out of them so each reads as a tutorial.
 
-Not part of xpnet. It holds the argument parser with the flags every example has, the clean
-one-line exit for expected errors (unknown backend, missing library, corrupt data file), MNIST
-loading with ``--dry-run`` / ``--train-limit``, a stopwatch, a text table and ``--json`` output.
+Not part of xpnet, and no recipe: models, optimizers, schedules, flags that shape training and
+training loops live in each script. This holds the argument parser with the flags every
+example has, the clean one-line exit for expected errors (unknown backend, missing library,
+corrupt data file), MNIST loading with ``--dry-run`` / ``--train-limit``, a stopwatch, a text
+table, the MNIST scripts' report and ``--json`` output.
 
 Convention: progress and tables are human output and go to stderr while ``--json`` is on, so the
 last line on stdout is exactly one JSON object.
@@ -22,16 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
 
 try:
     import xpnet
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import xpnet
-from xpnet.data import BatchLoader
 from xpnet.data import load_mnist as _load_mnist
-from xpnet.train import Trainer, TrainingDiverged, predict
+from xpnet.train import Trainer, TrainingDiverged
 
 # What a user can cause and fix without reading a traceback: a backend that cannot run here
 # (BackendError), a bad backend name, argument, data file or checkpoint (ValueError, which
@@ -190,31 +190,7 @@ class Stopwatch:
         self.seconds = time.perf_counter() - self.start
 
 
-# ---------------------------------------------------------------------------- models and data
-def predictor(model: xpnet.Module) -> Callable[[np.ndarray], np.ndarray]:
-    """``predict(points) -> class indices`` (host NumPy in and out), for xpnet.plot."""
-    return functools.partial(predict, model)
-
-
-def l2_penalty(model: xpnet.Module, reg: float) -> Any:
-    """``0.5 * reg * sum(W**2)`` over the weight matrices (not biases): the regularisation loss
-    whose gradient ``reg * W`` is what an optimizer's ``weight_decay=reg`` adds."""
-    total = 0.0
-    for p in model.parameters().values():
-        if len(p.shape) >= 2:
-            xp = array_namespace(p.data)
-            total = total + 0.5 * reg * xp.sum(p.data * p.data)
-    return total
-
-
-def full_or_mini_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int
-                         ) -> list[tuple[Any, Any]] | BatchLoader:
-    """The whole host set as one device batch (``batch_size`` 0), else shuffled mini-batches."""
-    if batch_size == 0 or batch_size >= len(x):
-        return [(xpnet.to_device(x), xpnet.to_device(y))]
-    return BatchLoader(x, y, batch_size, rng=xpnet.Generator(seed))
-
-
+# ---------------------------------------------------------------------------- data and reports
 def load_mnist(args: argparse.Namespace, *, flatten: bool
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """MNIST as host arrays, honouring ``--data-dir``, ``--train-limit`` and ``--dry-run``
@@ -255,6 +231,7 @@ def report_mnist_run(args: argparse.Namespace, backend: xpnet.Backend, history: 
             "example": example, **backend_fields(backend), "model": model,
             "epochs": len(history), "batch_size": args.batch_size, "lr": args.lr,
             "schedule": args.schedule, "warmup": args.warmup, "weight_decay": args.weight_decay,
+            "accumulate": args.accumulate,
             "train_images": len(x_train), "test_images": len(x_test),
             "test_accuracy": test_accuracy, "test_loss": test_loss,
             "train_loss": last["loss"], "train_accuracy": last["train_acc"],
@@ -270,30 +247,6 @@ def fraction(text: str) -> float:
     return value
 
 
-def add_trainer_flags(parser: argparse.ArgumentParser, *, weight_decay: float,
-                      warmup: float) -> None:
-    """--schedule, --warmup, --weight-decay, --checkpoint and --resume, shared by the MNIST
-    scripts."""
-    parser.add_argument("--schedule", choices=("cosine", "none"), default="cosine",
-                        help="learning-rate schedule: linear warm-up, then cosine decay to 0 "
-                             "at the last step of --epochs, updated every step; or a constant "
-                             "rate (default: cosine)")
-    parser.add_argument("--warmup", type=fraction, default=warmup, metavar="F",
-                        help=f"fraction of all steps spent warming the rate up linearly "
-                             f"from 0 (default: {warmup})")
-    parser.add_argument("--weight-decay", type=float, default=weight_decay, metavar="WD",
-                        help=f"L2 weight decay of the weights (default: {weight_decay})")
-    parser.add_argument("--checkpoint", default=None, metavar="PATH",
-                        help="save a checkpoint to PATH after every epoch (default: none)")
-    parser.add_argument("--resume", action="store_true",
-                        help="load --checkpoint PATH first and continue to --epochs in total "
-                             "(default: False)")
-    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
-                        help="stop after N epochs in this run, the schedule still planned for "
-                             "--epochs; --resume finishes the run later exactly as if it had "
-                             "not stopped (default: run to --epochs)")
-
-
 def last_epoch(args: argparse.Namespace, trainer: Trainer) -> int:
     """The epoch count this run trains to: --epochs, or fewer with --stop-after."""
     if args.stop_after is None:
@@ -305,27 +258,3 @@ def check_resume(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     """--resume needs --checkpoint (an argparse error, exit 2)."""
     if args.resume and not args.checkpoint:
         parser.error("--resume needs --checkpoint PATH")
-
-
-def make_trainer(args: argparse.Namespace, model: xpnet.Module, train_size: int
-                 ) -> tuple[Trainer, int]:
-    """Adam with the flags' rate and weight decay, the schedule, and a Trainer that saves to
-    --checkpoint after every epoch; with --resume, restored from it first.
-
-    The cosine schedule is stepped after every optimizer step, over all ``--epochs`` epochs of
-    ``train_size`` images, so even a one-epoch run anneals to 0; a checkpoint saves and
-    --resume restores it. Returns the trainer and the epoch it resumed after (0 for a fresh
-    run).
-    """
-    optimizer = xpnet.Adam(model, lr=args.lr, weight_decay=args.weight_decay)
-    schedule = None
-    if args.schedule == "cosine":
-        steps = args.epochs * math.ceil(train_size / args.batch_size)
-        schedule = xpnet.CosineLR(optimizer, steps, warmup=int(args.warmup * steps),
-                                  per_step=True)
-    trainer = Trainer(model, optimizer, schedule=schedule, batch_size=args.batch_size,
-                      seed=args.seed, verbose=True, checkpoint=args.checkpoint)
-    if args.resume:
-        trainer.resume(args.checkpoint)
-        log(f"resumed from {args.checkpoint} after epoch {trainer.epoch}")
-    return trainer, trainer.epoch
