@@ -217,7 +217,7 @@ def test_resume_with_another_schedule_is_refused(tmp_path):
     assert run_example("mnist_mlp", "--epochs", "1", *common).returncode == 0
     proc = run_example("mnist_mlp", "--epochs", "2", "--resume", *common)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "total_epochs=3, this one total_epochs=6" in proc.stderr
+    assert "total=3, this one total=6" in proc.stderr
     assert "the same --epochs" in proc.stderr
 
 

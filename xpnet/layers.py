@@ -7,6 +7,7 @@ the gradient with respect to the input while writing parameter gradients to ``pa
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -26,9 +27,11 @@ Array = Any
 
 
 def _positive(name: str, value: int, owner: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    """The library's one positive-integer check: ``value`` as an int, else ValueError
+    "<owner>: <name> must be a positive integer, got <value>" (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-    return value
+    return int(value)
 
 
 class Linear(Module):

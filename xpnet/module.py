@@ -277,6 +277,10 @@ class Module:
         """Make backward passes add into ``param.grad`` (True) or assign it (False, default).
 
         With accumulation on, call :meth:`zero_grad` after each optimizer step, as in PyTorch.
+        The sum of K backward passes of mean losses is K times a mean gradient: divide it (an
+        optimizer grad hook does, in ``Trainer(accumulate=K)``, which also switches this on
+        for the run and clears gradients after each step) to get the update of one batch of
+        all K batches' examples.
         """
         for p in self.parameters().values():
             p.accumulate = bool(mode)

@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..layers import _positive
+
 __all__ = ["Callback", "EarlyStopping", "KeepBest"]
 
 
@@ -72,10 +74,7 @@ class EarlyStopping(_Monitor):
     def __init__(self, monitor: str = "test_loss", patience: int = 3, *, mode: str = "auto",
                  min_delta: float = 0.0):
         super().__init__(monitor, mode, min_delta)
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"EarlyStopping: patience must be a positive integer, got "
-                             f"{patience!r}")
-        self.patience = patience
+        self.patience = _positive("patience", patience, "EarlyStopping")
         self.wait = 0
 
     def on_epoch_end(self, trainer: Any, record: dict[str, float]) -> bool:

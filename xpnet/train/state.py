@@ -28,13 +28,19 @@ class History:
     ``lr`` (the mean learning rate of the epoch's steps), ``seconds``) and per-step records
     (``steps``: ``step``, ``epoch``, ``loss``, ``lr``).
 
-    ``history["loss"]`` lists one key over the epochs (NaN where a record lacks it).
+    ``history["loss"]`` lists one key over the epochs (NaN where a record lacks it). The
+    records keep the short names ``train_acc``/``test_acc`` (plots and checkpoints read them);
+    ``history["train_accuracy"]`` and ``history["test_accuracy"]``, the names of the examples'
+    JSON summaries, read the same lists.
     """
+
+    ALIASES = {"train_accuracy": "train_acc", "test_accuracy": "test_acc"}
 
     records: list[dict[str, float]] = field(default_factory=list)
     steps: list[dict[str, float]] = field(default_factory=list)
 
     def __getitem__(self, key: str) -> list[float]:
+        key = self.ALIASES.get(key, key)
         return [r.get(key, math.nan) for r in self.records]
 
     def __len__(self) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 from ..backend import Backend, current, to_device, to_numpy
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.loader import BatchLoader
-from ..layers import BatchNorm
+from ..layers import BatchNorm, _positive
 from ..losses import SoftmaxCrossEntropy
 from ..module import Module, Parameter
 from ..optim import Optimizer
@@ -36,12 +36,6 @@ from .state import History, RunState
 from .step import train_step
 
 __all__ = ["Trainer"]
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _with_last(items: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
@@ -113,9 +107,9 @@ class Trainer:
                  early_stopping: EarlyStopping | None = None,
                  keep_best: str | Path | KeepBest | None = None,
                  callbacks: Iterable[Callback] = (), backend: Backend | None = None):
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.eval_batch_size = _positive_int("eval_batch_size", eval_batch_size)
-        self.accumulate = _positive_int("accumulate", accumulate)
+        self.batch_size = _positive("batch_size", batch_size, "Trainer")
+        self.eval_batch_size = _positive("eval_batch_size", eval_batch_size, "Trainer")
+        self.accumulate = _positive("accumulate", accumulate, "Trainer")
         self.drop_last = bool(drop_last)
         if keep_best is not None and not isinstance(keep_best, KeepBest):
             keep_best = KeepBest(keep_best)
