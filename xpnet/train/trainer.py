@@ -158,9 +158,10 @@ class Trainer:
         With ``accumulate=K`` the optimizer steps after every K-th batch (and after the last
         batch of the epoch) on the mean of the gradients of the batches since its last step:
         K batches of B examples give the update of one batch of K*B (exactly, up to rounding,
-        for a model without BatchNorm, whose statistics stay per batch). A "step" in the
-        history and in per-step schedules is an optimizer step; its loss is the mean of its
-        batches' losses.
+        for a model without BatchNorm, whose statistics stay per batch). The last group of an
+        epoch may hold fewer batches, and the last batch fewer examples; the step then takes
+        the mean of its batches' mean gradients. A "step" in the history and in per-step
+        schedules is an optimizer step; its loss is the mean of its batches' losses.
         """
         self.model.train()
         if self.accumulate > 1:
