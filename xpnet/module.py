@@ -302,13 +302,13 @@ class Module:
         return self
 
     def has_trainable(self) -> bool:
-        """True when some parameter here or below is trainable."""
-        for m in self.modules().values():
-            for n in m._param_names:
-                p = getattr(m, n)
-                if p is not None and p.trainable:
-                    return True
-        return False
+        """True when some parameter here or below is trainable (called every backward: a
+        plain walk, without the checks of :meth:`modules`)."""
+        for n in self._param_names:
+            p = getattr(self, n)
+            if p is not None and p.trainable:
+                return True
+        return any(child.has_trainable() for _, child in self.children())
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameter scalars (only the trainable ones if ``trainable_only``)."""
