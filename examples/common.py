@@ -1,8 +1,10 @@
-"""Plumbing shared by the example scripts, kept out of them so each reads as a tutorial.
+"""CLI plumbing shared by the example scripts, kept out of them so each reads as a tutorial.
 
-Not part of xpnet. It holds the argument parser with the flags every example has, the clean
-one-line exit for expected errors (unknown backend, missing library, corrupt data file), MNIST
-loading with ``--dry-run`` / ``--train-limit``, a stopwatch, a text table and ``--json`` output.
+Not part of xpnet, and no recipe: models, optimizers, schedules, flags that shape training and
+training loops live in each script. This holds the argument parser with the flags every
+example has, the clean one-line exit for expected errors (unknown backend, missing library,
+corrupt data file), MNIST loading with ``--dry-run`` / ``--train-limit``, a stopwatch, a text
+table, the MNIST scripts' report and ``--json`` output.
 
 Convention: progress and tables are human output and go to stderr while ``--json`` is on, so the
 last line on stdout is exactly one JSON object.
@@ -23,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
 
 try:
     import xpnet
@@ -32,9 +33,8 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     import xpnet
 from xpnet import distributed
 from xpnet.checkpoint import load_checkpoint
-from xpnet.data import BatchLoader
 from xpnet.data import load_mnist as _load_mnist
-from xpnet.train import Trainer, TrainingDiverged, predict
+from xpnet.train import Trainer, TrainingDiverged
 
 # What a user can cause and fix without reading a traceback: a backend that cannot run here
 # (BackendError), a bad backend name, argument, data file or checkpoint (ValueError, which
@@ -306,31 +306,7 @@ class Stopwatch:
         self.seconds = time.perf_counter() - self.start
 
 
-# ---------------------------------------------------------------------------- models and data
-def predictor(model: xpnet.Module) -> Callable[[np.ndarray], np.ndarray]:
-    """``predict(points) -> class indices`` (host NumPy in and out), for xpnet.plot."""
-    return functools.partial(predict, model)
-
-
-def l2_penalty(model: xpnet.Module, reg: float) -> Any:
-    """``0.5 * reg * sum(W**2)`` over the weight matrices (not biases): the regularisation loss
-    whose gradient ``reg * W`` is what an optimizer's ``weight_decay=reg`` adds."""
-    total = 0.0
-    for p in model.parameters().values():
-        if len(p.shape) >= 2:
-            xp = array_namespace(p.data)
-            total = total + 0.5 * reg * xp.sum(p.data * p.data)
-    return total
-
-
-def full_or_mini_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int
-                         ) -> list[tuple[Any, Any]] | BatchLoader:
-    """The whole host set as one device batch (``batch_size`` 0), else shuffled mini-batches."""
-    if batch_size == 0 or batch_size >= len(x):
-        return [(xpnet.to_device(x), xpnet.to_device(y))]
-    return BatchLoader(x, y, batch_size, rng=xpnet.Generator(seed))
-
-
+# ---------------------------------------------------------------------------- data and reports
 def load_mnist(args: argparse.Namespace, *, flatten: bool
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """MNIST as host arrays, honouring ``--data-dir``, ``--train-limit`` and ``--dry-run``
@@ -371,6 +347,7 @@ def report_mnist_run(args: argparse.Namespace, backend: xpnet.Backend, history: 
             "epochs": len(history), "batch_size": args.batch_size, "lr": args.lr,
             "world_size": comm.size, "global_batch_size": args.batch_size,
             "schedule": args.schedule, "warmup": args.warmup, "weight_decay": args.weight_decay,
+            "accumulate": args.accumulate,
             "train_images": len(x_train), "test_images": len(x_test),
             "test_accuracy": test_accuracy, "test_loss": test_loss,
             "train_loss": last["loss"], "train_accuracy": last["train_acc"],
@@ -388,35 +365,6 @@ def fraction(text: str) -> float:
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text}")
     return value
-
-
-def add_trainer_flags(parser: argparse.ArgumentParser, *, weight_decay: float,
-                      warmup: float) -> None:
-    """--schedule, --warmup, --weight-decay, --checkpoint and --resume, shared by the MNIST
-    scripts."""
-    parser.add_argument("--schedule", choices=("cosine", "none"), default="cosine",
-                        help="learning-rate schedule: linear warm-up, then cosine decay to 0 "
-                             "at the last step of --epochs, updated every step; or a constant "
-                             "rate (default: cosine)")
-    parser.add_argument("--warmup", type=fraction, default=warmup, metavar="F",
-                        help=f"fraction of all steps spent warming the rate up linearly "
-                             f"from 0 (default: {warmup})")
-    parser.add_argument("--weight-decay", type=finite_float, default=weight_decay,
-                        metavar="WD",
-                        help=f"L2 weight decay of the weights (default: {weight_decay})")
-    parser.add_argument("--checkpoint", default=None, metavar="PATH",
-                        help="save a checkpoint to PATH after every epoch (default: none)")
-    parser.add_argument("--resume", action="store_true",
-                        help="load --checkpoint PATH first and continue to --epochs in total; "
-                             "every setting must match the saved run's, except --lr, which "
-                             "replaces the saved rate when given (default: False)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh even though --checkpoint PATH exists, replacing it "
-                             "after the first epoch (default: False: refused)")
-    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
-                        help="stop after N epochs in this run, the schedule still planned for "
-                             "--epochs; --resume finishes the run later exactly as if it had "
-                             "not stopped (default: run to --epochs)")
 
 
 def last_epoch(args: argparse.Namespace, trainer: Trainer) -> int:
@@ -456,37 +404,18 @@ def check_resume(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(f"--checkpoint: cannot write {path}: {parent} is not a writable folder")
 
 
-def make_trainer(args: argparse.Namespace, model: xpnet.Module, train_size: int
-                 ) -> tuple[Trainer, int]:
-    """Adam with the flags' rate and weight decay, the schedule, and a Trainer that saves to
-    --checkpoint after every epoch; with --resume, restored from it first.
+def use_saved_lr(args: argparse.Namespace) -> dict[str, float] | None:
+    """The learning rate on --resume: without --lr the saved run's rate (``args.lr`` is set
+    to it), with --lr the new rate, returned as ``Trainer.resume``'s ``override``.
 
-    The cosine schedule is stepped after every optimizer step, over all ``--epochs`` epochs of
-    ``train_size`` images, so even a one-epoch run anneals to 0; a checkpoint saves and
-    --resume restores it. Returns the trainer and the epoch it resumed after (0 for a fresh
-    run).
-
-    On --resume every setting must match the saved run's (a mismatch is named, exit 1),
-    except the learning rate: without --lr the saved rate is used, with --lr the run goes on
-    at that rate (``Trainer.resume(..., override={"lr": ...})``); ``args.lr`` and the JSON
-    summary hold the rate actually used.
+    Every other setting must match the saved run's (a mismatch is named, exit 1); ``args.lr``
+    and the JSON summary hold the rate actually used.
     """
-    lr_given = "lr" in getattr(args, "explicit", {"lr"})
-    if args.resume and not lr_given:
-        saved = load_checkpoint(args.checkpoint).meta.get("optimizer_config", {}).get("lr")
-        if saved is not None:
-            args.lr = saved
-    optimizer = xpnet.Adam(model, lr=args.lr, weight_decay=args.weight_decay)
-    schedule = None
-    if args.schedule == "cosine":
-        steps = args.epochs * math.ceil(train_size / args.batch_size)
-        schedule = xpnet.CosineLR(optimizer, steps, warmup=int(args.warmup * steps),
-                                  per_step=True)
-    trainer = Trainer(model, optimizer, schedule=schedule, batch_size=args.batch_size,
-                      seed=args.seed, verbose=True, checkpoint=args.checkpoint)
-    if args.resume:
-        trainer.resume(args.checkpoint, override={"lr": args.lr} if lr_given else None)
-        args.lr = trainer.lr
-        log(f"resumed from {args.checkpoint} after epoch {trainer.epoch}"
-            + (f", now at lr {args.lr:g} (--lr)" if lr_given else ""))
-    return trainer, trainer.epoch
+    if not args.resume:
+        return None
+    if "lr" in getattr(args, "explicit", {"lr"}):
+        return {"lr": args.lr}
+    saved = load_checkpoint(args.checkpoint).meta.get("optimizer_config", {}).get("lr")
+    if saved is not None:
+        args.lr = saved
+    return None

@@ -24,15 +24,36 @@ array_api_strict; ``--epochs 5000`` takes a quarter of that and draws nearly the
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import common
 import numpy as np
+from array_api_compat import array_namespace
 
 import xpnet
-from xpnet.data import circles, moons
+from xpnet.data import BatchLoader, circles, moons
 from xpnet.models import MultiLayerNet
 from xpnet.plot import decision_boundaries
+from xpnet.train import predict
+
+
+def l2_penalty(model, reg):
+    """``0.5 * reg * sum(W**2)`` over the weight matrices (not biases): the regularisation loss
+    whose gradient ``reg * W`` is what the optimizer's ``weight_decay=reg`` adds."""
+    total = 0.0
+    for p in model.parameters().values():
+        if len(p.shape) >= 2:
+            xp = array_namespace(p.data)
+            total = total + 0.5 * reg * xp.sum(p.data * p.data)
+    return total
+
+
+def full_or_mini_batches(x, y, batch_size, seed):
+    """The whole host set as one device batch (``batch_size`` 0), else shuffled mini-batches."""
+    if batch_size == 0 or batch_size >= len(x):
+        return [(xpnet.to_device(x), xpnet.to_device(y))]
+    return BatchLoader(x, y, batch_size, rng=xpnet.Generator(seed))
 
 
 def train(model, optimizer, batches, epochs):
@@ -48,7 +69,7 @@ def train(model, optimizer, batches, epochs):
 def evaluate(model, x, y, weight_decay):
     """(loss with the L2 term, i.e. the tutorial's loss / N, accuracy) on device arrays."""
     logits = model(x)
-    loss = xpnet.SoftmaxCrossEntropy()(logits, y) + common.l2_penalty(model, weight_decay)
+    loss = xpnet.SoftmaxCrossEntropy()(logits, y) + l2_penalty(model, weight_decay)
     predicted = xpnet.to_numpy(logits).argmax(axis=1)
     return float(loss), float(np.mean(predicted == xpnet.to_numpy(y)))
 
@@ -93,7 +114,7 @@ def main(argv=None):
     make = moons if args.dataset == "moons" else circles
     noise = args.noise if args.noise is not None else (0.2 if args.dataset == "moons" else 0.1)
     x_host, y_host = make(args.points, noise=noise, seed=args.seed)
-    batches = common.full_or_mini_batches(x_host, y_host, args.batch_size, args.seed)
+    batches = full_or_mini_batches(x_host, y_host, args.batch_size, args.seed)
     x, y = xpnet.to_device(x_host), xpnet.to_device(y_host)
     n = len(x_host)
     b = min(args.batch_size or n, n)  # points per step
@@ -109,7 +130,7 @@ def main(argv=None):
         common.log(f"hidden {h:3d}: loss {loss:.4f}  accuracy {accuracy:.3f}  "
                    f"{sw.seconds:.1f} s")
         rows.append({"hidden": h, "loss": loss, "accuracy": accuracy, "seconds": sw.seconds})
-        predictors[f"{h} hidden: accuracy {accuracy:.2f}"] = common.predictor(model)
+        predictors[f"{h} hidden: accuracy {accuracy:.2f}"] = functools.partial(predict, model)
 
     common.show(args, f"{args.dataset}, {n} points, {args.epochs} passes\n"
                       + common.table(rows, ["hidden", "loss", "accuracy", "seconds"]))

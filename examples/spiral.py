@@ -21,15 +21,36 @@ the default full batch (``--batch-size 0``).
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import common
 import numpy as np
+from array_api_compat import array_namespace
 
 import xpnet
-from xpnet.data import spiral
+from xpnet.data import BatchLoader, spiral
 from xpnet.models import TwoLayerNet
 from xpnet.plot import decision_boundaries
+from xpnet.train import predict
+
+
+def l2_penalty(model, reg):
+    """``0.5 * reg * sum(W**2)`` over the weight matrices (not biases): the regularisation loss
+    whose gradient ``reg * W`` is what the optimizer's ``weight_decay=reg`` adds."""
+    total = 0.0
+    for p in model.parameters().values():
+        if len(p.shape) >= 2:
+            xp = array_namespace(p.data)
+            total = total + 0.5 * reg * xp.sum(p.data * p.data)
+    return total
+
+
+def full_or_mini_batches(x, y, batch_size, seed):
+    """The whole host set as one device batch (``batch_size`` 0), else shuffled mini-batches."""
+    if batch_size == 0 or batch_size >= len(x):
+        return [(xpnet.to_device(x), xpnet.to_device(y))]
+    return BatchLoader(x, y, batch_size, rng=xpnet.Generator(seed))
 
 
 def train(model, optimizer, batches, epochs, reg):
@@ -43,7 +64,7 @@ def train(model, optimizer, batches, epochs, reg):
             optimizer.step()  # update: W -= lr * (dW + reg * W)
         if epoch % log_interval == 0 or epoch == epochs - 1:
             # reading the loss syncs with the device, so only at the log interval
-            loss = float(data_loss + common.l2_penalty(model, reg))
+            loss = float(data_loss + l2_penalty(model, reg))
             common.log(f"  iteration {epoch:5d}: loss {loss:.4f}")
     return loss
 
@@ -51,7 +72,7 @@ def train(model, optimizer, batches, epochs, reg):
 def evaluate(model, x, y, reg):
     """(loss including the L2 term, accuracy) of ``model`` on the device arrays x, y."""
     logits = model(x)
-    loss = xpnet.SoftmaxCrossEntropy()(logits, y) + common.l2_penalty(model, reg)
+    loss = xpnet.SoftmaxCrossEntropy()(logits, y) + l2_penalty(model, reg)
     predicted = xpnet.to_numpy(logits).argmax(axis=1)
     return float(loss), float(np.mean(predicted == xpnet.to_numpy(y)))
 
@@ -79,7 +100,7 @@ def main(argv=None):
     common.log(f"backend: {backend}")
 
     x_host, y_host = spiral(args.points, 3, noise=0.2, seed=args.seed)
-    batches = common.full_or_mini_batches(x_host, y_host, args.batch_size, args.seed)
+    batches = full_or_mini_batches(x_host, y_host, args.batch_size, args.seed)
     x, y = xpnet.to_device(x_host), xpnet.to_device(y_host)
     results = {}
 
@@ -109,8 +130,10 @@ def main(argv=None):
             "linear_seconds": results["linear"][2], "mlp_seconds": results["mlp"][2]})
     if args.plot:
         decision_boundaries(
-            {f"softmax linear: accuracy {results['linear'][1]:.2f}": common.predictor(linear),
-             f"2-100-3 ReLU net: accuracy {results['mlp'][1]:.2f}": common.predictor(mlp)},
+            {f"softmax linear: accuracy {results['linear'][1]:.2f}":
+                functools.partial(predict, linear),
+             f"2-100-3 ReLU net: accuracy {results['mlp'][1]:.2f}":
+                functools.partial(predict, mlp)},
             x_host, y_host, args.plot, columns=2)
         common.log(f"saved {args.plot}")
     return 0

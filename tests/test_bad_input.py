@@ -332,9 +332,9 @@ CASES = [
          ValueError, ("ExponentialLR", "gamma", "finite number > 0", "got inf"),
          lambda t: _opt()),
     Case("schedules-cosine-zero-epochs", lambda c: xpnet.CosineLR(c["opt"], 0), ValueError,
-         ("CosineLR", "total_epochs", "positive integer", "got 0"), lambda t: _opt()),
+         ("CosineLR", "total", "positive integer", "got 0"), lambda t: _opt()),
     Case("schedules-cosine-warmup-too-long", lambda c: xpnet.CosineLR(c["opt"], 10, warmup=10),
-         ValueError, ("CosineLR", "warmup", "[0, total_epochs=10)", "got 10"), lambda t: _opt()),
+         ValueError, ("CosineLR", "warmup", "[0, total=10)", "got 10"), lambda t: _opt()),
     Case("schedules-cosine-min-lr-negative", lambda c: xpnet.CosineLR(c["opt"], 10, min_lr=-1),
          ValueError, ("CosineLR", "min_lr", "finite number >= 0", "got -1"), lambda t: _opt()),
     Case("schedules-not-an-optimizer", lambda c: xpnet.StepLR(object(), 2), TypeError,
@@ -342,9 +342,9 @@ CASES = [
     Case("schedules-per-step-not-bool", lambda c: xpnet.CosineLR(c["opt"], 10, per_step=1),
          TypeError, ("CosineLR", "per_step", "True or False", "got 1"), lambda t: _opt()),
     Case("schedules-load-other-settings",
-         lambda c: c["sched"].load_state_dict(dict(c["sched"].state_dict(), total_epochs=20,
+         lambda c: c["sched"].load_state_dict(dict(c["sched"].state_dict(), total=20,
                                                    epoch=5)),
-         ValueError, ("CosineLR", "total_epochs=20", "total_epochs=10", "resume with the "
+         ValueError, ("CosineLR", "total=20", "total=10", "resume with the "
                       "settings the run started with"), lambda t: _cosine()),
     # ------------------------------------------------------------------ data
     Case("data-spiral-zero", lambda c: spiral(0), ValueError,
@@ -560,7 +560,7 @@ def test_numpy_integers_are_accepted_by_layers_schedules_and_data():
         _dev(np.zeros((1, 1, 4, 4), F32))).shape == (1, 2, 4, 4)
     opt = _opt()["opt"]
     sched = xpnet.CosineLR(opt, np.int64(10), warmup=np.int64(2))
-    assert sched.total_epochs == 10 and type(sched.warmup) is int
+    assert sched.total == 10 and type(sched.warmup) is int
     X2, y2 = spiral(np.int64(5), np.int64(2), noise=np.float32(0.1))
     assert X2.shape == (10, 2)
     assert len(BatchLoader(X, Y, np.int64(2))) == 3

@@ -203,6 +203,21 @@ def test_resume_matches_straight_run(script, tmp_path):
 
 
 
+@pytest.mark.parametrize("script", ["mnist_cnn", "mnist_mlp"])
+def test_accumulate_two_half_batches_matches_whole_batches(script):
+    """--batch-size 50 --accumulate 2 updates like --batch-size 100 (float32 rounding apart)."""
+    common = ["--train-limit", "400", "--json", "--data-dir", str(mnist_dir())]
+    whole = summary(run_example(script, "--epochs", "1", "--batch-size", "100", *common))
+    halves = summary(run_example(script, "--epochs", "1", "--batch-size", "50",
+                                 "--accumulate", "2", *common))
+    assert halves["accumulate"] == 2 and whole["accumulate"] == 1
+    assert halves["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-4)
+    assert halves["test_loss"] == pytest.approx(whole["test_loss"], rel=1e-4)
+    proc = run_example(script, "--accumulate", "0", "--dry-run")
+    assert proc.returncode == 2 and "--accumulate: expected a positive integer, got 0" in \
+        proc.stderr
+
+
 def test_warmup_must_be_a_fraction():
     proc = run_example("mnist_cnn", "--warmup", "1.5", "--dry-run")
     assert proc.returncode == 2 and "--warmup: expected a fraction in [0, 1), got 1.5" in \
@@ -217,7 +232,7 @@ def test_resume_with_another_schedule_is_refused(tmp_path):
     assert run_example("mnist_mlp", "--epochs", "1", *common).returncode == 0
     proc = run_example("mnist_mlp", "--epochs", "2", "--resume", *common)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "total_epochs=3, this one total_epochs=6" in proc.stderr
+    assert "total=3, this one total=6" in proc.stderr
     assert "the same --epochs" in proc.stderr
 
 

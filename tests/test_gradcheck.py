@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import RTOL, dev, to_np
 
 import xpnet
@@ -64,3 +65,18 @@ def test_check_module_restores_parameters(backend):
     check_module(layer, dev(np.ones((2, 3))))
     assert layer.W.data is w and layer.b.data is b
     np.testing.assert_array_equal(to_np(layer.W.data), before)
+
+
+def test_check_module_gives_a_verdict(backend):
+    from xpnet.gradcheck import GradientCheckError
+
+    x = dev(np.random.default_rng(0).standard_normal((4, 3)))
+    good = check_module(xpnet.Linear(3, 2, dtype="float64"), x)
+    assert good.ok and good.failed == [] and good.raise_if_failed() is good
+    assert set(good.max_errors) == {"x", "W", "b"} and max(good.max_errors.values()) < 1e-7
+    bad = check_module(_BrokenLinear(3, 2, dtype="float64"), x)
+    assert not bad.ok and bad.failed == ["W"]
+    assert bad.max_errors["W"] > 1e-4 > bad.max_errors["b"]
+    with pytest.raises(GradientCheckError, match=r"for W \(max abs error .*\); rtol=1e-05"):
+        bad.raise_if_failed()
+    assert "ok=False" in repr(bad)

@@ -37,7 +37,7 @@ def test_exponential_lr_values_per_epoch():
 
 def test_cosine_lr_values_per_epoch_and_floor():
     opt = _opt(0.1)
-    rates = _rates(xpnet.CosineLR(opt, total_epochs=4, min_lr=0.01), 6)
+    rates = _rates(xpnet.CosineLR(opt, total=4, min_lr=0.01), 6)
     half_way = 0.01 + 0.045 * (1 + math.cos(math.pi / 4))
     quarter = 0.01 + 0.045 * (1 + math.cos(3 * math.pi / 4))
     assert rates == pytest.approx([half_way, 0.055, quarter, 0.01, 0.01, 0.01], rel=1e-12)
@@ -45,14 +45,14 @@ def test_cosine_lr_values_per_epoch_and_floor():
 
 
 def test_cosine_lr_defaults_to_zero_floor():
-    rates = _rates(xpnet.CosineLR(_opt(1.0), total_epochs=2), 3)
+    rates = _rates(xpnet.CosineLR(_opt(1.0), total=2), 3)
     assert rates == pytest.approx([0.5, 0.0, 0.0], abs=1e-15)
 
 
 @pytest.mark.parametrize("make", [
     lambda o: xpnet.StepLR(o, step_size=2, gamma=0.3),
     lambda o: xpnet.ExponentialLR(o, gamma=0.7),
-    lambda o: xpnet.CosineLR(o, total_epochs=6, min_lr=0.001),
+    lambda o: xpnet.CosineLR(o, total=6, min_lr=0.001),
 ], ids=["StepLR", "ExponentialLR", "CosineLR"])
 def test_state_dict_round_trip(make):
     opt_a = _opt(0.1)
@@ -69,13 +69,13 @@ def test_state_dict_round_trip(make):
 
 def test_state_of_another_shape_is_refused():
     """A 600-step cosine's state must not silently continue a 1200-step one."""
-    saved = xpnet.CosineLR(_opt(0.1), total_epochs=600, warmup=60, per_step=True)
+    saved = xpnet.CosineLR(_opt(0.1), total=600, warmup=60, per_step=True)
     _rates(saved, 10)
-    longer = xpnet.CosineLR(_opt(0.1), total_epochs=1200, warmup=60, per_step=True)
-    with pytest.raises(ValueError, match=r"total_epochs=600, this one total_epochs=1200"):
+    longer = xpnet.CosineLR(_opt(0.1), total=1200, warmup=60, per_step=True)
+    with pytest.raises(ValueError, match=r"total=600, this one total=1200"):
         longer.load_state_dict(saved.state_dict())
     with pytest.raises(ValueError, match=r"per_step=True, this one per_step=False"):
-        xpnet.CosineLR(_opt(0.1), total_epochs=600, warmup=60).load_state_dict(
+        xpnet.CosineLR(_opt(0.1), total=600, warmup=60).load_state_dict(
             saved.state_dict())
     with pytest.raises(ValueError, match=r"gamma=0.5, this one gamma=0.7"):
         xpnet.StepLR(_opt(), 2, gamma=0.7).load_state_dict(
@@ -98,7 +98,7 @@ def test_a_state_from_before_per_step_counts_as_per_epoch():
 @pytest.mark.parametrize("make,match", [
     (lambda o: xpnet.StepLR(o, step_size=0), "step_size.*0"),
     (lambda o: xpnet.ExponentialLR(o, gamma=0.0), "gamma.*0"),
-    (lambda o: xpnet.CosineLR(o, total_epochs=-1), "total_epochs.*-1"),
+    (lambda o: xpnet.CosineLR(o, total=-1), "total must be a positive integer, got -1"),
 ], ids=["StepLR", "ExponentialLR", "CosineLR"])
 def test_bad_schedule_arguments(make, match):
     with pytest.raises(ValueError, match=match):
@@ -120,7 +120,7 @@ def test_cosine_warmup_values_and_per_step_in_trainer():
     from xpnet.train import Trainer
 
     opt = _opt(1.0)
-    sched = xpnet.CosineLR(opt, total_epochs=10, warmup=4, per_step=True)
+    sched = xpnet.CosineLR(opt, total=10, warmup=4, per_step=True)
     assert opt.lr == pytest.approx(0.25)  # the warm-up starts at base / warmup
     rates = _rates(sched, 10)
     assert rates[:3] == pytest.approx([0.5, 0.75, 1.0])
@@ -129,9 +129,27 @@ def test_cosine_warmup_values_and_per_step_in_trainer():
 
     model = xpnet.Sequential(xpnet.Linear(2, 3))
     optimizer = xpnet.SGD(model, lr=0.1)
-    sched = xpnet.CosineLR(optimizer, total_epochs=8, warmup=2, per_step=True)
+    sched = xpnet.CosineLR(optimizer, total=8, warmup=2, per_step=True)
     x = np.random.default_rng(0).standard_normal((40, 2)).astype(np.float32)
     y = np.arange(40) % 3
     Trainer(model, optimizer, schedule=sched, batch_size=10, progress=False).fit(x, y, 2)
     assert sched.epoch == 8  # 4 batches x 2 epochs: stepped once per optimizer step
     assert optimizer.lr == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cosine_total_epochs_is_a_deprecated_alias_and_old_states_load():
+    with pytest.warns(DeprecationWarning, match="use total="):
+        old_name = xpnet.CosineLR(_opt(0.1), total_epochs=600, warmup=60, per_step=True)
+    assert old_name.total == old_name.total_epochs == 600
+    with pytest.raises(TypeError, match="not both"):
+        xpnet.CosineLR(_opt(0.1), 10, total_epochs=10)
+    with pytest.raises(TypeError, match="missing total"):
+        xpnet.CosineLR(_opt(0.1))
+    # a state saved before the rename (key total_epochs) loads, and is still checked
+    state = {"epoch": 100, "base_lr": 0.1, "schedule": "CosineLR", "per_step": True,
+             "total_epochs": 600, "min_lr": 0.0, "warmup": 60}
+    sched = xpnet.CosineLR(_opt(0.1), total=600, warmup=60, per_step=True)
+    sched.load_state_dict(state)
+    assert sched.epoch == 100 and sched.optimizer.lr == pytest.approx(sched.rate(100))
+    with pytest.raises(ValueError, match="total=600, this one total=1200"):
+        xpnet.CosineLR(_opt(0.1), total=1200, warmup=60, per_step=True).load_state_dict(state)

@@ -184,3 +184,11 @@ def test_a_checkpoint_written_before_the_split_still_resumes(tmp_path):
     resumed.resume(ck)
     assert resumed.epoch == 1 and resumed.history.steps == [] and len(resumed.history) == 1
     assert m2[2].rng.get_state() == xpnet.Generator(123).get_state()
+
+
+def test_history_reads_the_long_accuracy_names():
+    from xpnet.train import History
+
+    h = History([{"epoch": 1, "loss": 1.0, "train_acc": 0.5, "test_acc": 0.4}])
+    assert h["train_accuracy"] == h["train_acc"] == [0.5]
+    assert h["test_accuracy"] == [0.4]

@@ -4,6 +4,7 @@ The backend (NumPy, CuPy, PyTorch, array_api_strict) is chosen at runtime by ``X
 :func:`set_backend`; every layer, loss and optimizer runs unchanged on each.
 """
 
+from .activations import ELU, GELU, Identity
 from .backend import (
     Backend,
     BackendError,
@@ -16,6 +17,7 @@ from .backend import (
     to_numpy,
 )
 from .conv import AvgPool2d, Conv2d, ConvMaxPool2d, MaxPool2d
+from .global_pool import GlobalAvgPool2d
 from .layers import (
     BatchNorm,
     Dropout,
@@ -30,17 +32,20 @@ from .layers import (
 )
 from .losses import MSE, SoftmaxCrossEntropy
 from .module import Module, Parameter
+from .normalization import LayerNorm
 from .optim import SGD, AdaGrad, Adam, AdamW, Momentum, Nesterov, RMSProp, clip_grad_norm
 from .rng import Generator
 from .schedules import CosineLR, ExponentialLR, StepLR
+from .seed import manual_seed
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdaGrad", "Adam", "AdamW", "AvgPool2d", "Backend", "BackendError", "BatchNorm", "Conv2d",
-    "ConvMaxPool2d", "CosineLR", "DeviceMismatchError", "Dropout", "ExponentialLR", "Flatten",
-    "Generator", "LeakyReLU", "Linear", "MSE", "MaxPool2d", "Module", "Momentum", "Nesterov",
+    "ELU", "GELU", "MSE", "AdaGrad", "Adam", "AdamW", "AvgPool2d", "Backend",
+    "BackendError", "BatchNorm", "Conv2d", "ConvMaxPool2d", "CosineLR", "DeviceMismatchError",
+    "Dropout", "ExponentialLR", "Flatten", "Generator", "GlobalAvgPool2d", "Identity",
+    "LayerNorm", "LeakyReLU", "Linear", "MaxPool2d", "Module", "Momentum", "Nesterov",
     "Parameter", "RMSProp", "ReLU", "SGD", "Sequential", "Sigmoid", "Softmax",
     "SoftmaxCrossEntropy", "StepLR", "Tanh", "available_backends", "clip_grad_norm", "current",
-    "get_backend", "set_backend", "to_device", "to_numpy", "__version__",
+    "get_backend", "manual_seed", "set_backend", "to_device", "to_numpy", "__version__",
 ]

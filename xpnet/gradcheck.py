@@ -14,7 +14,60 @@ import numpy as np
 from .backend import Backend, to_device, to_numpy
 from .module import Module
 
-__all__ = ["check_loss", "check_module", "numerical_gradient"]
+__all__ = ["GradCheck", "GradientCheckError", "check_loss", "check_module",
+           "numerical_gradient"]
+
+
+class GradientCheckError(AssertionError):
+    """An analytic gradient disagrees with its central-difference estimate."""
+
+
+class GradCheck(dict):
+    """The result of :func:`check_module`: ``{name: (analytic, numeric)}`` plus a verdict.
+
+    ``ok`` is True when every analytic gradient is finite and within ``atol + rtol*|numeric|``
+    of its estimate; ``max_errors`` maps each name to its largest absolute difference;
+    :meth:`raise_if_failed` raises :class:`GradientCheckError` naming the worst entries.
+    """
+
+    def __init__(self, pairs: dict[str, tuple[np.ndarray, np.ndarray]], rtol: float,
+                 atol: float):
+        super().__init__(pairs)
+        self.rtol, self.atol = rtol, atol
+
+    def _bad(self, name: str) -> bool:
+        a, n = self[name]
+        return a.shape != n.shape or not np.all(np.isfinite(a)) \
+            or not np.allclose(a, n, rtol=self.rtol, atol=self.atol)
+
+    @property
+    def max_errors(self) -> dict[str, float]:
+        return {k: float(np.max(np.abs(a - n), initial=0.0)) if a.shape == n.shape
+                else float("inf") for k, (a, n) in self.items()}
+
+    @property
+    def failed(self) -> list[str]:
+        """Names whose gradients disagree."""
+        return [k for k in self if self._bad(k)]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def raise_if_failed(self) -> GradCheck:
+        """Raise :class:`GradientCheckError` unless :attr:`ok`; returns self."""
+        bad = self.failed
+        if bad:
+            errs = self.max_errors
+            detail = ", ".join(f"{k} (max abs error {errs[k]:.3g})" for k in bad)
+            raise GradientCheckError(f"analytic gradients disagree with central differences "
+                                     f"for {detail}; rtol={self.rtol}, atol={self.atol}. "
+                                     "Check backward() against forward(), and use float64")
+        return self
+
+    def __repr__(self) -> str:
+        errs = ", ".join(f"{k}: {v:.2g}" for k, v in self.max_errors.items())
+        return f"GradCheck(ok={self.ok}, max errors {{{errs}}})"
 
 
 def numerical_gradient(f: Callable[[np.ndarray], float], x: np.ndarray,
@@ -34,10 +87,13 @@ def numerical_gradient(f: Callable[[np.ndarray], float], x: np.ndarray,
 
 def check_module(module: Module, x: Any, *, seed: int = 0, eps: float = 1e-6,
                  before_forward: Callable[[], None] | None = None,
-                 backend: Backend | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                 backend: Backend | None = None, rtol: float = 1e-5,
+                 atol: float = 1e-7) -> GradCheck:
     """Analytic vs numerical gradients of ``sum(module(x) * r)`` for a fixed random ``r``.
 
-    Returns ``{"x": (analytic, numeric), "<param name>": (analytic, numeric), ...}``.
+    Returns a :class:`GradCheck`: ``{"x": (analytic, numeric), "<param name>": (analytic,
+    numeric), ...}`` with a verdict (``.ok``, ``.max_errors``, ``.raise_if_failed()``) at
+    ``rtol``/``atol``.
     ``before_forward`` runs before every forward pass (re-seed a Dropout there to fix its mask).
     Use float64 parameters and inputs.
     """
@@ -72,7 +128,7 @@ def check_module(module: Module, x: Any, *, seed: int = 0, eps: float = 1e-6,
 
         results[n].append(numerical_gradient(with_param, host, eps))
         p.data = original
-    return {k: (v[0], v[1]) for k, v in results.items()}
+    return GradCheck({k: (v[0], v[1]) for k, v in results.items()}, rtol, atol)
 
 
 def check_loss(loss: Any, y: Any, t: Any, *, eps: float = 1e-6,

@@ -17,6 +17,7 @@ from .backend import Backend, to_device
 from .init import InitSpec, init_array
 from .module import Module, check_input
 from .rng import Generator
+from .seed import default_generator
 
 __all__ = ["BatchNorm", "Dropout", "Flatten", "LeakyReLU", "Linear", "ReLU", "Sequential",
            "Sigmoid", "Softmax", "Tanh"]
@@ -25,7 +26,9 @@ Array = Any
 
 
 def _positive(name: str, value: int, owner: str) -> int:
-    from .validate import positive_int  # the shared validator (NumPy integers accepted)
+    """The library's one positive-integer check (xpnet.validate: NumPy integers accepted,
+    bools refused): ``value`` as an int, else "<owner>: <name> must be a positive integer"."""
+    from .validate import positive_int
     return positive_int(owner, name, value)
 
 
@@ -33,7 +36,9 @@ class Linear(Module):
     """Affine layer ``y = x @ W + b`` with W of shape (in_features, out_features).
 
     Input (N, in_features), output (N, out_features). ``init`` is 'he' (default), 'xavier', a
-    float std, or a callable (see :func:`xpnet.init.init_array`).
+    float std, or a callable (see :func:`xpnet.init.init_array`). Weights are drawn from
+    ``rng``, or without it from the process-wide default Generator
+    (:func:`xpnet.manual_seed`), which advances so that every layer gets its own weights.
     """
 
     def __init__(self, in_features: int, out_features: int, *, init: InitSpec = "he",
@@ -42,7 +47,7 @@ class Linear(Module):
         super().__init__()
         self.in_features = _positive("in_features", in_features, "Linear")
         self.out_features = _positive("out_features", out_features, "Linear")
-        rng = rng or Generator(0)
+        rng = rng or default_generator()  # advances: same-shaped layers differ
         self.W = self.add_param("W", init_array(init, rng, (in_features, out_features),
                                                 in_features, out_features, dtype, backend))
         self.b = self.add_param("b", init_array("zeros", rng, (out_features,), in_features,
@@ -63,8 +68,9 @@ class Linear(Module):
         return y + self.b.data if self.b is not None else y
 
     def backward(self, dout: Array, *, input_grad: bool = True) -> Array | None:
-        self.W.grad = self._x.T @ dout
-        if self.b is not None:
+        if self.W.trainable:  # a frozen weight needs no gradient
+            self.W.grad = self._x.T @ dout
+        if self.b is not None and self.b.trainable:
             self.b.grad = _ns(dout).sum(dout, axis=0)
         return dout @ self.W.data.T if input_grad else None
 
@@ -320,11 +326,19 @@ class Sequential(Module):
         return x
 
     def backward(self, dout: Array, *, input_grad: bool = True) -> Array | None:
-        """Backpropagate ``dout``; with ``input_grad=False`` the first layer is told that its
-        input gradient is not needed (Linear and Conv2d then skip computing it)."""
-        for i in range(len(self.layers) - 1, 0, -1):
-            dout = self.layers[i].backward(dout)
-        if not self.layers:
+        """Backpropagate ``dout``; with ``input_grad=False`` backpropagation stops at the
+        first layer with a trainable parameter, which is told that its input gradient is not
+        needed (Linear and Conv2d then skip computing it): a frozen prefix
+        (:meth:`Module.freeze`) costs no backward work."""
+        layers = self.layers
+        first = 0
+        if not input_grad:
+            first = next((i for i, m in enumerate(layers) if m.has_trainable()), len(layers))
+            if first == len(layers):
+                return None
+        for i in range(len(layers) - 1, first, -1):
+            dout = layers[i].backward(dout)
+        if not layers:
             return dout if input_grad else None
-        dx = self.layers[0].backward(dout, input_grad=input_grad)
+        dx = layers[first].backward(dout, input_grad=input_grad)
         return dx if input_grad else None

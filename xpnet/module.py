@@ -32,14 +32,17 @@ class Parameter:
     already there (PyTorch's convention), so several backward passes sum up until ``grad`` is
     set to None (:meth:`Module.zero_grad`). Code that rewrites a finished gradient (clipping,
     averaging across processes) uses :meth:`replace_grad`, which always assigns.
+
+    ``trainable = False`` freezes it: optimizers skip it (see :meth:`Module.freeze`).
     """
 
-    __slots__ = ("_grad", "accumulate", "data")
+    __slots__ = ("_grad", "accumulate", "data", "trainable")
 
-    def __init__(self, data: Array):
+    def __init__(self, data: Array, *, trainable: bool = True):
         self.data = data
         self._grad: Array | None = None
         self.accumulate = False
+        self.trainable = trainable
 
     @property
     def grad(self) -> Array | None:
@@ -63,7 +66,8 @@ class Parameter:
         return tuple(self.data.shape)
 
     def __repr__(self) -> str:
-        return f"Parameter(shape={self.shape}, dtype={self.data.dtype})"
+        frozen = "" if self.trainable else ", frozen"
+        return f"Parameter(shape={self.shape}, dtype={self.data.dtype}{frozen})"
 
 
 def _shape(x: Any) -> tuple | str:
@@ -122,21 +126,45 @@ class Module:
         self.training = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Let a subclass write ``backward(self, dout)``: give it the ``input_grad`` keyword."""
+        """Wrap a subclass's own ``forward`` and ``backward``: ``forward`` notes that it ran,
+        ``backward`` refuses to run before it (a named RuntimeError instead of an
+        AttributeError on an empty cache) and accepts ``input_grad`` even when written as
+        ``backward(self, dout)``."""
         super().__init_subclass__(**kwargs)
+        own_forward = cls.__dict__.get("forward")
+        if own_forward is not None and not getattr(own_forward, "_xpnet_wrapped", False):
+            @functools.wraps(own_forward)
+            def forward(self: Module, *args: Any, **kw: Any) -> Any:
+                self.__dict__["_forwarded"] = True
+                return own_forward(self, *args, **kw)
+
+            forward._xpnet_wrapped = True
+            cls.forward = forward
         own = cls.__dict__.get("backward")
-        if own is None:
+        if own is None or getattr(own, "_xpnet_wrapped", False):
             return
         sig = inspect.signature(own)
-        if "input_grad" in sig.parameters or any(
-                q.kind is inspect.Parameter.VAR_KEYWORD for q in sig.parameters.values()):
-            return
+        takes_flag = "input_grad" in sig.parameters or any(
+            q.kind is inspect.Parameter.VAR_KEYWORD for q in sig.parameters.values())
 
         @functools.wraps(own)
         def backward(self: Module, dout: Array, *, input_grad: bool = True) -> Array:
+            if "_forwarded" not in self.__dict__:
+                raise RuntimeError(f"{self!r}: backward was called before forward; call "
+                                   "forward first (backward uses what forward cached)")
+            if takes_flag:
+                return own(self, dout, input_grad=input_grad)
             return own(self, dout)
 
+        backward._xpnet_wrapped = True
         cls.backward = backward
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached when normal lookup fails: name the usual cause for the registries
+        if name in ("_children", "_param_names", "_buffer_names", "training"):
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() "
+                               f"first ({name!r} was never set up)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # ------------------------------------------------------------------ registration
     def __setattr__(self, name: str, value: Any) -> None:
@@ -256,14 +284,43 @@ class Module:
         """Make backward passes add into ``param.grad`` (True) or assign it (False, default).
 
         With accumulation on, call :meth:`zero_grad` after each optimizer step, as in PyTorch.
+        The sum of K backward passes of mean losses is K times a mean gradient: divide it (an
+        optimizer grad hook does, in ``Trainer(accumulate=K)``, which also switches this on
+        for the run and clears gradients after each step) to get the update of one batch of
+        all K batches' examples.
         """
         for p in self.parameters().values():
             p.accumulate = bool(mode)
         return self
 
-    def num_parameters(self) -> int:
-        """Number of trainable scalars."""
-        return sum(int(np.prod(p.shape)) for p in self.parameters().values())
+    def freeze(self) -> Module:
+        """Stop training this module's parameters (``trainable = False``): optimizers skip
+        them, and a model's backward computes no gradients below its last trainable layer
+        (see :meth:`Sequential.backward`). Running statistics (BatchNorm) still update in
+        training mode: call ``.eval()`` on the module to keep them too."""
+        for p in self.parameters().values():
+            p.trainable = False
+        return self
+
+    def unfreeze(self) -> Module:
+        """Train this module's parameters again."""
+        for p in self.parameters().values():
+            p.trainable = True
+        return self
+
+    def has_trainable(self) -> bool:
+        """True when some parameter here or below is trainable (called every backward: a
+        plain walk, without the checks of :meth:`modules`)."""
+        for n in self._param_names:
+            p = getattr(self, n)
+            if p is not None and p.trainable:
+                return True
+        return any(child.has_trainable() for _, child in self.children())
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of parameter scalars (only the trainable ones if ``trainable_only``)."""
+        return sum(int(np.prod(p.shape)) for p in self.parameters().values()
+                   if p.trainable or not trainable_only)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -311,6 +368,31 @@ class Module:
             owner, leaf = self._owner(k)
             setattr(owner, leaf, to_device(to_numpy(v), backend=b))
         return self
+
+    def to_dtype(self, dtype: str) -> Module:
+        """Cast every parameter and buffer to the floating ``dtype`` ('float32', 'float64');
+        gradients are cleared. An optimizer's state follows at its next step. Feed inputs of
+        the same dtype afterwards."""
+        if dtype not in ("float16", "float32", "float64"):
+            raise ValueError(f"{type(self).__name__}.to_dtype: dtype must be 'float16', "
+                             f"'float32' or 'float64', got {dtype!r}")
+        for p in self.parameters().values():
+            xp = array_api_compat.array_namespace(p.data)
+            p.data = xp.astype(p.data, getattr(xp, dtype))
+            p.grad = None
+        for k, v in self.buffers().items():
+            owner, leaf = self._owner(k)
+            xp = array_api_compat.array_namespace(v)
+            setattr(owner, leaf, xp.astype(v, getattr(xp, dtype)))
+        return self
+
+    def summary(self, input_shape: tuple[int, ...]) -> str:
+        """A table of the layers' output shapes and parameter counts for inputs of
+        ``input_shape`` (one example, without the batch axis), found by one forward pass of
+        a batch of two zeros in evaluation mode (so running statistics are not touched)."""
+        from .summary import summarize
+
+        return summarize(self, input_shape)
 
     # ------------------------------------------------------------------ calling
     def forward(self, x: Array) -> Array:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, device
 
 from . import validate
 from .backend import to_device, to_numpy
@@ -52,17 +53,68 @@ def clip_grad_norm(params: dict[str, Parameter], max_norm: float) -> Array:
 GradHook = Callable[[dict[str, Parameter]], None]
 
 
+@dataclass
+class ParamGroup:
+    """Parameters (by name) that share hyper-parameters. ``lr_scale`` multiplies the
+    optimizer's ``lr`` (so a schedule scales every group); ``weight_decay`` and ``l1`` are
+    absolute, None meaning the optimizer's own."""
+
+    names: list[str]
+    lr_scale: float = 1.0
+    weight_decay: float | None = None
+    l1: float | None = None
+
+
+@dataclass
+class _Hyper:
+    lr: float
+    weight_decay: float
+    l1: float
+
+
+def _group_params(owner: str, i: int, spec: Any) -> list[Parameter]:
+    """The Parameter objects a group's ``"params"`` names (a Module, a Parameter, a list of
+    them or a name -> Parameter dict)."""
+    if isinstance(spec, Module):
+        return list(spec.parameters().values())
+    if isinstance(spec, Parameter):
+        return [spec]
+    if isinstance(spec, dict):
+        spec = list(spec.values())
+    if isinstance(spec, (list, tuple)):
+        out: list[Parameter] = []
+        for item in spec:
+            out.extend(_group_params(owner, i, item))
+        return out
+    raise TypeError(f"{owner}: groups[{i}]['params'] must be a Module, a Parameter or a list "
+                    f"of them, got {type(spec).__name__}")
+
+
 class Optimizer:
     """Base class: validation, gradient hooks, weight decay, clipping and the state dict.
 
     ``step()`` runs, in order: the gradient hooks (:meth:`register_grad_hook`: averaging over
     micro-batches or processes), clipping, then per parameter weight decay and the update rule.
-    Subclasses implement ``_update(name, p, g, xp)``, writing into ``p.data`` in place.
+    Subclasses implement ``_update(name, p, g, xp, h)``, writing into ``p.data`` in place with
+    the hyper-parameters ``h`` (``h.lr``, ``h.weight_decay``, ``h.l1``) of the parameter's
+    group.
+
+    Parameter groups: ``groups=[{"params": model[0], "lr": 1e-4, "weight_decay": 0.0}, ...]``
+    gives those parameters their own rate and decay; every other parameter keeps the
+    optimizer's. A group's ``lr`` is stored relative to ``lr`` (``lr_scale``), so a schedule,
+    which sets ``optimizer.lr``, scales every group alike. State stays keyed by the stable
+    parameter names, so checkpoints are unchanged.
+
+    Frozen parameters (``param.trainable = False``, :meth:`Module.freeze`) are skipped: no
+    update, no state, no decay, and they need no gradient. Optimizer state follows the
+    parameters when the model moves (``model.to_device``, ``model.to_dtype``): a slot on
+    another device or dtype is moved at the next step.
     """
 
     def __init__(self, params: Params, lr: float, *, weight_decay: float = 0.0,
                  l1: float = 0.0, clip_norm: float | None = None,
-                 decay_filter: Callable[[str, Parameter], bool] = _is_weight):
+                 decay_filter: Callable[[str, Parameter], bool] = _is_weight,
+                 groups: list[dict[str, Any]] | None = None):
         self.params: dict[str, Parameter] = dict(
             params.parameters() if isinstance(params, Module) else params)
         if not self.params:
@@ -81,6 +133,65 @@ class Optimizer:
         self.t = 0
         self.state: dict[str, dict[str, Array]] = {}
         self._grad_hooks: list[GradHook] = []
+        self.param_groups = self._make_groups(groups or [])
+
+    def _make_groups(self, specs: list[dict[str, Any]]) -> list[ParamGroup]:
+        """Validate ``groups=`` and build the groups, the remaining parameters last."""
+        owner = type(self).__name__
+        if not isinstance(specs, (list, tuple)):
+            raise TypeError(f"{owner}: groups must be a list of dicts, got "
+                            f"{type(specs).__name__}")
+        name_of = {id(p): n for n, p in self.params.items()}
+        taken: dict[str, int] = {}
+        out = []
+        for i, spec in enumerate(specs):
+            if not isinstance(spec, dict) or "params" not in spec:
+                raise TypeError(f"{owner}: groups[{i}] must be a dict with a 'params' entry, "
+                                f"got {spec!r}")
+            unknown = set(spec) - {"params", "lr", "weight_decay", "l1"}
+            if unknown:
+                raise ValueError(f"{owner}: groups[{i}] has unknown keys {sorted(unknown)}; "
+                                 "expected 'params', 'lr', 'weight_decay', 'l1'")
+            for key in ("lr", "weight_decay", "l1"):
+                v = spec.get(key, 0.0)
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 \
+                        or math.isnan(v):
+                    raise ValueError(f"{owner}: groups[{i}]['{key}'] must be a non-negative "
+                                     f"number, got {v!r}")
+            names = []
+            for p in _group_params(owner, i, spec["params"]):
+                if id(p) not in name_of:
+                    raise ValueError(f"{owner}: groups[{i}] holds {p!r}, which is not among "
+                                     "the parameters given to the optimizer")
+                n = name_of[id(p)]
+                if n in taken:
+                    raise ValueError(f"{owner}: parameter {n!r} is in groups[{taken[n]}] and "
+                                     f"groups[{i}]; a parameter belongs to one group")
+                taken[n] = i
+                names.append(n)
+            if not names:
+                raise ValueError(f"{owner}: groups[{i}] has no parameters")
+            scale = 1.0
+            if "lr" in spec:
+                if self.lr == 0:
+                    raise ValueError(f"{owner}: groups[{i}] sets lr but the optimizer's lr is "
+                                     "0; group rates are kept relative to it")
+                scale = float(spec["lr"]) / self.lr
+            out.append(ParamGroup(names, scale, spec.get("weight_decay"), spec.get("l1")))
+        self._explicit_groups = len(out)
+        rest = [n for n in self.params if n not in taken]
+        if rest:
+            out.append(ParamGroup(rest))
+        return out
+
+    def _hyper(self, group: ParamGroup) -> _Hyper:
+        wd = self.weight_decay if group.weight_decay is None else group.weight_decay
+        l1 = self.l1 if group.l1 is None else group.l1
+        return _Hyper(self.lr * group.lr_scale, wd, l1)
+
+    def group_lrs(self) -> list[float]:
+        """The current learning rate of each parameter group (the last one: the rest)."""
+        return [self.lr * g.lr_scale for g in self.param_groups]
 
     def register_grad_hook(self, hook: GradHook) -> Callable[[], None]:
         """Run ``hook(params)`` at the start of every ``step``, before clipping and decay.
@@ -102,40 +213,59 @@ class Optimizer:
 
     def _slot(self, name: str, key: str, like: Array) -> Array:
         slots = self.state.setdefault(name, {})
-        if key not in slots:
-            slots[key] = array_namespace(like).zeros_like(like)
-        return slots[key]
+        s = slots.get(key)
+        if s is None:
+            s = slots[key] = array_namespace(like).zeros_like(like)
+        elif type(s) is not type(like) or s.dtype != like.dtype or device(s) != device(like):
+            # the model moved (to_device / to_dtype): the state follows its parameter
+            s = slots[key] = array_namespace(like).asarray(
+                np.asarray(to_numpy(s)), dtype=like.dtype, device=device(like))
+        return s
 
-    def _grad(self, name: str, p: Parameter, xp: Any) -> Array:
+    def _grad(self, name: str, p: Parameter, xp: Any, h: _Hyper) -> Array:
         g = p.grad
         if self.decay_filter(name, p):
-            if self.weight_decay:
-                g = g + self.weight_decay * p.data
-            if self.l1:
-                g = g + self.l1 * xp.sign(p.data)
+            if h.weight_decay:
+                g = g + h.weight_decay * p.data
+            if h.l1:
+                g = g + h.l1 * xp.sign(p.data)
         return g
 
+    def trainable(self) -> dict[str, Parameter]:
+        """The parameters this optimizer updates now (frozen ones left out)."""
+        return {n: p for n, p in self.params.items() if p.trainable}
+
     def step(self) -> None:
-        """Apply one update to every parameter from its ``grad``."""
-        missing = [n for n, p in self.params.items() if p.grad is None]
+        """Apply one update to every trainable parameter from its ``grad``."""
+        active = self.trainable()
+        missing = [n for n, p in active.items() if p.grad is None]
         if missing:
             raise RuntimeError(f"{type(self).__name__}.step: parameters {missing} have no "
                                "gradient; call backward() before step()")
         for hook in self._grad_hooks:
-            hook(self.params)
-        if self.clip_norm is not None:
-            clip_grad_norm(self.params, self.clip_norm)
+            hook(active)
+        if self.clip_norm is not None and active:
+            clip_grad_norm(active, self.clip_norm)
         self.t += 1
-        for name, p in self.params.items():
-            xp = array_namespace(p.data)
-            self._update(name, p, self._grad(name, p, xp), xp)
+        for group in self.param_groups:
+            h = self._hyper(group)
+            for name in group.names:
+                p = self.params[name]
+                if not p.trainable:
+                    continue
+                xp = array_namespace(p.data)
+                self._update(name, p, self._grad(name, p, xp, h), xp, h)
 
-    def _update(self, name: str, p: Parameter, g: Array, xp: Any) -> None:  # pragma: no cover
+    def _update(self, name: str, p: Parameter, g: Array, xp: Any,
+                h: _Hyper) -> None:  # pragma: no cover
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
         """Step count, learning rate and per-parameter state as host NumPy arrays."""
         return {"t": self.t, "lr": self.lr,
+                "groups": [{"params": g.names, "lr_scale": g.lr_scale,
+                            "weight_decay": g.weight_decay, "l1": g.l1}
+                           for g in self.param_groups[:self._explicit_groups]],
                 "state": {n: {k: np.array(to_numpy(v)) for k, v in s.items()} for n, s in
                           self.state.items()}}
 
@@ -145,6 +275,13 @@ class Optimizer:
         if unknown:
             raise KeyError(f"{type(self).__name__}: saved state names parameters {unknown} "
                            "that this optimizer does not have")
+        ours = self.state_dict()["groups"]
+        saved_groups = state.get("groups", [])  # absent: saved before groups existed
+        if [g["params"] for g in saved_groups] != [g["params"] for g in ours]:
+            raise ValueError(f"{type(self).__name__}: the saved state has parameter groups "
+                             f"{[g['params'] for g in saved_groups]}, this optimizer "
+                             f"{[g['params'] for g in ours]}; build it with the groups the "
+                             "run started with")
         self.t, self.lr = int(state["t"]), float(state["lr"])
         self.state = {}
         for n, slots in state["state"].items():
@@ -166,8 +303,8 @@ class SGD(Optimizer):
     def __init__(self, params: Params, lr: float = 0.01, **kw: Any):
         super().__init__(params, lr, **kw)
 
-    def _update(self, name, p, g, xp):
-        p.data -= self.lr * g
+    def _update(self, name, p, g, xp, h):
+        p.data -= h.lr * g
 
 
 class Momentum(Optimizer):
@@ -179,11 +316,11 @@ class Momentum(Optimizer):
         super().__init__(params, lr, **kw)
         self.momentum = validate.probability(type(self).__name__, "momentum", momentum)
 
-    def _update(self, name, p, g, xp):
+    def _update(self, name, p, g, xp, h):
         v = self._slot(name, "v", p.data)
         v *= self.momentum
         v += g
-        p.data -= self.lr * (g + self.momentum * v if self.nesterov else v)
+        p.data -= h.lr * (g + self.momentum * v if self.nesterov else v)
 
 
 class Nesterov(Momentum):
@@ -200,10 +337,10 @@ class AdaGrad(Optimizer):
         super().__init__(params, lr, **kw)
         self.eps = validate.positive_float("AdaGrad", "eps", eps)
 
-    def _update(self, name, p, g, xp):
+    def _update(self, name, p, g, xp, hyper):
         h = self._slot(name, "h", p.data)
         h += g * g
-        p.data -= self.lr * g / (xp.sqrt(h) + self.eps)
+        p.data -= hyper.lr * g / (xp.sqrt(h) + self.eps)
 
 
 class RMSProp(Optimizer):
@@ -215,11 +352,11 @@ class RMSProp(Optimizer):
         self.alpha = validate.probability("RMSProp", "alpha", alpha)
         self.eps = validate.positive_float("RMSProp", "eps", eps)
 
-    def _update(self, name, p, g, xp):
+    def _update(self, name, p, g, xp, h):
         v = self._slot(name, "v", p.data)
         v *= self.alpha
         v += (1.0 - self.alpha) * (g * g)
-        p.data -= self.lr * g / (xp.sqrt(v) + self.eps)
+        p.data -= h.lr * g / (xp.sqrt(v) + self.eps)
 
 
 class Adam(Optimizer):
@@ -238,7 +375,7 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = b1, b2
         self.eps = validate.positive_float(owner, "eps", eps)
 
-    def _update(self, name, p, g, xp):
+    def _update(self, name, p, g, xp, h):
         m = self._slot(name, "m", p.data)
         v = self._slot(name, "v", p.data)
         b1, b2 = self.beta1, self.beta2
@@ -251,7 +388,7 @@ class Adam(Optimizer):
         update *= 1.0 / math.sqrt(1.0 - b2 ** self.t)
         update += self.eps
         update = m / update
-        update *= self.lr / (1.0 - b1 ** self.t)
+        update *= h.lr / (1.0 - b1 ** self.t)
         p.data -= update
 
 
@@ -263,13 +400,13 @@ class AdamW(Adam):
                  eps: float = 1e-8, weight_decay: float = 0.01, **kw: Any):
         super().__init__(params, lr, betas, eps, weight_decay=weight_decay, **kw)
 
-    def _grad(self, name, p, xp):
+    def _grad(self, name, p, xp, h):
         g = p.grad
-        if self.l1 and self.decay_filter(name, p):
-            g = g + self.l1 * xp.sign(p.data)
+        if h.l1 and self.decay_filter(name, p):
+            g = g + h.l1 * xp.sign(p.data)
         return g
 
-    def _update(self, name, p, g, xp):
-        if self.weight_decay and self.decay_filter(name, p):
-            p.data *= 1.0 - self.lr * self.weight_decay
-        super()._update(name, p, g, xp)
+    def _update(self, name, p, g, xp, h):
+        if h.weight_decay and self.decay_filter(name, p):
+            p.data *= 1.0 - h.lr * h.weight_decay
+        super()._update(name, p, g, xp, h)

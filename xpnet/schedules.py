@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 from . import validate
@@ -66,9 +67,10 @@ class StepLR(Schedule):
     """Multiply the rate by ``gamma`` every ``step_size`` epochs."""
 
     def __init__(self, optimizer: Any, step_size: int, gamma: float = 0.1):
+        step_size = validate.positive_int("StepLR", "step_size", step_size)
+        gamma = validate.positive_float("StepLR", "gamma", gamma)
         super().__init__(optimizer)
-        self.step_size = validate.positive_int("StepLR", "step_size", step_size)
-        self.gamma = validate.positive_float("StepLR", "gamma", gamma)
+        self.step_size, self.gamma = step_size, gamma
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "step_size": self.step_size, "gamma": self.gamma}
@@ -92,29 +94,52 @@ class ExponentialLR(Schedule):
 
 
 class CosineLR(Schedule):
-    """Cosine annealing from the initial rate to ``min_lr`` over ``total_epochs`` (Loshchilov &
+    """Cosine annealing from the initial rate to ``min_lr`` over ``total`` units (Loshchilov &
     Hutter 2017, without restarts), after an optional linear warm-up of ``warmup`` units;
-    constant ``min_lr`` afterwards. With ``per_step=True`` the units are optimizer steps
-    (``total_epochs`` then counts steps), which lets a single epoch anneal."""
+    constant ``min_lr`` afterwards. A unit is an epoch, or with ``per_step=True`` an optimizer
+    step, which lets a single epoch anneal. ``total_epochs=`` is the old name of ``total``
+    (deprecated: it counted steps when ``per_step`` was set)."""
 
-    def __init__(self, optimizer: Any, total_epochs: int, min_lr: float = 0.0, *,
-                 warmup: int = 0, per_step: bool = False):
-        super().__init__(optimizer, per_step)
-        total_epochs = validate.positive_int("CosineLR", "total_epochs", total_epochs)
+    def __init__(self, optimizer: Any, total: int | None = None, min_lr: float = 0.0, *,
+                 warmup: int = 0, per_step: bool = False, total_epochs: int | None = None):
+        name = "total"
+        if total_epochs is not None:
+            if total is not None:
+                raise TypeError("CosineLR: pass total (total_epochs is its deprecated name), "
+                                "not both")
+            warnings.warn("CosineLR(total_epochs=...) is deprecated; use total=... (epochs, "
+                          "or optimizer steps with per_step=True)", DeprecationWarning,
+                          stacklevel=2)
+            total, name = total_epochs, "total_epochs"
+        if total is None:
+            raise TypeError("CosineLR: missing total, the length of the cosine in epochs (in "
+                            "optimizer steps with per_step=True)")
+        total = validate.positive_int("CosineLR", name, total)
         min_lr = validate.non_negative_float("CosineLR", "min_lr", min_lr)
         warmup = validate.non_negative_int("CosineLR", "warmup", warmup)
-        if warmup >= total_epochs:
-            raise ValueError(f"CosineLR: warmup must be an integer in [0, total_epochs="
-                             f"{total_epochs}), got {warmup!r}")
-        self.total_epochs, self.min_lr, self.warmup = total_epochs, min_lr, warmup
+        if warmup >= total:
+            raise ValueError(f"CosineLR: warmup must be an integer in [0, {name}={total}), "
+                             f"got {warmup!r}")
+        super().__init__(optimizer, per_step)
+        self.total, self.min_lr, self.warmup = total, min_lr, warmup
         optimizer.lr = self.rate(0)  # the warm-up starts below the base rate
 
+    @property
+    def total_epochs(self) -> int:
+        """Deprecated name of :attr:`total`."""
+        return self.total
+
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "total_epochs": self.total_epochs, "min_lr": self.min_lr,
+        return {**super().config(), "total": self.total, "min_lr": self.min_lr,
                 "warmup": self.warmup}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "total_epochs" in state and "total" not in state:  # saved under the old name
+            state = {**state, "total": state["total_epochs"]}
+        super().load_state_dict(state)
 
     def rate(self, epoch: int) -> float:
         if epoch < self.warmup:
             return self.base_lr * (epoch + 1) / self.warmup
-        done = min(1.0, (epoch - self.warmup) / (self.total_epochs - self.warmup))
+        done = min(1.0, (epoch - self.warmup) / (self.total - self.warmup))
         return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * done))

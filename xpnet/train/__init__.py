@@ -7,11 +7,13 @@
   device and read back in one sync.
 - progress.py: the tqdm bar and the per-epoch line (shown only when enabled).
 - guard.py: data checks before training and the divergence guard (:class:`TrainingDiverged`).
+- callbacks.py: :class:`EarlyStopping`, :class:`KeepBest`, run at the end of every epoch.
 - state.py: :class:`History` and :class:`RunState`, what a checkpoint holds besides the model
   and optimizer, and its validation on resume.
 - trainer.py: :class:`Trainer`, which calls these at fixed points of ``fit``.
 """
 
+from .callbacks import Callback, EarlyStopping, KeepBest
 from .evaluate import evaluate, predict
 from .guard import DivergenceGuard, TrainingDiverged, check_data
 from .metrics import Accuracy, MeanSquaredError, Metric, Totals, default_metrics
@@ -21,7 +23,8 @@ from .step import StepOutput, train_step
 from .trainer import Trainer
 
 __all__ = [
-    "Accuracy", "DivergenceGuard", "History", "MeanSquaredError", "Metric", "Progress",
-    "RunState", "StepOutput", "Totals", "Trainer", "TrainingDiverged", "check_data",
-    "default_metrics", "epoch_line", "evaluate", "predict", "train_step",
+    "Accuracy", "Callback", "DivergenceGuard", "EarlyStopping", "History", "KeepBest",
+    "MeanSquaredError", "Metric", "Progress", "RunState", "StepOutput", "Totals", "Trainer",
+    "TrainingDiverged", "check_data", "default_metrics", "epoch_line", "evaluate", "predict",
+    "train_step",
 ]

@@ -9,6 +9,7 @@ changed; :meth:`RunState.restore` then loads it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,19 @@ class History:
     ``lr`` (the mean learning rate of the epoch's steps), ``seconds``) and per-step records
     (``steps``: ``step``, ``epoch``, ``loss``, ``lr``).
 
-    ``history["loss"]`` lists one key over the epochs (NaN where a record lacks it).
+    ``history["loss"]`` lists one key over the epochs (NaN where a record lacks it). The
+    records keep the short names ``train_acc``/``test_acc`` (plots and checkpoints read them);
+    ``history["train_accuracy"]`` and ``history["test_accuracy"]``, the names of the examples'
+    JSON summaries, read the same lists.
     """
+
+    ALIASES = {"train_accuracy": "train_acc", "test_accuracy": "test_acc"}
 
     records: list[dict[str, float]] = field(default_factory=list)
     steps: list[dict[str, float]] = field(default_factory=list)
 
     def __getitem__(self, key: str) -> list[float]:
+        key = self.ALIASES.get(key, key)
         return [r.get(key, math.nan) for r in self.records]
 
     def __len__(self) -> int:
@@ -63,8 +70,9 @@ class RunState:
         self.rng = Generator(seed)
         self.history = History()
 
-    def meta(self, model: Module, schedule: Schedule | None, backend_name: str, *,
-             optimizer: Any = None, batch_size: int | None = None) -> dict[str, Any]:
+    def meta(self, model: Module, schedule: Schedule | None, backend_name: str,
+             callbacks: Sequence[Any] = (), *, optimizer: Any = None,
+             batch_size: int | None = None) -> dict[str, Any]:
         """The JSON part of a checkpoint (with the optimizer's class and settings and the batch
         size, which :meth:`validate` compares on resume)."""
         meta = {
@@ -72,7 +80,7 @@ class RunState:
             "layer_rngs": {k: g.get_state() for k, g in layer_generators(model).items()},
             "schedule": schedule.state_dict() if schedule is not None else None,
             "history": self.history.records, "history_steps": self.history.steps,
-            "backend": backend_name,
+            "backend": backend_name, "callbacks": [c.state_dict() for c in callbacks],
         }
         if optimizer is not None:
             meta["optimizer_config"] = optimizer_config(optimizer, schedule)
@@ -108,7 +116,7 @@ class RunState:
         _check_schedule(ck, path, schedule)
 
     def restore(self, ck: Checkpoint, *, model: Module, optimizer: Any,
-                schedule: Schedule | None, backend: Any,
+                schedule: Schedule | None, backend: Any, callbacks: Sequence[Any] = (),
                 override: dict[str, Any] | None = None) -> None:
         """Load a validated checkpoint into the model, optimizer, schedule and this state."""
         meta = ck.meta
@@ -124,6 +132,10 @@ class RunState:
         for k, state in meta.get("layer_rngs", {}).items():
             if k in gens:
                 gens[k].set_state(state)
+        saved = meta.get("callbacks", [])
+        if len(saved) == len(callbacks):  # early stopping's patience, keep-best's best value
+            for c, state in zip(callbacks, saved):
+                c.load_state_dict(state)
         self.history = History(list(meta.get("history", [])),
                                list(meta.get("history_steps", [])))
         if override and "lr" in override:

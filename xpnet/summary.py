@@ -1,0 +1,84 @@
+"""``Module.summary``: per-layer output shapes and parameter counts as a text table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace, device
+
+from .backend import current
+from .module import Module
+
+__all__ = ["summarize"]
+
+
+def _own_params(m: Module) -> tuple[int, int]:
+    total = trainable = 0
+    for n in m._param_names:
+        p = getattr(m, n)
+        if p is not None:
+            size = int(np.prod(p.shape))
+            total += size
+            trainable += size if p.trainable else 0
+    return total, trainable
+
+
+def summarize(model: Module, input_shape: tuple[int, ...]) -> str:
+    """See :meth:`Module.summary`."""
+    if not isinstance(input_shape, (tuple, list)) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape):
+        raise ValueError(f"summary: input_shape must be a tuple of positive integers (one "
+                         f"example, no batch axis), got {input_shape!r}")
+    params = list(model.parameters().values())
+    if params:
+        like = params[0].data
+        xp, dtype, dev = array_namespace(like), like.dtype, device(like)
+    else:
+        b = current()
+        xp, dtype, dev = b.xp, b.xp.float32, b.device
+    x = xp.zeros((2, *input_shape), dtype=dtype, device=dev)
+    rows: list[tuple[str, str, str, int, int]] = []
+    seen: set[str] = set()
+    patched = []
+    for path, m in model.modules().items():
+        if path and (list(m.children()) and not _own_params(m)[0]):
+            continue  # a container: its children have the rows
+        original = m.forward
+
+        def spy(*args: Any, _m: Module = m, _path: str = path, _f: Any = original,
+                **kw: Any) -> Any:
+            out = _f(*args, **kw)
+            if _path not in seen:
+                seen.add(_path)
+                shape = tuple(getattr(out, "shape", ()))
+                total, trainable = _own_params(_m)
+                rows.append((_path or "(model)", type(_m).__name__,
+                             str(("N", *shape[1:])).replace("'", ""), total, trainable))
+            return out
+
+        if path:  # the model's own forward is called directly below
+            object.__setattr__(m, "forward", spy)
+            patched.append(m)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.forward(x)
+    finally:
+        for m in patched:
+            del m.__dict__["forward"]
+        model.train(was_training)
+    total, trainable = _own_params(model)
+    if total or not rows:
+        rows.insert(0, ("(model)", type(model).__name__,
+                        str(("N", *tuple(out.shape)[1:])).replace("'", ""), total, trainable))
+    header = ("layer", "type", "output shape", "params", "trainable")
+    cells = [header] + [(a, b, c, f"{d:,}", f"{e:,}") for a, b, c, d, e in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in cells]
+    lines.insert(1, "-" * len(lines[0]))
+    n, t = model.num_parameters(), model.num_parameters(trainable_only=True)
+    lines.append(f"total: {n:,} parameters, {t:,} trainable, {n - t:,} frozen; "
+                 f"input (N, {', '.join(map(str, input_shape))})")
+    return "\n".join(lines)
