@@ -325,8 +325,8 @@ def test_host_list_input_is_refused(backend):
     (lambda: xpnet.BatchNorm(3, momentum=1.5), "momentum.*1.5"),
     (lambda: xpnet.BatchNorm(3, eps=0.0), "eps"),
     (lambda: xpnet.LeakyReLU(-0.1), "slope.*-0.1"),
-    (lambda: xpnet.Dropout(1.0), r"p must be in \[0, 1\), got 1.0"),
-    (lambda: xpnet.Dropout(-0.1), r"p must be in \[0, 1\), got -0.1"),
+    (lambda: xpnet.Dropout(1.0), r"Dropout: p must be a number in \[0, 1\), got 1.0"),
+    (lambda: xpnet.Dropout(-0.1), r"Dropout: p must be a number in \[0, 1\), got -0.1"),
     (lambda: xpnet.Dropout(1.5), "p must be"),
 ], ids=["linear-in-0", "linear-out-neg", "linear-float", "linear-bool", "bn-0",
         "bn-momentum", "bn-eps", "leaky-slope", "dropout-1", "dropout-neg", "dropout-1.5"])

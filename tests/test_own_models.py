@@ -25,6 +25,20 @@ def test_layers_without_rng_get_distinct_reproducible_weights():
         xpnet.manual_seed(-1)
 
 
+def test_convs_and_dropouts_without_rng_differ_and_reproduce(backend):
+    xpnet.manual_seed(3)
+    a, b = xpnet.Conv2d(2, 3, 3), xpnet.Conv2d(2, 3, 3)
+    assert not np.array_equal(to_np(a.W.data), to_np(b.W.data))
+    x = dev(np.ones((4, 64), dtype=np.float32))
+    d1, d2 = xpnet.Dropout(0.5), xpnet.Dropout(0.5)
+    m1, m2 = to_np(d1(x)), to_np(d2(x))
+    assert not np.array_equal(m1, m2)  # independent masks, not one stream twice
+    xpnet.manual_seed(3)
+    np.testing.assert_array_equal(to_np(xpnet.Conv2d(2, 3, 3).W.data), to_np(a.W.data))
+    xpnet.Conv2d(2, 3, 3)
+    np.testing.assert_array_equal(to_np(xpnet.Dropout(0.5)(x)), m1)
+
+
 def _step(model, opt, x, y):
     loss = xpnet.SoftmaxCrossEntropy()
     loss.forward(model.forward(x), y)

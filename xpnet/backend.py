@@ -313,7 +313,7 @@ def current() -> Backend:
     return _current if _current is not None else set_backend()
 
 
-get_backend = current
+get_backend = current  # an alias, not a second function: xpnet itself says current()
 
 
 def available_backends() -> dict[str, str]:

@@ -26,6 +26,7 @@ from .init import InitSpec, init_array
 from .layers import _positive
 from .module import Module, check_input
 from .rng import Generator
+from .seed import default_generator
 
 __all__ = ["AvgPool2d", "Conv2d", "ConvMaxPool2d", "MaxPool2d"]
 
@@ -65,7 +66,7 @@ class Conv2d(Module):
         _pair_check("Conv2d", kernel_size, stride, padding)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.k, self.stride, self.padding = kernel_size, stride, padding
-        rng = rng or Generator(0)
+        rng = rng or default_generator()  # advances: same-shaped layers differ
         fan_in, fan_out = in_channels * kernel_size ** 2, out_channels * kernel_size ** 2
         shape = (out_channels, in_channels, kernel_size, kernel_size)
         self.W = self.add_param("W", init_array(init, rng, shape, fan_in, fan_out, dtype,

@@ -13,11 +13,12 @@ import numpy as np
 from array_api_compat import array_namespace as _ns
 from array_api_compat import device
 
+from . import validate
 from .backend import Backend, to_device
 from .init import InitSpec, init_array
 from .module import Module, check_input
 from .rng import Generator
-from .seed import default_generator
+from .seed import default_generator, spawn_generator
 
 __all__ = ["BatchNorm", "Dropout", "Flatten", "LeakyReLU", "Linear", "ReLU", "Sequential",
            "Sigmoid", "Softmax", "Tanh"]
@@ -93,8 +94,7 @@ class LeakyReLU(Module):
 
     def __init__(self, slope: float = 0.01):
         super().__init__()
-        if slope < 0:
-            raise ValueError(f"LeakyReLU: slope must be >= 0, got {slope}")
+        slope = validate.non_negative_float("LeakyReLU", "slope", slope)
         self.slope = slope
 
     def extra_repr(self) -> str:
@@ -158,10 +158,8 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, *, rng: Generator | None = None):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
-        self.p = p
-        self.rng = rng or Generator(0)
+        self.p = validate.probability("Dropout", "p", p)
+        self.rng = rng or spawn_generator()  # its own stream: two Dropouts differ
         self._scale: Array = None
 
     def extra_repr(self) -> str:
@@ -199,10 +197,8 @@ class BatchNorm(Module):
                  sync: bool = False, dtype: str = "float32", backend: Backend | None = None):
         super().__init__()
         self.num_features = _positive("num_features", num_features, "BatchNorm")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"BatchNorm: momentum must be in [0, 1], got {momentum}")
-        if eps <= 0:
-            raise ValueError(f"BatchNorm: eps must be positive, got {eps}")
+        momentum = validate.probability("BatchNorm", "momentum", momentum, closed=True)
+        eps = validate.positive_float("BatchNorm", "eps", eps)
         if not isinstance(sync, bool):
             raise TypeError(f"BatchNorm: sync must be True or False, got {sync!r}")
         self.momentum, self.eps, self.sync = momentum, eps, sync

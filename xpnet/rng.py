@@ -26,7 +26,7 @@ class Generator:
     """
 
     def __init__(self, seed: int | None = 0):
-        self.seed = seed
+        self.seed = seed  # the seed it was built with, shown by repr (draws move the state)
         self.host = np.random.default_rng(seed)
         # data parallelism: rank r's device draws are mixed with r, so the ranks' dropout
         # masks differ while the host state (what checkpoints save) stays the same everywhere
@@ -65,3 +65,6 @@ class Generator:
     def set_state(self, state: dict) -> None:
         """Restore a state from :meth:`get_state`."""
         self.host.bit_generator.state = state
+
+    def __repr__(self) -> str:
+        return f"Generator(seed={self.seed})"

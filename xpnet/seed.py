@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .rng import Generator
 
-__all__ = ["default_generator", "manual_seed"]
+__all__ = ["default_generator", "manual_seed", "spawn_generator"]
 
 _default = Generator(0)
 
@@ -28,3 +28,10 @@ def manual_seed(seed: int) -> Generator:
     global _default
     _default = Generator(seed)
     return _default
+
+
+def spawn_generator() -> Generator:
+    """A new Generator seeded from the default one, for a layer that keeps its own stream
+    (Dropout's masks): two such layers draw different masks, and ``manual_seed`` makes them
+    reproducible."""
+    return Generator(int(_default.uniform_host((), 0.0, 2.0 ** 31)))
