@@ -182,18 +182,19 @@ def small_net(bn: bool = False, sync: bool = True) -> xpnet.Module:
 
 
 def trainer(model: xpnet.Module, comm: distributed.Communicator | None, batch: int = 100,
-            checkpoint: str | None = None):
+            checkpoint: str | None = None, accumulate: int = 1):
     from xpnet.train import Trainer
     frozen = getattr(model, "frozen", ())
     trained = {k: p for k, p in model.parameters().items() if k not in frozen}
     adam = getattr(model, "adam", {"lr": 1e-2})
     return Trainer(model, xpnet.Adam(trained, **adam), batch_size=batch, seed=3, comm=comm,
-                   checkpoint=checkpoint, eval_batch_size=64)
+                   checkpoint=checkpoint, eval_batch_size=64, accumulate=accumulate)
 
 
-def fit(model, comm, epochs: int, batch: int = 100, checkpoint=None, resume=False):
+def fit(model, comm, epochs: int, batch: int = 100, checkpoint=None, resume=False,
+        accumulate: int = 1):
     x, y, xt, yt = data()
-    tr = trainer(model, comm, batch, checkpoint)
+    tr = trainer(model, comm, batch, checkpoint, accumulate)
     if resume:
         tr.resume(checkpoint)
     tr.fit(x, y, epochs, x_test=xt, y_test=yt)
@@ -244,6 +245,14 @@ def check_trainer(comm: distributed.Communicator, out: Path) -> dict[str, float]
             abs(a - b) for k in history_keys for a, b in zip(dist.history[k], ref.history[k]))
         assert errors[name] < 1e-10 and errors[name + "_history"] < 1e-10, (name, errors)
         assert dist.history.steps[-1]["step"] == 2 * (-(-N_TRAIN // batch))
+
+    # gradient accumulation and data parallelism together (both linear gradient hooks):
+    # 2 ranks x 2 micro-batches of 50 (25 per rank) step like 1 process x batch 100
+    dist = fit(small_net(), comm, 2, 50, accumulate=2)
+    ref = fit(small_net(), one, 2, 100)
+    errors["accumulate_2x50"] = max_error(params(dist.model), params(ref.model))
+    assert errors["accumulate_2x50"] < 1e-10, errors
+    assert dist.history.steps[-1]["step"] == ref.history.steps[-1]["step"]
 
     x, y, _, _ = data()
     try:  # a per-rank seed would break the shared batch order: refused on every rank

@@ -243,7 +243,7 @@ def test_trainer_on_two_ranks_is_one_process_with_the_global_batch(tmp_path):
     errors = dict(kv.split("=") for line in result.stdout.splitlines()
                   if line.startswith("ERRORS ") for kv in line.split()[1:])
     assert {k: float(v) for k, v in errors.items()}["plain"] < 1e-10, errors
-    assert len(errors) == 12 and "OK 12 checks" in result.stdout, out
+    assert len(errors) == 13 and "OK 13 checks" in result.stdout, out
 
     one = distributed.SingleProcess()
     with use_backend("numpy"):
