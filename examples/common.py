@@ -243,7 +243,9 @@ def set_backend(name: str | None) -> xpnet.Backend:
             and not os.environ.get("XPNET_DEVICE"):
         backend = xpnet.set_backend(backend.name, distributed.device_for_local_rank(comm))
     if comm.size > 1:
-        log(f"data parallel: {comm.size} ranks (MPI), global batch split across them")
+        threads = getattr(comm, "threads", None)
+        log(f"data parallel: {comm.size} ranks (MPI), global batch split across them"
+            + (f", {threads} thread(s) per rank" if threads else ""))
     return backend
 
 

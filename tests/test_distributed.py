@@ -295,3 +295,24 @@ def test_mnist_cnn_under_mpiexec_prints_one_summary_equal_to_one_process():
     assert runs[2]["global_batch_size"] == runs[1]["global_batch_size"] == 100
     assert abs(runs[2]["test_accuracy"] - runs[1]["test_accuracy"]) <= 0.003
     assert abs(runs[2]["train_loss"] - runs[1]["train_loss"]) < 1e-5
+
+
+def test_ranks_share_the_cores_unless_the_user_set_a_thread_count(monkeypatch):
+    """2 ranks on one node each get cores // 2 threads (BLAS via threadpoolctl, xpnet's copies
+    via XPNET_NUM_THREADS); a count the user set is left alone; one rank changes nothing."""
+    import threadpoolctl
+
+    calls = []
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", lambda limits: calls.append(limits))
+    for var in distributed.THREAD_VARIABLES:  # "" counts as unset; undone after the test
+        monkeypatch.setenv(var, "")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert distributed.share_cores(1) is None and calls == []
+    assert distributed.share_cores(2) == 4
+    assert calls == [4] and os.environ["XPNET_NUM_THREADS"] == "4"
+    from xpnet import ops
+    assert ops.copy_threads() == 4
+    monkeypatch.setenv("XPNET_NUM_THREADS", "")
+    assert distributed.share_cores(16) == 1  # never below one thread
+    monkeypatch.setenv("XPNET_NUM_THREADS", "3")  # the user's (or an earlier rank setup's)
+    assert distributed.share_cores(2) is None and calls == [4, 1]

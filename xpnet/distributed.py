@@ -178,6 +178,35 @@ class SingleProcess(Communicator):
     """World size 1: every collective is the identity, mpi4py is never imported."""
 
 
+THREAD_VARIABLES = ("XPNET_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "MKL_NUM_THREADS")
+
+
+def share_cores(local_size: int) -> int | None:
+    """Give each of the ``local_size`` ranks on this node its share of the cores.
+
+    Every rank's BLAS and xpnet's copy threads would otherwise each use all cores: 2 ranks on
+    2 cores ran 10x slower than one process. Like torchrun (which sets OMP_NUM_THREADS=1), a
+    rank then gets ``cores // local_size`` threads (at least 1): the BLAS pools through
+    threadpoolctl, xpnet's copies through ``XPNET_NUM_THREADS``. A thread count the user set
+    in one of :data:`THREAD_VARIABLES` is left alone. Returns the count set, or None.
+    """
+    if local_size <= 1 or any(os.environ.get(v) for v in THREAD_VARIABLES):
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    threads = max(1, cores // local_size)
+    os.environ["XPNET_NUM_THREADS"] = str(threads)  # read by xpnet.ops.copy_threads
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # BLAS threads stay as they are
+        return threads
+    threadpool_limits(limits=threads)  # a call, not a context: it stays in force
+    return threads
+
+
 class MPICommunicator(Communicator):
     """Collectives on ``MPI.COMM_WORLD`` (or a given communicator)."""
 
@@ -193,6 +222,7 @@ class MPICommunicator(Communicator):
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
+        self.threads = share_cores(self.local_size)
         self._nccl_comm: Any = None
         self.cuda_aware = os.environ.get("XPNET_CUDA_AWARE_MPI", "") == "1"
 
