@@ -324,9 +324,12 @@ def test_to_grid_and_grid_cols_fast_match_generic_and_reference(backend, shape, 
             np.testing.assert_array_equal(to_np(gen), expected)
 
 
+@pytest.mark.parametrize("threading", ["blas", "tasks"])
 @pytest.mark.parametrize("chunk_bytes", [None, 64], ids=["whole", "chunked"])
 @pytest.mark.parametrize("shape,k,p", GRID_CASES)
-def test_grid_matmul_fast_matches_generic(backend, shape, k, p, chunk_bytes, monkeypatch):
+def test_grid_matmul_fast_matches_generic(backend, shape, k, p, chunk_bytes, threading,
+                                          monkeypatch):
+    monkeypatch.setenv("XPNET_GRID_THREADING", threading)
     if chunk_bytes:
         monkeypatch.setattr(ops, "GRID_CHUNK_BYTES", chunk_bytes)
     host = _rand(shape)
@@ -340,6 +343,17 @@ def test_grid_matmul_fast_matches_generic(backend, shape, k, p, chunk_bytes, mon
                                 transpose=True, generic=generic)
         np.testing.assert_allclose(to_np(fwd), w_host @ cols1, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(to_np(wgrad), g_host @ cols1.T, rtol=1e-12, atol=1e-12)
+
+
+def test_grid_threading_is_read_from_the_environment_and_checked(monkeypatch):
+    monkeypatch.delenv("XPNET_GRID_THREADING", raising=False)
+    assert ops.grid_threading() == "blas"
+    monkeypatch.setenv("XPNET_GRID_THREADING", "tasks")
+    assert ops.grid_threading() == "tasks"
+    monkeypatch.setenv("XPNET_GRID_THREADING", "fast")
+    with pytest.raises(ValueError, match="XPNET_GRID_THREADING: expected 'blas' or 'tasks', "
+                                         "got 'fast'"):
+        ops.grid_threading()
 
 
 def test_workspace_reuses_shares_and_reallocates(backend):
