@@ -352,6 +352,9 @@ def abort_on_error(comm: Communicator | None = None) -> Iterator[Communicator]:
         report_and_abort(c, exc)
 
 
+ABORT_GRACE_SECONDS = 1.0  # time for the launcher to forward the error before Abort
+
+
 def report_and_abort(c: Communicator, exc: BaseException, text: str | None = None) -> None:
     """Print the error once and end the job. Rank 0 reports at once; another rank first waits
     a moment, so that an error every rank hits at the same point (bad data, a mismatch) is
@@ -367,6 +370,9 @@ def report_and_abort(c: Communicator, exc: BaseException, text: str | None = Non
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         sys.stderr.write(f"[rank {c.rank}/{c.size}] {text.rstrip()}\n")
         sys.stderr.flush()
+        # the launcher forwards a rank's output asynchronously: an immediate Abort can tear the
+        # job down before the message reaches the user (seen 1 run in 4 under mpiexec)
+        time.sleep(ABORT_GRACE_SECONDS)
     c.abort(code)
 
 
