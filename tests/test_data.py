@@ -538,3 +538,16 @@ def test_loader_validation(kwargs, match):
     args = {"x": np.zeros((5, 2), np.float32), "y": np.zeros(5, np.int64)} | kwargs
     with pytest.raises(ValueError, match=match):
         BatchLoader(args.pop("x"), args.pop("y"), **args)
+
+
+def test_free_device_memory_is_none_on_host_backends(backend):
+    """The loader's residency question goes through one backend hook (backend.py names the
+    libraries, loader.py does not); host backends have no device memory to fill."""
+    from xpnet.backend import free_device_memory
+
+    if backend.name == "cupy":
+        assert free_device_memory(backend) > 0
+    elif backend.name == "torch" and backend.device.type == "cuda":
+        assert free_device_memory(backend) > 0
+    else:
+        assert free_device_memory(backend) is None

@@ -23,8 +23,8 @@ from .hostmem import keep_freed_memory
 
 __all__ = [
     "BACKENDS", "Backend", "BackendError", "DeviceMismatchError", "as_host", "available_backends",
-    "check_same_device", "current", "device_scope", "get_backend", "resolve_backend",
-    "set_backend", "to_device", "to_numpy",
+    "check_same_device", "current", "device_scope", "free_device_memory", "get_backend",
+    "resolve_backend", "set_backend", "to_device", "to_numpy",
 ]
 
 log = logging.getLogger("xpnet")
@@ -314,6 +314,21 @@ def current() -> Backend:
 
 
 get_backend = current  # an alias, not a second function: xpnet itself says current()
+
+
+def free_device_memory(backend: Backend) -> int | None:
+    """Bytes free on ``backend``'s GPU (CuPy's pool cache counted as free), or None for a
+    host backend. The loader asks this to decide whether a data set can live on the GPU."""
+    if backend.name == "cupy":
+        import cupy
+        with backend.device:
+            free, _ = cupy.cuda.runtime.memGetInfo()
+        return int(free + cupy.get_default_memory_pool().free_bytes())  # the cache is reusable
+    if backend.name == "torch" and backend.device.type == "cuda":
+        import torch
+        free, _ = torch.cuda.mem_get_info(backend.device)
+        return int(free)
+    return None
 
 
 def available_backends() -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Backend, as_host, current, device_scope, to_device
+from ..backend import Backend, as_host, current, device_scope, free_device_memory, to_device
 from ..rng import Generator
 
 __all__ = ["BatchLoader"]
@@ -164,14 +164,7 @@ def fits_on_device(nbytes: int, backend: Backend, fraction: float = 0.5) -> bool
 
     CPU backends return False: there, host gathering is already zero-transfer.
     """
-    if backend.name == "cupy":
-        import cupy
-        with backend.device:
-            free, _ = cupy.cuda.runtime.memGetInfo()
-        free += cupy.get_default_memory_pool().free_bytes()  # cached by CuPy, reusable
-    elif backend.name == "torch" and backend.device.type == "cuda":
-        import torch
-        free, _ = torch.cuda.mem_get_info(backend.device)
-    else:
+    free = free_device_memory(backend)
+    if free is None:
         return False
     return nbytes <= fraction * free
