@@ -304,8 +304,8 @@ class _Pool2d(Module):
         """Scatter-add window patches (N, C, OH, OW, k, k) back to the input's shape."""
         n, c, h, w = self._x_shape
         p = self.padding
-        img = xp.zeros((n, c, h + 2 * p, w + 2 * p), dtype=patches.dtype,
-                       device=device(patches))
+        img = ops.alloc(xp.zeros, (n, c, h + 2 * p, w + 2 * p), patches.dtype,
+                        device(patches))
         ops.add_windows(img, patches, self.stride, xp=xp)
         return img[:, :, p:p + h, p:p + w] if p else img
 
@@ -336,7 +336,7 @@ class MaxPool2d(_Pool2d):
         alloc = xp.empty if tiled else xp.zeros
         # channel-major memory, like a convolution's output: the gradient flowing on into
         # ReLU and Conv2d backward then needs no layout-changing copy
-        img = xp.permute_dims(alloc((c, n, hp, wp), dtype=dout.dtype, device=device(dout)),
+        img = xp.permute_dims(ops.alloc(alloc, (c, n, hp, wp), dout.dtype, device(dout)),
                               (1, 0, 2, 3))
         slices = list(self._slices(oh, ow))
         for i, g in _route_max_grad(dout, self._beats):
@@ -415,8 +415,8 @@ class ConvMaxPool2d(Conv2d):
         xp = array_namespace(dout)
         f = self.out_channels
         d_pooled = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (f, -1))
-        blocks = xp.empty((f, self.pool ** 2, d_pooled.shape[1]), dtype=dout.dtype,
-                          device=device(dout))
+        blocks = ops.alloc(xp.empty, (f, self.pool ** 2, d_pooled.shape[1]), dout.dtype,
+                           device(dout))
         for i, g in _route_max_grad(d_pooled, self._beats):
             blocks[:, i, :] = g
         return xp.reshape(blocks, (f, -1))

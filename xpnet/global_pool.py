@@ -6,6 +6,7 @@ from typing import Any
 
 from array_api_compat import array_namespace, device
 
+from . import ops
 from .module import Module, check_input
 
 __all__ = ["GlobalAvgPool2d"]
@@ -25,5 +26,5 @@ class GlobalAvgPool2d(Module):
     def backward(self, dout: Array) -> Array:
         xp = array_namespace(dout)
         n, c, h, w = self._shape
-        spread = xp.zeros(self._shape, dtype=dout.dtype, device=device(dout))
+        spread = ops.alloc(xp.zeros, self._shape, dout.dtype, device(dout))
         return spread + xp.reshape(dout / (h * w), (n, c, 1, 1))  # a fresh, writable array

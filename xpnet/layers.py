@@ -29,8 +29,7 @@ Array = Any
 def _positive(name: str, value: int, owner: str) -> int:
     """The library's one positive-integer check (xpnet.validate: NumPy integers accepted,
     bools refused): ``value`` as an int, else "<owner>: <name> must be a positive integer"."""
-    from .validate import positive_int
-    return positive_int(owner, name, value)
+    return validate.positive_int(owner, name, value)
 
 
 class Linear(Module):

@@ -40,13 +40,13 @@ from array_api_compat import array_namespace, device
 
 from .backend import device_scope
 
-__all__ = ["Workspace", "add_windows", "col2im", "fast_path_kind", "grid_cols", "im2col",
+__all__ = ["Workspace", "add_windows", "alloc", "col2im", "fast_path_kind", "grid_cols", "im2col",
            "offset_slices", "out_size", "pad2d", "to_grid", "uniform", "windows"]
 
 Array = Any
 
 
-def _alloc(make: Callable, shape: Any, dtype: Any, dev: Any) -> Array:
+def alloc(make: Callable, shape: Any, dtype: Any, dev: Any) -> Array:
     """``make(shape, dtype=, device=)`` on ``dev``: CuPy's creation functions ignore
     ``device=`` under array-api-compat and allocate on the current GPU instead."""
     with device_scope(dev):
@@ -351,7 +351,7 @@ class Workspace:
                 and (self._shapes[key] == shape if zero else old.shape[0] >= numel)):
             return xp.reshape(old[:numel], shape), False
         self._arrays.pop(key, None)  # free the old one before allocating its successor
-        new = _alloc((xp.zeros if zero else xp.empty), (numel,), dtype, dev)
+        new = alloc((xp.zeros if zero else xp.empty), (numel,), dtype, dev)
         self._arrays[key], self._shapes[key] = new, shape
         return xp.reshape(new, shape), True
 
@@ -420,12 +420,12 @@ def _to_grid_generic(xp, x, grid_hw, start, tail, ws, key):
     n, c, h, w = x.shape
     hg, wg = grid_hw
     r0, c0 = start
-    g = _alloc(xp.zeros, (c, n, hg, wg), x.dtype, device(x))
+    g = alloc(xp.zeros, (c, n, hg, wg), x.dtype, device(x))
     g[:, :, r0:r0 + h, c0:c0 + w] = xp.permute_dims(x, (1, 0, 2, 3))
     flat = xp.reshape(g, (c, n * hg * wg))
     if not tail:
         return flat
-    return xp.concat([flat, _alloc(xp.zeros, (c, tail), x.dtype, device(x))], axis=1)
+    return xp.concat([flat, alloc(xp.zeros, (c, tail), x.dtype, device(x))], axis=1)
 
 
 def _to_grid_into(xp, x, grid_hw, start, tail, ws, key):
@@ -435,7 +435,7 @@ def _to_grid_into(xp, x, grid_hw, start, tail, ws, key):
     length = n * hg * wg
     shape = (c, length + tail)
     if ws is None:
-        buf = _alloc(xp.zeros, shape, x.dtype, device(x))
+        buf = alloc(xp.zeros, shape, x.dtype, device(x))
     else:  # only the interior is ever written: the zero borders of a reused buffer stay zero
         buf, _ = ws.get(key, shape, x.dtype, xp=xp, like=x, zero=True)
     grid = buf[:, :length].reshape(c, n, hg, wg)
@@ -463,7 +463,7 @@ def to_grid(x: Array, grid_hw: tuple[int, int], start: tuple[int, int] = (0, 0),
 def _grid_cols_generic(xp, flat, k, wg, length, ones_row, ws, key):
     parts = [flat[:, i * wg + j:i * wg + j + length] for i in range(k) for j in range(k)]
     if ones_row:
-        parts.append(_alloc(xp.ones, (1, length), flat.dtype, device(flat)))
+        parts.append(alloc(xp.ones, (1, length), flat.dtype, device(flat)))
     return xp.concat(parts, axis=0)
 
 
@@ -471,7 +471,7 @@ def _grid_cols_into(xp, flat, k, wg, length, ones_row, ws, key):
     c = flat.shape[0]
     shape = (k * k * c + int(ones_row), length)
     if ws is None:
-        cols = _alloc(xp.empty, shape, flat.dtype, device(flat))
+        cols = alloc(xp.empty, shape, flat.dtype, device(flat))
     else:  # the buffer may be shared with other roles: the ones row is written every time
         cols, _ = ws.get(key, shape, flat.dtype, xp=xp, like=flat)
     if ones_row:
@@ -591,13 +591,8 @@ def _grid_matmul_chunked(xp, w, flat, k, wg, length, ones_row, transpose):
         return out
     result = partials[0]
     for part in partials[1:]:
-        result = _iadd(result, part)
+        result += part
     return result
-
-
-def _iadd(a: Array, b: Array) -> Array:
-    a += b
-    return a
 
 
 class _single_threaded_blas:

@@ -260,12 +260,14 @@ class Optimizer:
                 h: _Hyper) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def _groups_state(self) -> list[dict[str, Any]]:
+        """The explicit parameter groups as saved in :meth:`state_dict` (JSON-ready)."""
+        return [{"params": g.names, "lr_scale": g.lr_scale, "weight_decay": g.weight_decay,
+                 "l1": g.l1} for g in self.param_groups[:self._explicit_groups]]
+
     def state_dict(self) -> dict[str, Any]:
         """Step count, learning rate and per-parameter state as host NumPy arrays."""
-        return {"t": self.t, "lr": self.lr,
-                "groups": [{"params": g.names, "lr_scale": g.lr_scale,
-                            "weight_decay": g.weight_decay, "l1": g.l1}
-                           for g in self.param_groups[:self._explicit_groups]],
+        return {"t": self.t, "lr": self.lr, "groups": self._groups_state(),
                 "state": {n: {k: np.array(to_numpy(v)) for k, v in s.items()} for n, s in
                           self.state.items()}}
 
@@ -275,7 +277,7 @@ class Optimizer:
         if unknown:
             raise KeyError(f"{type(self).__name__}: saved state names parameters {unknown} "
                            "that this optimizer does not have")
-        ours = self.state_dict()["groups"]
+        ours = self._groups_state()  # not state_dict(): that copies every slot to the host
         saved_groups = state.get("groups", [])  # absent: saved before groups existed
         if [g["params"] for g in saved_groups] != [g["params"] for g in ours]:
             raise ValueError(f"{type(self).__name__}: the saved state has parameter groups "

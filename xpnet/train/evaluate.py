@@ -51,11 +51,14 @@ def _eval_loss(loss: Any) -> Any:
 
 
 def evaluate(model: Module, loss: Any, x: Any, y: Any, *, metrics: list[Metric] | None = None,
-             batch_size: int = 1000, backend: Backend | None = None) -> dict[str, float]:
+             batch_size: int = 1000, backend: Backend | None = None,
+             check: bool = True) -> dict[str, float]:
     """Mean loss over the examples of ``(x, y)`` and each metric, in evaluation mode.
 
     ``metrics`` defaults to :func:`default_metrics` of the loss (accuracy for cross-entropy).
     Returns ``{"loss": ..., "acc": ...}`` (one key per metric name); one host sync in all.
+    ``check=False`` skips the label-range and finiteness passes over the data, for a caller
+    that has checked it already (``Trainer.fit`` checks its test data once, not every epoch).
     """
     y = _indexable(y)
     if num_examples(x) != num_examples(y):
@@ -63,12 +66,13 @@ def evaluate(model: Module, loss: Any, x: Any, y: Any, *, metrics: list[Metric] 
                          "expected equal counts")
     if num_examples(x) == 0:
         raise ValueError("evaluate: x is empty; expected at least one example")
-    if isinstance(loss, SoftmaxCrossEntropy):  # one reduction: labels in range, else named
+    if check and isinstance(loss, SoftmaxCrossEntropy):  # one reduction: labels in range
         num_classes = getattr(model, "num_classes", None)
         if num_classes is None:
             num_classes = _num_outputs(model, x, backend)
         check_targets(y, "evaluate: y", num_classes)
-    check_finite(x, "evaluate: x")
+    if check:
+        check_finite(x, "evaluate: x")
     b = backend or current()
     loss_fn = _eval_loss(loss)
     totals = Totals(default_metrics(loss) if metrics is None else metrics, weighted=True)

@@ -32,6 +32,7 @@ from ..distributed import (
 )
 from ..module import Module
 from ..optim import Optimizer
+from .guard import num_examples
 from .state import layer_generators
 
 __all__ = ["DataParallel"]
@@ -126,7 +127,7 @@ class DataParallel:
         combined over ranks into the means over all of it."""
         if not self.active:
             return run(x, y)
-        n = int(x.shape[0]) if hasattr(x, "shape") else len(x)
+        n = num_examples(x)
         a, b = shard_bounds(n, self.comm.rank, self.comm.size)
         part = run(x[a:b], y[a:b]) if b > a else None
         keys = self.comm.broadcast_object(sorted(part) if part is not None else None)

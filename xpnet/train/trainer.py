@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Backend, current, to_device, to_numpy
+from ..backend import Backend, as_host, current, to_device
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.loader import BatchLoader
 from ..distributed import Communicator
@@ -67,7 +67,7 @@ class _TargetBatches:
 
     def __init__(self, loader: BatchLoader, y: Any, backend: Backend):
         self.loader, self.backend = loader, backend
-        self.y = to_device(np.asarray(y), backend=backend)
+        self.y = to_device(y, backend=backend)  # host NumPy already (as_host)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -146,7 +146,7 @@ class Trainer:
         self.loss = loss if loss is not None else SoftmaxCrossEntropy(check_range=False)
         self.metrics = default_metrics(self.loss) if metrics is None else list(metrics)
         self.schedule = schedule
-        self.log_interval = max(1, log_interval)
+        self.log_interval = int(log_interval)  # check_trainer_args refused values below 1
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.backend = backend or current()
         self.state = RunState(seed)
@@ -271,13 +271,15 @@ class Trainer:
         self.parallel.start({"epoch": self.state.epoch, "step": self.state.step,
                              "batch order": self.rng.get_state(), "batch_size": self.batch_size})
         loader = self._loader(x_train, y_train)
-        self._global_sizes = self.parallel.global_sizes(n, self.batch_size)
+        self._global_sizes = (self.parallel.global_sizes(n, self.batch_size)
+                              if self.parallel.active else None)
         accumulating = self.accumulate > 1
         if accumulating:
             was = {n: p.accumulate for n, p in self.model.parameters().items()}
             self.model.accumulate_grads(True)
             remove_hook = self.optimizer.register_grad_hook(self._average_accumulated)
         self.stopped_early = False
+        self._test_checked = False
         try:
             while self.state.epoch < epochs and not self.stopped_early:
                 self._run_epoch(loader, x_test, y_test)
@@ -309,7 +311,7 @@ class Trainer:
                                  "such as 'loss'")
 
     def _loader(self, x: Any, y: Any) -> Iterable[tuple[Any, Any]]:
-        y = np.asarray(to_numpy(y)) if hasattr(y, "shape") else np.asarray(y)
+        y = as_host(y, "y_train")
         if y.dtype.kind in "iu":
             return BatchLoader(x, y, self.batch_size, shuffle=True, rng=self.rng,
                                drop_last=self.drop_last, backend=self.backend,
@@ -330,8 +332,10 @@ class Trainer:
         record = {"epoch": self.state.epoch + 1, "loss": result.pop("loss")}
         record.update({f"train_{k}": v for k, v in result.items() if k != "lr"})
         record.update(lr=result["lr"], seconds=seconds)
-        if x_test is not None:
-            record.update({f"test_{k}": v for k, v in self.evaluate(x_test, y_test).items()})
+        if x_test is not None:  # the test data's checks run at the first evaluation of a fit
+            scores = self._evaluate(x_test, y_test, check=not self._test_checked)
+            self._test_checked = True
+            record.update({f"test_{k}": v for k, v in scores.items()})
         self.state.epoch += 1
         if self.schedule is not None and not self.schedule.per_step:
             self.schedule.step()
@@ -345,9 +349,12 @@ class Trainer:
     def evaluate(self, x: Any, y: Any) -> dict[str, float]:
         """``{"loss": ..., <metric>: ...}`` on (x, y), in evaluation mode (see
         :func:`xpnet.train.evaluate`)."""
+        return self._evaluate(x, y, check=True)
+
+    def _evaluate(self, x: Any, y: Any, check: bool) -> dict[str, float]:
         def run(xs: Any, ys: Any) -> dict[str, float]:
             return evaluate(self.model, self.loss, xs, ys, metrics=self.metrics,
-                            batch_size=self.eval_batch_size, backend=self.backend)
+                            batch_size=self.eval_batch_size, backend=self.backend, check=check)
 
         return self.parallel.evaluate(run, x, y)  # N ranks: each its share, then reduced
 
