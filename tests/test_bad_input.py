@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import dev as _dev  # a copy of host data on the current backend
 
 import xpnet
 from xpnet import validate
@@ -129,10 +130,6 @@ def _cosine() -> dict:
     ctx = _opt()
     ctx["sched"] = xpnet.CosineLR(ctx["opt"], 10)
     return ctx
-
-
-def _dev(a, dtype=None):
-    return xpnet.to_device(np.array(a, copy=True), dtype=dtype)
 
 
 def _loss_ctx() -> dict:

@@ -131,8 +131,7 @@ def test_dropout_draws_every_float_dtype(backend, dtype):
     np.testing.assert_allclose(xpnet.to_numpy(out)[kept], 2.0)
 
 
-# Trainer (xpnet/train.py, owned by the Trainer split) still reads its data with len() and
-# np.asarray(): device arrays fail there. The rule it should follow is xpnet.backend.as_host.
+# The Trainer takes device arrays like host ones (the one rule: xpnet.backend.as_host).
 
 @pytest.mark.parametrize("method", ["fit", "evaluate", "predict"])
 def test_trainer_accepts_device_arrays(monkeypatch, method):

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -50,13 +49,16 @@ def clean_env() -> dict[str, str]:
 
 
 def launch(*args: str, n: int = 2, timeout: float = LAUNCH_TIMEOUT
-           ) -> tuple[subprocess.CompletedProcess, float]:
-    """Run the worker under ``mpiexec -n n``; returns (result, seconds)."""
+           ) -> subprocess.CompletedProcess:
+    """Run the worker under ``mpiexec -n n``; a job still running after ``timeout`` seconds
+    fails the test (the time limits of the fault tests are these timeouts, not timings)."""
     cmd = [mpiexec(), "-n", str(n), sys.executable, str(WORKER), *args]
-    t0 = time.monotonic()
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                            env=clean_env(), cwd=ROOT)
-    return result, time.monotonic() - t0
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env=clean_env(), cwd=ROOT)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"mpiexec {' '.join(args)}: the job did not end within {timeout} s "
+                    f"({exc.stderr!r})")
 
 
 # ---------------------------------------------------------------------- launcher detection
@@ -98,7 +100,14 @@ def test_single_process_collectives_are_the_identity(backend):
     distributed.GradientAverager(comm)(params)
     assert all(params[k].grad is before[k] for k in params)  # not even a copy
     assert comm.allreduce_host([2.0, 3.0]) == [2.0, 3.0]
-    assert comm.check_identical(model) == comm.check_identical(model)
+    digest = comm.check_identical(model)  # a SHA-256 of the parameters: changes with them
+    assert len(digest) == 64 and int(digest, 16) >= 0
+    w = model[0].W
+    old = w.data
+    w.data = dev(to_np(old) + 1e-12)
+    assert comm.check_identical(model) != digest
+    w.data = old
+    assert comm.check_identical(model) == digest
 
 
 def test_bucket_bytes_is_validated():
@@ -148,7 +157,7 @@ def test_sync_must_be_a_bool():
 def test_two_rank_collectives():
     """Averaging per dtype and bucket size on numpy/torch/array_api_strict, broadcast of model
     and optimizer, checksum mismatch detection, sync BatchNorm vs one process."""
-    result, _ = launch("collectives")
+    result = launch("collectives")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("OK")]
     assert len(lines) == 1, result.stdout  # rank 0 alone reports
@@ -179,15 +188,15 @@ def test_two_rank_collectives_over_nccl():
 
 
 def test_an_exception_on_one_rank_ends_the_job_once():
-    result, seconds = launch("raise", timeout=60)
+    result = launch("raise", timeout=60)
     out = result.stdout + result.stderr
     assert result.returncode != 0, out
     assert out.count("ValueError: deliberate failure on rank 1") == 1, out
-    assert "[rank 1/2]" in out and seconds < 60
+    assert "[rank 1/2]" in out
 
 
 def test_an_error_every_rank_raises_is_shown_by_rank_0_only():
-    result, _ = launch("collective", timeout=60)
+    result = launch("collective", timeout=60)
     out = result.stdout + result.stderr
     assert result.returncode != 0, out
     assert out.count("ReplicaMismatch: deliberate mismatch") == 1, out
@@ -195,9 +204,8 @@ def test_an_error_every_rank_raises_is_shown_by_rank_0_only():
 
 
 def test_a_rank_killed_with_sigkill_ends_the_job_within_60_s():
-    result, seconds = launch("sigkill", timeout=60)
+    result = launch("sigkill", timeout=60)
     assert result.returncode != 0, result.stdout + result.stderr
-    assert seconds < 60
 
 
 # ---------------------------------------------------------------------- loader shards
@@ -237,7 +245,7 @@ def test_trainer_on_two_ranks_is_one_process_with_the_global_batch(tmp_path):
     one process."""
     import distributed_worker as w
 
-    result, _ = launch("trainer", str(tmp_path))
+    result = launch("trainer", str(tmp_path))
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     errors = dict(kv.split("=") for line in result.stdout.splitlines()
@@ -262,8 +270,8 @@ def test_a_rank_killed_mid_training_leaves_a_checkpoint_that_resumes(tmp_path):
 
     from xpnet.checkpoint import load_checkpoint
 
-    result, seconds = launch("killed", str(tmp_path), timeout=60)
-    assert result.returncode != 0 and seconds < 60, result.stdout + result.stderr
+    result = launch("killed", str(tmp_path), timeout=60)
+    assert result.returncode != 0, result.stdout + result.stderr
     ck = tmp_path / "killed.npz"
     assert load_checkpoint(ck).meta["epoch"] == 1
     one = distributed.SingleProcess()

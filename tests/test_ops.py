@@ -326,7 +326,7 @@ def test_to_grid_and_grid_cols_fast_match_generic_and_reference(backend, shape, 
 
 @pytest.mark.parametrize("threading", ["blas", "tasks"])
 @pytest.mark.parametrize("chunk_bytes", [None, 64], ids=["whole", "chunked"])
-@pytest.mark.parametrize("shape,k,p", GRID_CASES)
+@pytest.mark.parametrize("shape,k,p", [*GRID_CASES, ((2, 3, 16, 16), 3, 1)])
 def test_grid_matmul_fast_matches_generic(backend, shape, k, p, chunk_bytes, threading,
                                           monkeypatch):
     monkeypatch.setenv("XPNET_GRID_THREADING", threading)
@@ -334,6 +334,8 @@ def test_grid_matmul_fast_matches_generic(backend, shape, k, p, chunk_bytes, thr
         monkeypatch.setattr(ops, "GRID_CHUNK_BYTES", chunk_bytes)
     host = _rand(shape)
     _, cols_ref, wg, length = _grid_ref(host, k, p)
+    if chunk_bytes and length > 512:  # the long case really is split (blocks >= 256 columns)
+        assert len(ops._grid_chunks(cols_ref.shape[0] + 1, length, 8, 2)) > 1
     flat = ops.to_grid(dev(host), (shape[2] + 2 * p, wg), (p, p), (k - 1) * (wg + 1))
     w_host, g_host = _rand((4, cols_ref.shape[0] + 1), seed=1), _rand((4, length), seed=2)
     cols1 = np.concatenate([cols_ref, np.ones((1, length))])

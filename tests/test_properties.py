@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import dev, to_np
+from test_conv import _out, _ref_conv, _ref_maxpool_backward, _ref_pool  # the loop references
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
@@ -27,55 +28,6 @@ from xpnet.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 # between examples, which is what the health check warns about
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def _out(n: int, k: int, s: int, p: int) -> int:
-    return (n + 2 * p - k) // s + 1
-
-
-def _ref_conv(x, w, b, s, p):
-    n, c, h, wd = x.shape
-    f, _, k, _ = w.shape
-    xpad = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-    out = np.zeros((n, f, _out(h, k, s, p), _out(wd, k, s, p)))
-    for i_n in range(n):
-        for i_f in range(f):
-            for i in range(out.shape[2]):
-                for j in range(out.shape[3]):
-                    acc = b[i_f]
-                    for i_c in range(c):
-                        for a in range(k):
-                            for bb in range(k):
-                                acc += xpad[i_n, i_c, i * s + a, j * s + bb] * w[i_f, i_c, a, bb]
-                    out[i_n, i_f, i, j] = acc
-    return out
-
-
-def _ref_pool(x, k, s, p, kind):
-    n, c, h, w = x.shape
-    xpad = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)),
-                  constant_values=-np.inf if kind == "max" else 0.0)
-    out = np.zeros((n, c, _out(h, k, s, p), _out(w, k, s, p)))
-    for i in range(out.shape[2]):
-        for j in range(out.shape[3]):
-            win = xpad[:, :, i * s:i * s + k, j * s:j * s + k]
-            out[:, :, i, j] = win.max(axis=(2, 3)) if kind == "max" else win.mean(axis=(2, 3))
-    return out
-
-
-def _ref_maxpool_backward(x, dout, k, s, p):
-    """Each window's gradient goes to its first maximum in row-major order (PyTorch's rule)."""
-    n, c, h, w = x.shape
-    xpad = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-np.inf)
-    dx = np.zeros_like(xpad)
-    for b in range(n):
-        for ch in range(c):
-            for i in range(dout.shape[2]):
-                for j in range(dout.shape[3]):
-                    win = xpad[b, ch, i * s:i * s + k, j * s:j * s + k]
-                    a, bb = np.unravel_index(np.argmax(win), win.shape)
-                    dx[b, ch, i * s + a, j * s + bb] += dout[b, ch, i, j]
-    return dx[:, :, p:p + h, p:p + w]
 
 
 @st.composite
