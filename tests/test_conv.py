@@ -101,15 +101,19 @@ def _conv(k, s, p, dtype="float64", seed=1, path="auto"):
     return layer
 
 
-# Conv2d's two formulations: "grid" (stride 1 over the padded grid, blocked column copies) and
-# "im2col" (strided im2col, col2im or a transposed convolution for the input gradient)
-PATHS = pytest.mark.parametrize("path", ["auto", "grid", "im2col"])
+# Conv2d's formulations: "grid" (stride 1 over the padded grid, blocked column copies),
+# "im2col" (strided im2col, col2im or a transposed convolution for the input gradient) and
+# "native" (the backend's own convolution: torch only; "auto" picks it there)
+PATHS = pytest.mark.parametrize("path", ["auto", "native", "grid", "im2col"])
 
 
 def _skip_grid_for_strides(path, k, s, p):
     if path == "grid" and (s != 1 or p > k - 1):
         pytest.skip("the grid formulation is stride 1 with padding <= k - 1 only (path='grid' "
                     "falls back to im2col, which the 'im2col' cases test)")
+    if path == "native" and xpnet.ops.native_conv2d(xpnet.backend.current().xp) is None:
+        pytest.skip("this backend has no convolution of its own (path='native' runs what "
+                    "'auto' runs, which the 'auto' cases test)")
 
 
 @pytest.fixture(params=[None, 2048], ids=["whole", "chunked"])
@@ -189,8 +193,44 @@ def test_conv2d_grid_equals_im2col_forward_and_backward(backend, shape, k, p, gr
                                        to_np(getattr(ref, name).grad), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("k,s,p", CONV_CASES + [pytest.param(3, 1, 3, id="k3s1p3")])
+def test_conv2d_native_equals_grid_and_im2col(backend, k, s, p):
+    """The backend's own convolution (torch) against xpnet's formulations: output, W/b
+    gradients and input gradient, float64, over two steps."""
+    if xpnet.ops.native_conv2d(backend.xp) is None:
+        pytest.skip(f"{backend.name} has no convolution of its own: nothing to compare")
+    layers = {path: _conv(k, s, p, path=path) for path in ("native", "grid", "im2col")}
+    for step in range(2):
+        x = dev(_rand((3, 2, 7, 6), seed=step))
+        ys = {path: layer(x) for path, layer in layers.items()}
+        assert layers["native"]._mode == "native" and layers["im2col"]._mode == "im2col"
+        dout = dev(_rand(tuple(ys["im2col"].shape), seed=10 + step))
+        dxs = {path: layer.backward(dout) for path, layer in layers.items()}
+        for path in ("grid", "im2col"):
+            np.testing.assert_allclose(to_np(ys["native"]), to_np(ys[path]), rtol=1e-12,
+                                       atol=1e-12, err_msg=path)
+            np.testing.assert_allclose(to_np(dxs["native"]), to_np(dxs[path]), rtol=1e-12,
+                                       atol=1e-12, err_msg=path)
+            for name in ("W", "b"):
+                np.testing.assert_allclose(to_np(getattr(layers["native"], name).grad),
+                                           to_np(getattr(layers[path], name).grad),
+                                           rtol=1e-12, atol=1e-12, err_msg=f"{path} {name}")
+
+
+def test_conv2d_native_keeps_nothing_in_eval_mode(backend):
+    if xpnet.ops.native_conv2d(backend.xp) is None:
+        pytest.skip(f"{backend.name} has no convolution of its own")
+    layer = _conv(3, 1, 1, path="native")
+    layer.eval()
+    y = layer(dev(_rand(X_SHAPE)))
+    assert layer._mode == "native" and layer._cols is None
+    with pytest.raises(RuntimeError, match="needs a forward pass"):
+        layer.backward(dev(np.ones(tuple(y.shape))))
+
+
 @PATHS
 def test_conv2d_backward_without_input_grad_and_the_param_backward_alias(backend, path):
+    _skip_grid_for_strides(path, 3, 1, 1)
     layer = _conv(3, 1, 1, path=path)
     x, dout = dev(_rand(X_SHAPE)), dev(_rand((2, 3, 5, 6), seed=1))
     layer(x)
@@ -210,9 +250,12 @@ def test_conv2d_auto_path_and_bad_path(backend):
         layer = xpnet.Conv2d(2, 3, k, stride=stride, padding=padding)
         layer(dev(np.zeros((1, 2, 6, 6), dtype=np.float32)))
         return layer._mode
-    assert mode(1, 1) == "grid" and mode(1, 2) == "grid" and mode(1, 0, k=1) == "grid"
-    assert mode(2, 1) == "im2col"  # stride 2
-    assert mode(1, 3) == "im2col"  # padding beyond k - 1: no shared-padding grid
+    if backend.name == "torch":  # torch's own convolution, whatever the geometry
+        assert {mode(1, 1), mode(1, 2), mode(2, 1), mode(1, 3)} == {"native"}
+    else:
+        assert mode(1, 1) == "grid" and mode(1, 2) == "grid" and mode(1, 0, k=1) == "grid"
+        assert mode(2, 1) == "im2col"  # stride 2
+        assert mode(1, 3) == "im2col"  # padding beyond k - 1: no shared-padding grid
     layer = xpnet.Conv2d(2, 3, 3, padding=1)
     layer.path = "fast"
     with pytest.raises(ValueError, match="path must be"):

@@ -74,10 +74,11 @@ class Conv2d(Module):
         self.b = self.add_param("b", init_array("zeros", rng, (out_channels,), fan_in,
                                                 fan_out, dtype, backend))
 
-    #: "auto" (the grid formulation where it applies: stride 1 and padding <= k - 1; else
-    #: im2col), "grid" (the same: it falls back to im2col where it does not apply) or
-    #: "im2col" (im2col + one matmul; the input gradient by col2im, or for stride 1 as a
-    #: convolution of the output gradient on the grid)
+    #: "auto" (the backend's own convolution where it has one, :func:`xpnet.ops.native_conv2d`:
+    #: torch; else the grid formulation where it applies: stride 1 and padding <= k - 1; else
+    #: im2col), "native" (the same as "auto"), "grid" (the grid; it falls back to im2col where
+    #: it does not apply) or "im2col" (im2col + one matmul; the input gradient by col2im, or for
+    #: stride 1 as a convolution of the output gradient on the grid)
     path = "auto"
 
     def extra_repr(self) -> str:
@@ -92,15 +93,25 @@ class Conv2d(Module):
         return xp
 
     def _use_grid(self) -> bool:
-        if self.path not in ("auto", "grid", "im2col"):
-            raise ValueError(f"{self!r}: path must be 'auto', 'grid' or 'im2col', got "
-                             f"{self.path!r}")
+        if self.path not in ("auto", "native", "grid", "im2col"):
+            raise ValueError(f"{self!r}: path must be 'auto', 'native', 'grid' or 'im2col', "
+                             f"got {self.path!r}")
         return self.path != "im2col" and self.stride == 1 and self.padding <= self.k - 1
+
+    def _native(self, xp: Any) -> ops.NativeConv2d | None:
+        return ops.native_conv2d(xp) if self.path in ("auto", "native") else None
 
     def forward(self, x: Array) -> Array:
         xp = self._check(x)
         oh, ow = _out_hw(self, x, self.k, self.stride, self.padding)
-        if self._use_grid():
+        use_grid = self._use_grid()  # (checks the path first)
+        native = self._native(xp)
+        if native is not None:
+            self._mode, self._x_shape = "native", tuple(x.shape)
+            self._out_shape = (x.shape[0], self.out_channels, oh, ow)
+            self._cols = x if self.training else None  # all backward needs: x itself
+            return native.forward(x, self.W.data, self.b.data, self.stride, self.padding)
+        if use_grid:
             return self._forward_grid(xp, x, oh, ow)
         xp, out = self._conv_matrix(x, pool=1)
         n, _, oh, ow = self._out_shape
@@ -174,6 +185,11 @@ class Conv2d(Module):
         if getattr(self, "_cols", None) is None:
             raise RuntimeError(f"{self!r}: backward needs a forward pass first")
         xp = array_namespace(dout)
+        if self._mode == "native":
+            dx, dw, db = ops.native_conv2d(xp).backward(dout, self._cols, self.W.data,
+                                                        self.stride, self.padding, input_grad)
+            self.W.grad, self.b.grad = dw, db
+            return dx if input_grad else None
         if self._mode == "grid":
             return self._backward_grid(xp, dout, input_grad)
         d = self._output_grad_matrix(dout)

@@ -22,6 +22,9 @@ function            fallback (standard only)                     fast paths
                                                                  over threads, single-threaded
                                                                  BLAS per block)
 ``uniform``         host NumPy draw, then transfer               torch, cupy (device generator)
+``native_conv2d``   None: the layer's own formulations (grid,    torch (F.conv2d and
+                    im2col) are the fallback                     aten.convolution_backward:
+                                                                 oneDNN on CPU, cuDNN on CUDA)
 ==================  ===========================================  =================================
 """
 
@@ -31,7 +34,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import array_api_compat
 import array_api_extra as xpx
@@ -40,8 +43,9 @@ from array_api_compat import array_namespace, device
 
 from .backend import device_scope
 
-__all__ = ["Workspace", "add_windows", "alloc", "col2im", "fast_path_kind", "grid_cols", "im2col",
-           "offset_slices", "out_size", "pad2d", "to_grid", "uniform", "windows"]
+__all__ = ["NativeConv2d", "Workspace", "add_windows", "alloc", "col2im", "fast_path_kind",
+           "grid_cols", "im2col", "native_conv2d", "offset_slices", "out_size", "pad2d",
+           "to_grid", "uniform", "windows"]
 
 Array = Any
 
@@ -653,3 +657,42 @@ def grid_matmul(w: Array, flat: Array, k: int, wg: int, length: int, *, ones_row
     xp = xp or array_namespace(flat)
     fn = _dispatch(_GRID_MATMUL, _grid_matmul_generic, xp, generic)
     return fn(xp, w, flat, k, wg, length, ones_row, transpose)
+
+
+# ------------------------------------------------------------------ the library's own convolution
+class NativeConv2d(NamedTuple):
+    """A library's own 2-D convolution (NCHW, square kernel, symmetric padding, no bias
+    broadcasting tricks): ``forward(x, w, b, stride, padding) -> out`` and
+    ``backward(dout, x, w, stride, padding, input_grad) -> (dx or None, dw, db)``."""
+
+    forward: Callable[..., Array]
+    backward: Callable[..., tuple[Array | None, Array, Array]]
+
+
+def _conv2d_torch_forward(x, w, b, stride, padding):
+    import torch
+    return torch.nn.functional.conv2d(x, w, b, stride=stride, padding=padding)
+
+
+def _conv2d_torch_backward(dout, x, w, stride, padding, input_grad):
+    import torch
+    # the kernel autograd itself calls for conv2d (one call: all three gradients)
+    dx, dw, db = torch.ops.aten.convolution_backward(
+        dout, x, w, [w.shape[0]], [stride, stride], [padding, padding], [1, 1], False,
+        [0, 0], 1, [bool(input_grad), True, True])
+    return dx, dw, db
+
+
+_NATIVE_CONV2D = {"torch": NativeConv2d(_conv2d_torch_forward, _conv2d_torch_backward)}
+
+
+def native_conv2d(xp: Any) -> NativeConv2d | None:
+    """The backend's own convolution, or None where it has none (NumPy, CuPy, any other
+    standard library: :class:`xpnet.Conv2d` then runs its grid or im2col formulation, which
+    is the fallback every native path is tested against).
+
+    On torch it is ``F.conv2d`` and the ``convolution_backward`` kernel autograd uses (oneDNN
+    on CPU, cuDNN on CUDA): an xpnet model on the torch backend convolves as fast as the same
+    model in PyTorch. NumPy has no convolution; xpnet's grid is its fast path there.
+    """
+    return _NATIVE_CONV2D.get(fast_path_kind(xp))
