@@ -54,14 +54,9 @@ def main():
         return float(loss)
 
     def evaluate(state, x, y):
-        model = state[0]
-        model.eval()
-        try:
-            return bc.batched_accuracy(
-                lambda xb: xpnet.to_numpy(backend.xp.argmax(model.forward(xpnet.to_device(xb)),
-                                                            axis=1)), x, y)
-        finally:
-            model.train()
+        model = state[0]  # predict: evaluation mode, under xpnet.no_grad (nothing cached)
+        return bc.batched_accuracy(lambda xb: xpnet.train.predict(model, xb, batch_size=len(xb)),
+                                   x, y)
 
     info = dict(framework=f"xpnet-{backend.name}", version=xpnet.__version__,
                 backend_version=backend.version, numpy=np.__version__, dtype="float32")

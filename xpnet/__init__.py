@@ -31,7 +31,7 @@ from .layers import (
     Tanh,
 )
 from .losses import MSE, SoftmaxCrossEntropy
-from .module import Module, Parameter
+from .module import Module, Parameter, no_grad
 from .normalization import LayerNorm
 from .optim import SGD, AdaGrad, Adam, AdamW, Momentum, Nesterov, RMSProp, clip_grad_norm
 from .rng import Generator
@@ -47,5 +47,6 @@ __all__ = [
     "LayerNorm", "LeakyReLU", "Linear", "MaxPool2d", "Module", "Momentum", "Nesterov",
     "Parameter", "RMSProp", "ReLU", "SGD", "Sequential", "Sigmoid", "Softmax",
     "SoftmaxCrossEntropy", "StepLR", "Tanh", "available_backends", "clip_grad_norm", "current",
-    "get_backend", "manual_seed", "set_backend", "to_device", "to_numpy", "__version__",
+    "get_backend", "manual_seed", "no_grad", "set_backend", "to_device", "to_numpy",
+    "__version__",
 ]

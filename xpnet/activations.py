@@ -25,6 +25,8 @@ class GELU(Module):
     ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``. The Array API has no ``erf``, so the
     exact form is not offered; the two differ by less than 1e-3."""
 
+    _caches = ("_x", "_t")  # dropped under no_grad
+
     def forward(self, x: Array) -> Array:
         xp = array_namespace(x)
         t = xp.tanh(_C * (x + 0.044715 * x * x * x))
@@ -40,6 +42,8 @@ class GELU(Module):
 class ELU(Module):
     """Exponential linear unit (Clevert et al. 2016): ``x`` for x > 0, else
     ``alpha (exp(x) - 1)``."""
+
+    _caches = ("_mask", "_neg")  # dropped under no_grad
 
     def __init__(self, alpha: float = 1.0):
         super().__init__()

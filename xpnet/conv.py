@@ -56,6 +56,8 @@ class Conv2d(Module):
     output (N, out_channels, OH, OW) with OH = (H + 2*padding - k) // stride + 1.
     """
 
+    _caches = ("_cols",)  # dropped under no_grad
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
                  stride: int = 1, padding: int = 0, init: InitSpec = "he",
                  rng: Generator | None = None, dtype: str = "float32",
@@ -335,6 +337,8 @@ class MaxPool2d(_Pool2d):
     needs neither the input nor an argmax.
     """
 
+    _caches = ("_beats",)  # dropped under no_grad
+
     def forward(self, x: Array) -> Array:
         xp, xpad, oh, ow = self._prepare(x, -float("inf"))
         out, self._beats = _max_of(xp, [xpad[sl] for sl in self._slices(oh, ow)], self.training)
@@ -399,6 +403,8 @@ class ConvMaxPool2d(Conv2d):
     images the pool-blocked im2col copy runs over short rows and costs more than it saves
     (DeepConvNet keeps Conv2d + MaxPool2d).
     """
+
+    _caches = ("_cols", "_beats")  # dropped under no_grad
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
                  pool: int = 2, stride: int = 1, padding: int = 0, init: InitSpec = "he",

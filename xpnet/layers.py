@@ -16,7 +16,7 @@ from array_api_compat import device
 from . import validate
 from .backend import Backend, to_device
 from .init import InitSpec, init_array
-from .module import Module, check_input
+from .module import Module, check_input, grad_enabled
 from .rng import Generator
 from .seed import default_generator, spawn_generator
 
@@ -40,6 +40,8 @@ class Linear(Module):
     ``rng``, or without it from the process-wide default Generator
     (:func:`xpnet.manual_seed`), which advances so that every layer gets its own weights.
     """
+
+    _caches = ("_x",)  # dropped under no_grad
 
     def __init__(self, in_features: int, out_features: int, *, init: InitSpec = "he",
                  bias: bool = True, rng: Generator | None = None, dtype: str = "float32",
@@ -79,9 +81,11 @@ class ReLU(Module):
     """max(x, 0). The backward mask is kept as a float array: multiplying by it is several
     times faster than ``where`` with a scalar on NumPy."""
 
+    _caches = ("_mask",)  # dropped under no_grad
+
     def forward(self, x: Array) -> Array:
         xp = _ns(x)
-        self._mask = xp.astype(x > 0, x.dtype)
+        self._mask = xp.astype(x > 0, x.dtype) if grad_enabled() else None
         return xp.maximum(x, 0.0)
 
     def backward(self, dout: Array) -> Array:
@@ -90,6 +94,8 @@ class ReLU(Module):
 
 class LeakyReLU(Module):
     """x for x > 0, slope * x otherwise."""
+
+    _caches = ("_mask",)  # dropped under no_grad
 
     def __init__(self, slope: float = 0.01):
         super().__init__()
@@ -110,6 +116,8 @@ class LeakyReLU(Module):
 class Sigmoid(Module):
     """1 / (1 + exp(-x)), computed without overflow for large |x|."""
 
+    _caches = ("_y",)  # dropped under no_grad
+
     def forward(self, x: Array) -> Array:
         xp = _ns(x)
         e = xp.exp(-xp.abs(x))
@@ -123,6 +131,8 @@ class Sigmoid(Module):
 class Tanh(Module):
     """tanh(x)."""
 
+    _caches = ("_y",)  # dropped under no_grad
+
     def forward(self, x: Array) -> Array:
         self._y = _ns(x).tanh(x)
         return self._y
@@ -134,6 +144,8 @@ class Tanh(Module):
 class Softmax(Module):
     """Softmax over ``axis`` (default 1, the class axis). For training use
     :class:`xpnet.losses.SoftmaxCrossEntropy`, which fuses softmax into the loss."""
+
+    _caches = ("_y",)  # dropped under no_grad
 
     def __init__(self, axis: int = 1):
         super().__init__()
@@ -154,6 +166,8 @@ class Softmax(Module):
 class Dropout(Module):
     """Inverted dropout: in training, zero each unit with probability p and scale the rest by
     1/(1-p), so evaluation is the identity. Masks are drawn on the device from ``rng``."""
+
+    _caches = ("_scale",)  # dropped under no_grad
 
     def __init__(self, p: float = 0.5, *, rng: Generator | None = None):
         super().__init__()
@@ -191,6 +205,8 @@ class BatchNorm(Module):
     examples each normalise exactly like one process with B: three small Allreduces per layer
     and step. In one process ``sync=True`` computes the same as ``sync=False``.
     """
+
+    _caches = ("_cache",)  # dropped under no_grad
 
     def __init__(self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5,
                  sync: bool = False, dtype: str = "float32", backend: Backend | None = None):

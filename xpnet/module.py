@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +14,29 @@ import numpy as np
 
 from .backend import Backend, check_same_device, current, to_device, to_numpy
 
-__all__ = ["Module", "Parameter", "StateDictError", "check_input"]
+__all__ = ["Module", "Parameter", "StateDictError", "check_input", "grad_enabled", "no_grad"]
+
+_GRAD = threading.local()
+
+
+def grad_enabled() -> bool:
+    """False inside :func:`no_grad` (in this thread)."""
+    return getattr(_GRAD, "enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad() -> Iterator[None]:
+    """Forward passes inside keep nothing for backward (PyTorch's ``torch.no_grad``, Chainer's
+    ``no_backprop_mode``): each layer drops the arrays it lists in ``_caches`` as soon as its
+    forward returns, so evaluating a batch holds about two activations at a time instead of
+    every layer's mask and input. :func:`xpnet.evaluate` and :func:`xpnet.predict` run inside
+    it. A backward after such a forward raises a RuntimeError."""
+    before = grad_enabled()
+    _GRAD.enabled = False
+    try:
+        yield
+    finally:
+        _GRAD.enabled = before
 
 
 class StateDictError(ValueError, KeyError):
@@ -125,6 +149,10 @@ class Module:
         object.__setattr__(self, "_buffer_names", [])
         self.training = True
 
+    #: the attributes a forward caches for backward, dropped after a forward under
+    #: :func:`no_grad` (a subclass lists its own; unlisted caches are simply kept)
+    _caches: tuple[str, ...] = ()
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Wrap a subclass's own ``forward`` and ``backward``: ``forward`` notes that it ran,
         ``backward`` refuses to run before it (a named RuntimeError instead of an
@@ -135,8 +163,14 @@ class Module:
         if own_forward is not None and not getattr(own_forward, "_xpnet_wrapped", False):
             @functools.wraps(own_forward)
             def forward(self: Module, *args: Any, **kw: Any) -> Any:
-                self.__dict__["_forwarded"] = True
-                return own_forward(self, *args, **kw)
+                if grad_enabled():
+                    self.__dict__["_forwarded"] = True
+                    return own_forward(self, *args, **kw)
+                self.__dict__.pop("_forwarded", None)
+                out = own_forward(self, *args, **kw)
+                for name in type(self)._caches:  # keep nothing for a backward (no_grad)
+                    self.__dict__[name] = None
+                return out
 
             forward._xpnet_wrapped = True
             cls.forward = forward
@@ -151,7 +185,8 @@ class Module:
         def backward(self: Module, dout: Array, *, input_grad: bool = True) -> Array:
             if "_forwarded" not in self.__dict__:
                 raise RuntimeError(f"{self!r}: backward was called before forward; call "
-                                   "forward first (backward uses what forward cached)")
+                                   "forward first (backward uses what forward cached; a "
+                                   "forward under xpnet.no_grad() caches nothing)")
             if takes_flag:
                 return own(self, dout, input_grad=input_grad)
             return own(self, dout)

@@ -25,6 +25,8 @@ class LayerNorm(Module):
     (zeros) have that shape, as in PyTorch's ``LayerNorm(..., elementwise_affine=True)``.
     """
 
+    _caches = ("_cache",)  # dropped under no_grad
+
     def __init__(self, normalized_shape: int | tuple[int, ...], *, eps: float = 1e-5,
                  dtype: str = "float32", backend: Backend | None = None):
         super().__init__()

@@ -15,7 +15,7 @@ from array_api_compat import array_namespace
 
 from ..backend import Backend, current, to_device, to_numpy
 from ..losses import SoftmaxCrossEntropy
-from ..module import Module
+from ..module import Module, no_grad
 from .guard import check_finite, check_targets, num_examples
 from .metrics import Metric, Totals, default_metrics
 
@@ -26,8 +26,8 @@ Array = Any
 
 def _outputs(model: Module, x: Any, batch_size: int, backend: Backend | None
              ) -> Iterator[tuple[int, Array]]:
-    """``(start, model output)`` per batch of ``x`` (host or device), in evaluation mode; the
-    model's previous mode is restored afterwards."""
+    """``(start, model output)`` per batch of ``x`` (host or device), in evaluation mode and
+    under :func:`xpnet.no_grad`; the model's previous mode is restored afterwards."""
     b = backend or current()
     x = _indexable(x)
     was_training = model.training
@@ -35,7 +35,9 @@ def _outputs(model: Module, x: Any, batch_size: int, backend: Backend | None
     try:
         n = num_examples(x)
         for i in range(0, n, batch_size):
-            yield i, model.forward(to_device(x[i:min(i + batch_size, n), ...], backend=b))
+            with no_grad():  # nothing kept for a backward: about two activations at a time
+                out = model.forward(to_device(x[i:min(i + batch_size, n), ...], backend=b))
+            yield i, out
     finally:
         model.train(was_training)
 
