@@ -11,6 +11,8 @@ xpnet / reference, and optionally the examples' own ``images_per_second`` and a 
     python benchmarks/run.py --json results.json      # also write every raw result
     python benchmarks/run.py --models deep cnn mlp --rounds 5 --layers   # DeepConvNet too,
                                                       # plus the per-layer conv/pool table
+    python benchmarks/run.py --extra-backends torch   # also xpnet on its torch backend
+                                                      # (row "xpnet-torch"), same run
 
 DeepConvNet (``deep``) runs on ``--deep-train-limit`` images (6,000 by default: its epoch is
 long) and has no textbook NumPy reference.
@@ -44,18 +46,30 @@ def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+#: xpnet on further backends (``--extra-backends``), as rows "xpnet-<backend>"
+EXTRA_BACKENDS: list[str] = []
+
+
 def impls_for(model: str) -> list[str]:
-    """The references a model has: the textbook NumPy script has no DeepConvNet."""
-    return [i for i in REFERENCES if not (model == "deep" and i == "numpy-textbook")]
+    """The references a model has (the textbook NumPy script has no DeepConvNet), with a row
+    per extra xpnet backend after xpnet's own."""
+    impls = [i for i in REFERENCES if not (model == "deep" and i == "numpy-textbook")]
+    return impls[:2] + [f"xpnet-{b}" for b in EXTRA_BACKENDS] + impls[2:]
+
+
+def xpnet_impls(model: str) -> list[str]:
+    return [i for i in impls_for(model) if i.startswith("xpnet")]
 
 
 def bench(impl: str, model: str, args: argparse.Namespace, batch_size: int = 100,
           threads: int | None = None, train_limit: int | None = None) -> dict:
-    cmd = [sys.executable, str(REFERENCES[impl]), "--model", model, "--json",
+    backend = impl.split("-", 1)[1] if impl.startswith("xpnet-") else args.backend
+    script = REFERENCES["xpnet" if impl.startswith("xpnet") else impl]
+    cmd = [sys.executable, str(script), "--model", model, "--json",
            "--threads", str(threads or args.threads), "--batch-size", str(batch_size),
            "--data-dir", str(args.data_dir / "mnist")]
-    if impl == "xpnet":
-        cmd += ["--backend", args.backend]
+    if impl.startswith("xpnet"):
+        cmd += ["--backend", backend]
     if train_limit:
         cmd += ["--train-limit", str(train_limit)]
     res = run_json(cmd)
@@ -93,14 +107,17 @@ def main_table(args: argparse.Namespace) -> dict:
                       "peak_rss_mb": median(runs, "peak_rss_mb"),
                       "runs_images_per_s": [r["images_per_s"] for r in runs]}
                for impl, runs in by_impl.items()}
-        x = row["xpnet"]["images_per_s"]
-        row["ratio_vs_torch"] = x / row["torch"]["images_per_s"]
-        # round by round (same machine state): the median of the per-round ratios
-        row["ratio_vs_torch_rounds"] = [a["images_per_s"] / b["images_per_s"] for a, b in
-                                        zip(by_impl["xpnet"], by_impl["torch"], strict=True)]
-        row["ratio_vs_torch_median_of_rounds"] = statistics.median(row["ratio_vs_torch_rounds"])
-        if "numpy-textbook" in row:
-            row["ratio_vs_numpy_textbook"] = x / row["numpy-textbook"]["images_per_s"]
+        for impl in xpnet_impls(model):  # "ratio_vs_torch" for xpnet, "...@xpnet-torch" etc.
+            tag = "" if impl == "xpnet" else f"@{impl}"
+            x = row[impl]["images_per_s"]
+            row["ratio_vs_torch" + tag] = x / row["torch"]["images_per_s"]
+            # round by round (same machine state): the median of the per-round ratios
+            rounds = [a["images_per_s"] / b["images_per_s"] for a, b in
+                      zip(by_impl[impl], by_impl["torch"], strict=True)]
+            row["ratio_vs_torch_rounds" + tag] = rounds
+            row["ratio_vs_torch_median_of_rounds" + tag] = statistics.median(rounds)
+            if "numpy-textbook" in row:
+                row["ratio_vs_numpy_textbook" + tag] = x / row["numpy-textbook"]["images_per_s"]
         summary[model] = row
     return {"summary": summary, "raw": results}
 
@@ -116,15 +133,18 @@ def print_table(summary: dict) -> None:
             print(f"| {model} | {impl} | {r['images_per_s']:,.0f} | "
                   f"{r['epoch_seconds_60k']:.2f} | {r['test_accuracy']:.4f} | "
                   f"{r['peak_rss_mb']:.0f} | {runs} |")
-    print("\n| model | xpnet / torch (medians) | median of round ratios | round ratios |"
-          " xpnet / textbook NumPy |")
-    print("| --- | --- | --- | --- | --- |")
+    print("\n| model | xpnet row | xpnet / torch (medians) | median of round ratios |"
+          " round ratios | xpnet / textbook NumPy |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for model, row in summary.items():
-        rounds = " / ".join(f"{r:.2f}" for r in row["ratio_vs_torch_rounds"])
-        textbook = (f"{row['ratio_vs_numpy_textbook']:.2f}x" if "ratio_vs_numpy_textbook" in row
-                    else "-")
-        print(f"| {model} | {row['ratio_vs_torch']:.2f}x | "
-              f"{row['ratio_vs_torch_median_of_rounds']:.2f}x | {rounds} | {textbook} |")
+        for impl in xpnet_impls(model):
+            tag = "" if impl == "xpnet" else f"@{impl}"
+            rounds = " / ".join(f"{r:.2f}" for r in row["ratio_vs_torch_rounds" + tag])
+            textbook = row.get("ratio_vs_numpy_textbook" + tag)
+            textbook = "-" if textbook is None else f"{textbook:.2f}x"
+            print(f"| {model} | {impl} | {row['ratio_vs_torch' + tag]:.2f}x | "
+                  f"{row['ratio_vs_torch_median_of_rounds' + tag]:.2f}x | {rounds} | "
+                  f"{textbook} |")
 
 
 def scaling(args: argparse.Namespace) -> list[dict]:
@@ -197,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="interleaved rounds; 0 skips the main table (default: 2)")
     p.add_argument("--threads", type=int, default=2, help="threads for all (default: 2)")
     p.add_argument("--backend", default="numpy", help="xpnet backend (default: numpy)")
+    p.add_argument("--extra-backends", nargs="*", default=[],
+                   help="also run xpnet on these backends, interleaved in the same rounds, as "
+                        "rows 'xpnet-<backend>' (e.g. torch; default: none)")
     p.add_argument("--train-limit", type=int, default=None,
                    help="training images per epoch, all frameworks (default: all 60000)")
     p.add_argument("--textbook-train-limit", type=int, default=None,
@@ -227,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write all results here "
                    "(default: none)")
     args = p.parse_args(argv)
+    EXTRA_BACKENDS[:] = args.extra_backends
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     out = {"date": started, "machine": machine_line(), "argv": sys.argv[1:]}
     print(f"\n{started}  {out['machine']}")

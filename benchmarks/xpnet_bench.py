@@ -29,6 +29,7 @@ def main():
 
     import xpnet
     from xpnet.models import DeepConvNet, SimpleConvNet, TwoLayerNet
+    from xpnet.train import predict
 
     backend = xpnet.set_backend(args.backend)
     data = bc.load_mnist(args.data_dir, flatten=args.model == "mlp", dtype="float32",
@@ -55,8 +56,7 @@ def main():
 
     def evaluate(state, x, y):
         model = state[0]  # predict: evaluation mode, under xpnet.no_grad (nothing cached)
-        return bc.batched_accuracy(lambda xb: xpnet.train.predict(model, xb, batch_size=len(xb)),
-                                   x, y)
+        return bc.batched_accuracy(lambda xb: predict(model, xb, batch_size=len(xb)), x, y)
 
     info = dict(framework=f"xpnet-{backend.name}", version=xpnet.__version__,
                 backend_version=backend.version, numpy=np.__version__, dtype="float32")
