@@ -315,6 +315,35 @@ def test_conv_maxpool2d_equals_conv2d_then_maxpool2d(backend, k, s, p, pool, tie
                                    err_msg=n)
 
 
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("k,s,p,pool", FUSED_CASES)
+def test_conv_maxpool2d_native_equals_fused_im2col(backend, k, s, p, pool, ties):
+    """On a backend with its own convolution (torch) the fused layer runs it and pools its
+    output: same outputs and gradients as the fused im2col form, ties included."""
+    if xpnet.ops.native_conv2d(backend.xp) is None:
+        pytest.skip(f"{backend.name} has no convolution of its own: nothing to compare")
+    native, _ = _fused_and_book(k, s, p, pool)
+    ref, _ = _fused_and_book(k, s, p, pool)
+    ref.path = "im2col"
+    x = _rand(X_SHAPE)
+    if ties:
+        x = np.random.default_rng(3).integers(0, 2, X_SHAPE).astype(np.float64)
+        for layer in (native, ref):  # exact sums: the ties are real in both
+            layer.W.data = dev(np.random.default_rng(4).integers(-1, 2, layer.W.shape) * 1.0)
+            layer.b.data = dev(np.zeros(3))
+    for step in range(2):
+        y, y_ref = native(dev(x + step)), ref(dev(x + step))
+        assert (native._mode, ref._mode) == ("native", "im2col")
+        np.testing.assert_allclose(to_np(y), to_np(y_ref), rtol=1e-13, atol=1e-13)
+        dout = dev(_rand(tuple(y.shape), seed=6 + step))
+        np.testing.assert_allclose(to_np(native.backward(dout)), to_np(ref.backward(dout)),
+                                   rtol=1e-12, atol=1e-12)
+        for n in ("W", "b"):
+            np.testing.assert_allclose(to_np(getattr(native, n).grad),
+                                       to_np(getattr(ref, n).grad), rtol=1e-12, atol=1e-12,
+                                       err_msg=n)
+
+
 def test_conv_maxpool2d_shapes_repr_and_errors(backend):
     layer = xpnet.ConvMaxPool2d(1, 4, 5, pool=2)
     assert tuple(layer(dev(np.zeros((3, 1, 28, 28), dtype=np.float32))).shape) == (3, 4, 12, 12)

@@ -398,6 +398,10 @@ class ConvMaxPool2d(Conv2d):
     gradient) run over whole blocks. Convolution outputs a floor-mode pool would drop are not
     computed. Output (N, out_channels, OH // pool, OW // pool).
 
+    On a backend with its own convolution (torch: :func:`xpnet.ops.native_conv2d`) the
+    convolution is the backend's and the max runs over the pool*pool strided offsets of its
+    output (``path = "im2col"`` keeps the fused im2col form there).
+
     It pays on large outputs with few channels: SimpleConvNet's 30 x 24 x 24 conv + pool at
     batch 100 takes 6.0 instead of 8.1 ms (forward + backward). With many channels on small
     images the pool-blocked im2col copy runs over short rows and costs more than it saves
@@ -418,18 +422,59 @@ class ConvMaxPool2d(Conv2d):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, pool={self.pool}"
 
-    def forward(self, x: Array) -> Array:
-        xp, out = self._conv_matrix(x, pool=self.pool)
-        n, f, oh, ow = self._out_shape
+    def _pooled_hw(self, x: Array, oh: int, ow: int) -> tuple[int, int]:
         a, b = oh // self.pool, ow // self.pool
         if a == 0 or b == 0:
             raise ValueError(f"{self!r}: input x has shape {tuple(x.shape)}; its {oh}x{ow} "
                              f"convolution output is smaller than the {self.pool}x{self.pool} "
                              "pooling window")
+        return a, b
+
+    def _pool_slices(self, a: int, b: int) -> list[tuple]:
+        """The pool*pool window offsets of the (N, F, OH, OW) output, row-major (the order
+        MaxPool2d takes them in: ties go to the same, first, maximum)."""
+        q = self.pool
+        return [(slice(None), slice(None), slice(i, i + a * q, q), slice(j, j + b * q, q))
+                for i in range(q) for j in range(q)]
+
+    def forward(self, x: Array) -> Array:
+        xp = self._check(x)
+        oh, ow = _out_hw(self, x, self.k, self.stride, self.padding)
+        self._use_grid()  # checks the path
+        native = self._native(xp)
+        if native is not None:  # the backend's convolution, then the max over the offsets
+            a, b = self._pooled_hw(x, oh, ow)
+            self._mode, self._x_shape = "native", tuple(x.shape)
+            self._out_shape = (x.shape[0], self.out_channels, oh, ow)
+            self._cols = x if self.training else None
+            out = native.forward(x, self.W.data, self.b.data, self.stride, self.padding)
+            parts = [out[sl] for sl in self._pool_slices(a, b)]
+            pooled, self._beats = _max_of(xp, parts, self.training)
+            return pooled
+        xp, out = self._conv_matrix(x, pool=self.pool)
+        n, f, oh, ow = self._out_shape
+        a, b = self._pooled_hw(x, oh, ow)
         blocks = xp.reshape(out, (f, self.pool ** 2, n * a * b))
         parts = [blocks[:, i, :] for i in range(self.pool ** 2)]
         pooled, self._beats = _max_of(xp, parts, self.training)
         return xp.permute_dims(xp.reshape(pooled, (f, n, a, b)), (1, 0, 2, 3))
+
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array | None:
+        """As Conv2d's, from the gradient of the pooled output."""
+        if getattr(self, "_mode", None) != "native":
+            return super().backward(dout, input_grad=input_grad)
+        if self._beats is None or self._cols is None:
+            raise RuntimeError(f"{self!r}: backward needs a forward pass in training mode")
+        xp = array_namespace(dout)
+        n, f, oh, ow = self._out_shape
+        a, b = dout.shape[2], dout.shape[3]
+        tiled = a * self.pool == oh and b * self.pool == ow  # no row or column dropped
+        dconv = ops.alloc(xp.empty if tiled else xp.zeros, (n, f, oh, ow), dout.dtype,
+                          device(dout))
+        slices = self._pool_slices(a, b)
+        for i, g in _route_max_grad(dout, self._beats):
+            dconv[slices[i]] = g
+        return super().backward(dconv, input_grad=input_grad)
 
     def _output_grad_matrix(self, dout: Array) -> Array:
         if self._beats is None:
