@@ -6,8 +6,10 @@ formulation that multiplies these matrices with NumPy's BLAS.
 
 Orientations (P = N*OH*OW output positions, K = 9*C, F filters): forward (F,K)@(K,P) or
 (P,K)@(K,F); weight gradient (F,P)@(P,K), (K,P)@(P,F) and their transposed-operand variants;
-input gradient (K,F)@(F,P) or (P,F)@(F,K) (the flipped-kernel convolution has the same sizes).
-Interleaved rounds, median per variant.
+input gradient as col2im's product (K,F)@(F,P) or (P,F)@(F,K), or as the convolution of the
+output gradient with the flipped kernel (C,9F)@(9F,P) or (P,9F)@(9F,C) (xpnet's grid form; same
+FLOPs, other shapes). Interleaved rounds, median per variant. Positions are the output's (the
+grid adds 0-27% discarded ones, not counted here).
 
     python benchmarks/conv_gemm_floor.py --threads 2 [--rounds 15]
 """
@@ -44,14 +46,19 @@ def main() -> int:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, c, f, pos in LAYERS:
         k, n = 9 * c, args.batch * pos
-        a = {s: rng.standard_normal(s, dtype=np.float32) for s in [(f, k), (k, n), (f, n)]}
-        w, cols, d = a[(f, k)], a[(k, n)], a[(f, n)]
+        def rand(*shape):
+            return rng.standard_normal(shape, dtype=np.float32)
+
+        w, cols, d = rand(f, k), rand(k, n), rand(f, n)
         w_t, cols_t, d_t = (np.ascontiguousarray(m.T) for m in (w, cols, d))
+        w_flip, dcols = rand(c, 9 * f), rand(9 * f, n)  # input gradient as a convolution
+        w_flip_t, dcols_t = np.ascontiguousarray(w_flip.T), np.ascontiguousarray(dcols.T)
         variants = {
             "fwd": [lambda: w @ cols, lambda: cols_t @ w_t],
             "dw": [lambda: d @ cols_t, lambda: d @ cols.T, lambda: cols @ d_t,
                    lambda: cols_t.T @ d_t],
-            "dx": [lambda: w_t @ d, lambda: d_t @ w] if c > 1 else [],
+            "dx": [lambda: w_t @ d, lambda: d_t @ w, lambda: w_flip @ dcols,
+                   lambda: dcols_t @ w_flip_t] if c > 1 else [],
         }
         times = {(kind, i): [] for kind, fs in variants.items() for i in range(len(fs))}
         for fs in variants.values():
