@@ -228,6 +228,35 @@ def test_conv2d_native_keeps_nothing_in_eval_mode(backend):
         layer.backward(dev(np.ones(tuple(y.shape))))
 
 
+@pytest.mark.gpu
+def test_conv2d_native_on_cuda_matches_float64_and_is_exact_when_asked():
+    """torch on CUDA (cuDNN): float32 close to a float64 CPU reference under torch's defaults
+    (TF32 allowed), within 1e-5 and bit-reproducible with allow_tf32 off and deterministic on."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device for torch")
+    conv = xpnet.ops.native_conv2d(xpnet.backend.resolve_backend("torch").xp)
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((8, 64, 16, 16)), rng.standard_normal((64, 64, 3, 3)) * 0.05
+    b = rng.standard_normal(64)
+    ref = conv.forward(*(torch.tensor(a) for a in (x, w, b)), 1, 1).numpy()
+    t32 = [torch.tensor(a, dtype=torch.float32, device="cuda") for a in (x, w, b)]
+    out = conv.forward(*t32, 1, 1)
+    np.testing.assert_allclose(out.cpu().double().numpy(), ref, rtol=5e-3, atol=5e-3)
+    c = torch.backends.cudnn
+    saved = c.allow_tf32, c.deterministic
+    c.allow_tf32, c.deterministic = False, True
+    try:
+        out = conv.forward(*t32, 1, 1)
+        np.testing.assert_allclose(out.cpu().double().numpy(), ref, rtol=1e-5, atol=1e-5)
+        dout = torch.ones_like(out)
+        grads = [conv.backward(dout, t32[0], t32[1], 1, 1, True) for _ in range(2)]
+        for a, g in zip(grads[0], grads[1], strict=True):
+            assert torch.equal(a, g)
+    finally:
+        c.allow_tf32, c.deterministic = saved
+
+
 @PATHS
 def test_conv2d_backward_without_input_grad_and_the_param_backward_alias(backend, path):
     _skip_grid_for_strides(path, 3, 1, 1)

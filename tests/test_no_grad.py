@@ -27,7 +27,7 @@ def _net(seed=0):
 
 def _cached(model):
     """(layer, attribute) for every listed cache that holds something."""
-    return [(layer, name) for layer in model.layers for name in type(layer)._caches
+    return [(layer, name) for layer in model.layers for name in type(layer)._all_caches
             if layer.__dict__.get(name) is not None]
 
 
@@ -80,3 +80,20 @@ def test_evaluate_and_predict_leave_no_caches(backend):
     model(dev(x))
     predict(model, x, batch_size=4)
     assert _cached(model) == []
+
+
+def test_a_subclass_adds_caches_to_its_bases_and_names_are_checked(backend):
+    class Scaled(xpnet.Linear):
+        _caches = ("_y",)
+
+        def forward(self, x):
+            self._y = super().forward(x)
+            return self._y * 2.0
+
+    layer = Scaled(3, 2, dtype="float64", rng=xpnet.Generator(0))
+    assert Scaled._all_caches == ("_x", "_y")
+    with xpnet.no_grad():
+        layer(dev(np.ones((4, 3))))
+    assert layer._x is None and layer._y is None  # the base's cache too
+    with pytest.raises(TypeError, match=r"_caches must be a tuple of attribute names, got '_x'"):
+        type("Bad", (xpnet.Module,), {"_caches": ("_x")})

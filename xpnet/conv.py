@@ -1,10 +1,13 @@
 """Convolution and pooling on NCHW arrays, built on the window hooks of :mod:`xpnet.ops`.
 
-Conv2d has two formulations. Stride 1 with padding <= k - 1 (nearly every conv net's 3x3 and
-5x5 layers) runs on a *grid*: the padded input stored channel-major and flat, one
-(H + p) x (W + p) block per image with the padding shared between neighbours, so kernel offset
-(i, j) is the same flat array shifted by i*(W + p) + j. Its column matrix is k*k contiguous
-copies, made and multiplied one cache-sized block at a time and never kept
+On a backend with a convolution of its own (torch: :func:`xpnet.ops.native_conv2d`) Conv2d
+and ConvMaxPool2d run it. Elsewhere (NumPy, CuPy, any standard library) Conv2d has two
+formulations of its own, which are also the fallback the native path is tested against.
+Stride 1 with padding <= k - 1 (nearly every conv net's 3x3 and 5x5 layers) runs on a
+*grid*: the padded input stored channel-major and flat, one (H + p) x (W + p) block per image
+with the padding shared between neighbours, so kernel offset (i, j) is the same flat array
+shifted by i*(W + p) + j. Its column matrix is k*k contiguous copies, made and multiplied one
+cache-sized block at a time and never kept
 (:func:`xpnet.ops.grid_matmul`); the weight gradient rebuilds the blocks; the input gradient is
 a convolution of the output gradient, padded by k - 1 - p on the same grid, with the flipped
 kernel (one well-shaped matmul instead of a skinny one plus a col2im scatter-add). Other
@@ -109,9 +112,11 @@ class Conv2d(Module):
         use_grid = self._use_grid()  # (checks the path first)
         native = self._native(xp)
         if native is not None:
-            self._mode, self._x_shape = "native", tuple(x.shape)
+            self._mode, self._x_shape, self._conv_impl = "native", tuple(x.shape), native
             self._out_shape = (x.shape[0], self.out_channels, oh, ow)
-            self._cols = x if self.training else None  # all backward needs: x itself
+            # all backward needs: x itself (by reference: an input overwritten in place before
+            # backward, as by no xpnet code, would change the weight gradient)
+            self._cols = x if self.training else None
             return native.forward(x, self.W.data, self.b.data, self.stride, self.padding)
         if use_grid:
             return self._forward_grid(xp, x, oh, ow)
@@ -185,11 +190,12 @@ class Conv2d(Module):
         """Fill W.grad and b.grad; return the input gradient, or None with
         ``input_grad=False`` (a first layer: the input gradient is then never computed)."""
         if getattr(self, "_cols", None) is None:
-            raise RuntimeError(f"{self!r}: backward needs a forward pass first")
+            raise RuntimeError(f"{self!r}: backward needs a forward pass in training mode "
+                               "first")
         xp = array_namespace(dout)
         if self._mode == "native":
-            dx, dw, db = ops.native_conv2d(xp).backward(dout, self._cols, self.W.data,
-                                                        self.stride, self.padding, input_grad)
+            dx, dw, db = self._conv_impl.backward(dout, self._cols, self.W.data, self.stride,
+                                                  self.padding, input_grad)
             self.W.grad, self.b.grad = dw, db
             return dx if input_grad else None
         if self._mode == "grid":
@@ -444,7 +450,7 @@ class ConvMaxPool2d(Conv2d):
         native = self._native(xp)
         if native is not None:  # the backend's convolution, then the max over the offsets
             a, b = self._pooled_hw(x, oh, ow)
-            self._mode, self._x_shape = "native", tuple(x.shape)
+            self._mode, self._x_shape, self._conv_impl = "native", tuple(x.shape), native
             self._out_shape = (x.shape[0], self.out_channels, oh, ow)
             self._cols = x if self.training else None
             out = native.forward(x, self.W.data, self.b.data, self.stride, self.padding)

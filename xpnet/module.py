@@ -150,8 +150,10 @@ class Module:
         self.training = True
 
     #: the attributes a forward caches for backward, dropped after a forward under
-    #: :func:`no_grad` (a subclass lists its own; unlisted caches are simply kept)
+    #: :func:`no_grad`; a subclass lists the ones it adds (its bases' are dropped too), and
+    #: unlisted caches are simply kept
     _caches: tuple[str, ...] = ()
+    _all_caches: tuple[str, ...] = ()  # _caches over the class hierarchy (set per subclass)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Wrap a subclass's own ``forward`` and ``backward``: ``forward`` notes that it ran,
@@ -159,6 +161,12 @@ class Module:
         AttributeError on an empty cache) and accepts ``input_grad`` even when written as
         ``backward(self, dout)``."""
         super().__init_subclass__(**kwargs)
+        own_caches = cls.__dict__.get("_caches", ())
+        if isinstance(own_caches, str) or not all(isinstance(n, str) for n in own_caches):
+            raise TypeError(f"{cls.__name__}._caches must be a tuple of attribute names, got "
+                            f"{own_caches!r}")
+        cls._all_caches = tuple(dict.fromkeys(
+            n for klass in reversed(cls.__mro__) for n in klass.__dict__.get("_caches", ())))
         own_forward = cls.__dict__.get("forward")
         if own_forward is not None and not getattr(own_forward, "_xpnet_wrapped", False):
             @functools.wraps(own_forward)
@@ -168,7 +176,7 @@ class Module:
                     return own_forward(self, *args, **kw)
                 self.__dict__.pop("_forwarded", None)
                 out = own_forward(self, *args, **kw)
-                for name in type(self)._caches:  # keep nothing for a backward (no_grad)
+                for name in type(self)._all_caches:  # keep nothing for a backward
                     self.__dict__[name] = None
                 return out
 

@@ -693,6 +693,11 @@ def native_conv2d(xp: Any) -> NativeConv2d | None:
 
     On torch it is ``F.conv2d`` and the ``convolution_backward`` kernel autograd uses (oneDNN
     on CPU, cuDNN on CUDA): an xpnet model on the torch backend convolves as fast as the same
-    model in PyTorch. NumPy has no convolution; xpnet's grid is its fast path there.
+    model in PyTorch, under torch's own settings. On CUDA those allow TF32 for float32
+    convolutions (~1e-3 relative error) and non-deterministic cuDNN algorithms, as for any
+    PyTorch model; ``torch.backends.cudnn.allow_tf32 = False`` and
+    ``torch.backends.cudnn.deterministic = True`` give full float32 and bit-reproducible runs
+    (xpnet's grid and im2col paths are float32 and deterministic everywhere). NumPy has no
+    convolution; xpnet's grid is its fast path there.
     """
     return _NATIVE_CONV2D.get(fast_path_kind(xp))
