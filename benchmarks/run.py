@@ -218,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="threads for all (default: 2)")
     p.add_argument("--backend", default="numpy", help="xpnet backend (default: numpy)")
     p.add_argument("--extra-backends", nargs="*", default=[],
-                   help="also run xpnet on these backends, interleaved in the same rounds, as "
-                        "rows 'xpnet-<backend>' (e.g. torch; default: none)")
+                   help="also run xpnet on these backends in the main table, interleaved in "
+                        "the same rounds, as rows 'xpnet-<backend>' (e.g. torch; the scaling "
+                        "and examples tables use --backend only; default: none)")
     p.add_argument("--train-limit", type=int, default=None,
                    help="training images per epoch, all frameworks (default: all 60000)")
     p.add_argument("--textbook-train-limit", type=int, default=None,

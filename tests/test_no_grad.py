@@ -97,3 +97,12 @@ def test_a_subclass_adds_caches_to_its_bases_and_names_are_checked(backend):
     assert layer._x is None and layer._y is None  # the base's cache too
     with pytest.raises(TypeError, match=r"_caches must be a tuple of attribute names, got '_x'"):
         type("Bad", (xpnet.Module,), {"_caches": ("_x")})
+
+
+def test_summary_leaves_no_caches_behind(backend):
+    """summary's forward on a batch of zeros must not pose as the last training batch."""
+    model = _net()
+    model.summary((1, 8, 8))
+    assert _cached(model) == []
+    with pytest.raises(RuntimeError, match="before forward"):
+        model.backward(dev(np.ones((2, 3))))

@@ -8,7 +8,7 @@ import numpy as np
 from array_api_compat import array_namespace, device
 
 from .backend import current
-from .module import Module
+from .module import Module, no_grad
 
 __all__ = ["summarize"]
 
@@ -63,7 +63,8 @@ def summarize(model: Module, input_shape: tuple[int, ...]) -> str:
     was_training = model.training
     model.eval()
     try:
-        out = model.forward(x)
+        with no_grad():  # its batch of zeros must not stand in for a training batch's caches
+            out = model.forward(x)
     finally:
         for m in patched:
             del m.__dict__["forward"]
