@@ -63,7 +63,7 @@ def main() -> int:
         for i in range(len(layers) - 1, -1, -1):
             t = time.perf_counter()
             if i == 0:  # the first layer computes no input gradient, as in training
-                layers[0].param_backward(d)
+                layers[0].backward(d, input_grad=False)
             else:
                 d = layers[i].backward(d)
             bwd[i] += (time.perf_counter() - t) * timed
