@@ -106,18 +106,22 @@ class Conv2d(Module):
     def _native(self, xp: Any) -> ops.NativeConv2d | None:
         return ops.native_conv2d(xp) if self.path in ("auto", "native") else None
 
+    def _forward_native(self, native: ops.NativeConv2d, x: Array, oh: int, ow: int) -> Array:
+        """The backend's convolution; backward needs x itself, kept by reference (an input
+        overwritten in place before backward, as by no xpnet code, would change the weight
+        gradient)."""
+        self._mode, self._x_shape, self._conv_impl = "native", tuple(x.shape), native
+        self._out_shape = (x.shape[0], self.out_channels, oh, ow)
+        self._cols = x if self.training else None
+        return native.forward(x, self.W.data, self.b.data, self.stride, self.padding)
+
     def forward(self, x: Array) -> Array:
         xp = self._check(x)
         oh, ow = _out_hw(self, x, self.k, self.stride, self.padding)
         use_grid = self._use_grid()  # (checks the path first)
         native = self._native(xp)
         if native is not None:
-            self._mode, self._x_shape, self._conv_impl = "native", tuple(x.shape), native
-            self._out_shape = (x.shape[0], self.out_channels, oh, ow)
-            # all backward needs: x itself (by reference: an input overwritten in place before
-            # backward, as by no xpnet code, would change the weight gradient)
-            self._cols = x if self.training else None
-            return native.forward(x, self.W.data, self.b.data, self.stride, self.padding)
+            return self._forward_native(native, x, oh, ow)
         if use_grid:
             return self._forward_grid(xp, x, oh, ow)
         xp, out = self._conv_matrix(x, pool=1)
@@ -450,10 +454,7 @@ class ConvMaxPool2d(Conv2d):
         native = self._native(xp)
         if native is not None:  # the backend's convolution, then the max over the offsets
             a, b = self._pooled_hw(x, oh, ow)
-            self._mode, self._x_shape, self._conv_impl = "native", tuple(x.shape), native
-            self._out_shape = (x.shape[0], self.out_channels, oh, ow)
-            self._cols = x if self.training else None
-            out = native.forward(x, self.W.data, self.b.data, self.stride, self.padding)
+            out = self._forward_native(native, x, oh, ow)
             parts = [out[sl] for sl in self._pool_slices(a, b)]
             pooled, self._beats = _max_of(xp, parts, self.training)
             return pooled

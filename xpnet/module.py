@@ -29,8 +29,9 @@ def no_grad() -> Iterator[None]:
     """Forward passes inside keep nothing for backward (PyTorch's ``torch.no_grad``, Chainer's
     ``no_backprop_mode``): each layer drops the arrays it lists in ``_caches`` as soon as its
     forward returns, so evaluating a batch holds about two activations at a time instead of
-    every layer's mask and input. :func:`xpnet.evaluate` and :func:`xpnet.predict` run inside
-    it. A backward after such a forward raises a RuntimeError."""
+    every layer's mask and input. :func:`xpnet.train.evaluate`, :func:`xpnet.train.predict`
+    and :meth:`Module.summary` run inside it. A backward after such a forward raises a
+    RuntimeError."""
     before = grad_enabled()
     _GRAD.enabled = False
     try:
