@@ -21,6 +21,7 @@ import pytest
 
 import xpnet
 from xpnet import backend as backend_module
+from xpnet import ops
 
 BACKEND_NAMES = ("numpy", "array_api_strict", "torch", "cupy")
 BACKEND_PARAMS = [
@@ -62,9 +63,27 @@ def to_np(x) -> np.ndarray:
     return xpnet.to_numpy(x)
 
 
+@contextlib.contextmanager
+def fast_paths(enabled: bool = True) -> Iterator[None]:
+    """With ``enabled=False``, every dispatch of :mod:`xpnet.ops` and :mod:`xpnet.rng` takes its
+    standard-only fallback inside the block (``fast_path_kind`` answers 'generic')."""
+    if enabled:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ops, "fast_path_kind", lambda xp: "generic")
+        yield
+
+
+def fallback(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with every fast path off: the standard-only fallback's result."""
+    with fast_paths(False):
+        return fn(*args, **kwargs)
+
+
 def cuda_usable() -> bool:
     """True when CuPy is importable and sees a CUDA device."""
-    return backend_module._cuda_status()[0]
+    return backend_module.cuda_status()[0]
 
 
 def require_backend(name: str) -> None:
@@ -72,7 +91,7 @@ def require_backend(name: str) -> None:
     if name != "numpy":
         pytest.importorskip(name)
     if name == "cupy":
-        ok, why = backend_module._cuda_status()
+        ok, why = backend_module.cuda_status()
         if not ok:
             pytest.skip(f"cupy backend unavailable: {why}")
 
@@ -83,13 +102,13 @@ def use_backend(name: str, device=None) -> Iterator[xpnet.Backend]:
 
     array_api_strict goes on ``XPNET_TEST_DEVICE`` when that is set and no device is given.
     """
-    previous = backend_module._current
+    previous = backend_module.selection._current
     if name == "array_api_strict" and device is None:
         device = STRICT_DEVICE
     try:
         yield xpnet.set_backend(name, device)
     finally:
-        backend_module._current = previous
+        backend_module.selection._current = previous
 
 
 @pytest.fixture(params=BACKEND_PARAMS)

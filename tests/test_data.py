@@ -516,7 +516,7 @@ def test_resident_batches_equal_host_batches(backend):
 
 
 def test_numpy_backend_adds_no_copy(monkeypatch):
-    monkeypatch.setattr(backend_module, "_current", None)  # restored after the test
+    monkeypatch.setattr(backend_module.selection, "_current", None)  # restored after the test
     b = xpnet.set_backend("numpy")
     x, y = _numbered(12)
     xb, yb = next(iter(BatchLoader(x, y, 5, shuffle=False, backend=b)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import array_api_compat
 import numpy as np
 import pytest
-from conftest import require_backend, use_backend
+from conftest import fallback, require_backend, use_backend
 
 import xpnet
 from xpnet import info as info_module
@@ -168,6 +168,6 @@ def test_windows_view_contract(backend):
         assert not win.flags.writeable and np.shares_memory(win, x)
         with pytest.raises(ValueError, match="read-only"):
             win[0, 0, 0, 0, 0, 0] = 1.0
-    generic = ops.windows(x, 3, 3, 1, generic=True)
+    generic = fallback(ops.windows, x, 3, 3, 1)
     np.testing.assert_array_equal(xpnet.to_numpy(generic), xpnet.to_numpy(win))
     assert "read-only" in ops.windows.__doc__ and "CuPy" in ops.windows.__doc__

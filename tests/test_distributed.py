@@ -1,4 +1,4 @@
-"""Data-parallel communication (xpnet/distributed.py) and synchronised BatchNorm.
+"""Data-parallel communication (xpnet/distributed/) and synchronised BatchNorm.
 
 Multi-rank checks launch ``mpiexec -n 2 python tests/distributed_worker.py <scenario>`` as a
 subprocess with a timeout (CI can never hang); they are skipped with the reason when mpi4py or
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_gradients_close, dev, to_np, use_backend
+from conftest import assert_gradients_close, dev, require_backend, to_np, use_backend
 
 import xpnet
 from xpnet import distributed
@@ -187,6 +187,26 @@ def test_two_rank_collectives_over_nccl():
     assert sum(ln.startswith("OK") for ln in result.stdout.splitlines()) == 1, result.stdout
 
 
+@pytest.mark.gpu
+def test_nccl_allreduce_on_one_gpu():
+    """The NCCL transport on one GPU: a one-rank communicator sums into a second buffer (so
+    NCCL really ran), in place, and refuses a dtype NCCL has no type for."""
+    require_backend("cupy")
+    from xpnet.distributed.nccl import NcclCommunicator
+
+    with use_backend("cupy"):
+        comm = NcclCommunicator(1, 0)
+        for dtype in ("float16", "float32", "float64", "int32", "int64"):
+            host = np.arange(1, 7).astype(dtype)
+            x, out = xpnet.to_device(host), xpnet.to_device(np.zeros(6, dtype))
+            assert comm.allreduce_(x, out=out) is out
+            np.testing.assert_array_equal(to_np(out), host)
+            assert comm.allreduce_(x) is x
+            np.testing.assert_array_equal(to_np(x), host)
+        with pytest.raises(TypeError, match="NCCL allreduce: expected contiguous arrays"):
+            comm.allreduce_(xpnet.to_device(np.ones(4, np.int8)))
+
+
 def test_an_exception_on_one_rank_ends_the_job_once():
     result = launch("raise", timeout=60)
     out = result.stdout + result.stderr
@@ -303,24 +323,3 @@ def test_mnist_cnn_under_mpiexec_prints_one_summary_equal_to_one_process():
     assert runs[2]["global_batch_size"] == runs[1]["global_batch_size"] == 100
     assert abs(runs[2]["test_accuracy"] - runs[1]["test_accuracy"]) <= 0.003
     assert abs(runs[2]["train_loss"] - runs[1]["train_loss"]) < 1e-5
-
-
-def test_ranks_share_the_cores_unless_the_user_set_a_thread_count(monkeypatch):
-    """2 ranks on one node each get cores // 2 threads (BLAS via threadpoolctl, xpnet's copies
-    via XPNET_NUM_THREADS); a count the user set is left alone; one rank changes nothing."""
-    import threadpoolctl
-
-    calls = []
-    monkeypatch.setattr(threadpoolctl, "threadpool_limits", lambda limits: calls.append(limits))
-    for var in distributed.THREAD_VARIABLES:  # "" counts as unset; undone after the test
-        monkeypatch.setenv(var, "")
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
-    assert distributed.share_cores(1) is None and calls == []
-    assert distributed.share_cores(2) == 4
-    assert calls == [4] and os.environ["XPNET_NUM_THREADS"] == "4"
-    from xpnet import ops
-    assert ops.copy_threads() == 4
-    monkeypatch.setenv("XPNET_NUM_THREADS", "")
-    assert distributed.share_cores(16) == 1  # never below one thread
-    monkeypatch.setenv("XPNET_NUM_THREADS", "3")  # the user's (or an earlier rank setup's)
-    assert distributed.share_cores(2) is None and calls == [4, 1]

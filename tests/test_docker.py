@@ -81,7 +81,7 @@ def test_gpu_image_smoke_without_a_gpu_is_one_line_and_non_zero(monkeypatch):
     """The image's CMD with the image's XPNET_BACKEND=cupy, on a machine without a GPU."""
     from xpnet import backend as backend_module
 
-    if backend_module._cuda_status()[0]:
+    if backend_module.cuda_status()[0]:
         pytest.skip("a usable GPU is present")
     env = dict(os.environ, XPNET_BACKEND="cupy",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))

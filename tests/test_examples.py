@@ -158,7 +158,7 @@ def test_unknown_backend_is_one_line_error(how):
 
 
 def test_unavailable_cupy_is_one_line_error():
-    if backend_module._cuda_status()[0]:
+    if backend_module.cuda_status()[0]:
         pytest.skip("CuPy and a CUDA device are usable here")
     line = one_line_error(run_example("spiral", "--dry-run", backend="cupy"), "spiral")
     assert "cupy" in line.lower() and "pip install" in line

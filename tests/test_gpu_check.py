@@ -77,6 +77,7 @@ def test_placement_on_strict_device1(monkeypatch):
     pytest.importorskip("array_api_strict")
     from xpnet import backend as backend_module
 
-    monkeypatch.setattr(backend_module, "_current", backend_module._current)  # restored after
+    selection = backend_module.selection
+    monkeypatch.setattr(selection, "_current", selection._current)  # restored after
     out = _load().placement("array_api_strict", "device1")
     assert out["misplaced"] == [] and out["checked"] > 20

@@ -1,4 +1,5 @@
-"""Seeded generators (xpnet/rng.py): reproducible streams and exact resumption."""
+"""Random numbers (xpnet/rng.py): seeded generators, reproducible streams, exact resumption,
+and device draws (each device kernel against the host fallback)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import json
 
 import array_api_compat
 import numpy as np
-from conftest import dev, to_np
+import pytest
+from conftest import dev, fallback, fast_paths, to_np
 
 import xpnet
+from xpnet.rng import device_uniform
 
 
 def _draw_everything(g, xp, device):
@@ -85,3 +88,34 @@ def test_dropout_mask_resumes_with_the_generator_state(backend):
     a = to_np(layer(x))
     layer.rng.set_state(state)
     np.testing.assert_array_equal(to_np(layer(x)), a)
+
+
+# ---------------------------------------------------------------------- device_uniform
+@pytest.mark.parametrize("generic", [False, True], ids=["fast", "generic"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_device_uniform_is_reproducible_in_range_with_dtype_and_device(backend, generic, dtype):
+    xp = backend.xp
+    shape = (50, 40)
+
+    def draw(seed):
+        with fast_paths(not generic):
+            return device_uniform(seed, shape, getattr(xp, dtype), xp=xp,
+                                  device=backend.device)
+
+    a, b, c = draw(123), draw(123), draw(124)
+    assert tuple(a.shape) == shape
+    assert a.dtype == getattr(xp, dtype)
+    assert array_api_compat.device(a) == backend.device
+    a_np, b_np, c_np = to_np(a), to_np(b), to_np(c)
+    np.testing.assert_array_equal(a_np, b_np)
+    assert not np.array_equal(a_np, c_np)
+    assert a_np.min() >= 0.0 and a_np.max() < 1.0
+    assert abs(a_np.mean() - 0.5) < 0.03  # 2000 draws: std of the mean is about 0.0065
+    assert len(np.unique(a_np)) > 0.99 * a_np.size
+
+
+def test_device_uniform_fallback_draws_on_the_host_with_numpy(backend):
+    xp = backend.xp
+    u = fallback(device_uniform, 7, (3, 4), xp.float32, xp=xp, device=backend.device)
+    expected = np.random.default_rng(7).random((3, 4), dtype=np.float32)
+    np.testing.assert_array_equal(to_np(u), expected)

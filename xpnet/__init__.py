@@ -11,7 +11,6 @@ from .backend import (
     DeviceMismatchError,
     available_backends,
     current,
-    get_backend,
     set_backend,
     to_device,
     to_numpy,
@@ -34,9 +33,8 @@ from .losses import MSE, SoftmaxCrossEntropy
 from .module import Module, Parameter, no_grad
 from .normalization import LayerNorm
 from .optim import SGD, AdaGrad, Adam, AdamW, Momentum, Nesterov, RMSProp, clip_grad_norm
-from .rng import Generator
+from .rng import Generator, manual_seed
 from .schedules import CosineLR, ExponentialLR, StepLR
-from .seed import manual_seed
 
 __version__ = "0.1.0"
 
@@ -47,6 +45,6 @@ __all__ = [
     "LayerNorm", "LeakyReLU", "Linear", "MaxPool2d", "Module", "Momentum", "Nesterov",
     "Parameter", "RMSProp", "ReLU", "SGD", "Sequential", "Sigmoid", "Softmax",
     "SoftmaxCrossEntropy", "StepLR", "Tanh", "available_backends", "clip_grad_norm", "current",
-    "get_backend", "manual_seed", "no_grad", "set_backend", "to_device", "to_numpy",
+    "manual_seed", "no_grad", "set_backend", "to_device", "to_numpy",
     "__version__",
 ]

@@ -28,8 +28,8 @@ from .backend import Backend
 from .init import InitSpec, init_array
 from .layers import _positive
 from .module import Module, check_input
-from .rng import Generator
-from .seed import default_generator
+from .rng import Generator, default_generator
+from .threads import Workspace
 
 __all__ = ["AvgPool2d", "Conv2d", "ConvMaxPool2d", "MaxPool2d"]
 
@@ -128,10 +128,10 @@ class Conv2d(Module):
         n, _, oh, ow = self._out_shape
         return xp.permute_dims(xp.reshape(out, (self.out_channels, n, oh, ow)), (1, 0, 2, 3))
 
-    def _workspace(self) -> ops.Workspace:
+    def _workspace(self) -> Workspace:
         ws = self.__dict__.get("_ws")
         if ws is None:
-            ws = self._ws = ops.Workspace()
+            ws = self._ws = Workspace()
         return ws
 
     def _w_aug(self, xp: Any) -> Array:

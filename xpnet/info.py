@@ -14,70 +14,10 @@ from typing import Any
 
 from . import __version__
 from . import backend as _backend
+from .backend.hints import installed_from
+from .backend.probe import cuda_devices, strict_devices, torch_devices
 
-__all__ = ["collect_info", "cuda_devices", "format_info", "strict_devices", "torch_devices"]
-
-
-def cuda_devices() -> list[dict[str, Any]]:
-    """CUDA devices seen through CuPy (empty when CuPy or a usable GPU is missing).
-
-    Returns
-    -------
-    list of dict
-        One entry per device: ``index``, ``name``, ``total_memory_gib`` and
-        ``compute_capability`` ('8.0').
-    """
-    ok, _ = _backend._cuda_status()
-    if not ok:
-        return []
-    import cupy
-
-    out = []
-    for i in range(cupy.cuda.runtime.getDeviceCount()):
-        props = cupy.cuda.runtime.getDeviceProperties(i)
-        name = props["name"]
-        out.append({
-            "index": i,
-            "name": name.decode() if isinstance(name, bytes) else str(name),
-            "total_memory_gib": round(props["totalGlobalMem"] / 2**30, 2),
-            "compute_capability": f"{props['major']}.{props['minor']}",
-        })
-    return out
-
-
-def torch_devices() -> list[dict[str, Any]]:
-    """Torch CUDA devices (empty when torch is missing or was built without CUDA).
-
-    Returns
-    -------
-    list of dict
-        Like :func:`cuda_devices`, named ``cuda:N``.
-    """
-    try:
-        import torch
-    except ImportError:
-        return []
-    if not torch.cuda.is_available():
-        return []
-    out = []
-    for i in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(i)
-        out.append({
-            "index": i,
-            "name": props.name,
-            "total_memory_gib": round(props.total_memory / 2**30, 2),
-            "compute_capability": f"{props.major}.{props.minor}",
-        })
-    return out
-
-
-def strict_devices() -> list[str]:
-    """The simulated devices array_api_strict offers (empty when it is not installed)."""
-    try:
-        import array_api_strict as xp
-    except ImportError:
-        return []
-    return [str(getattr(d, "_device", d)) for d in xp.__array_namespace_info__().devices()]
+__all__ = ["collect_info", "format_info"]
 
 
 def _selection() -> dict[str, Any]:
@@ -101,7 +41,8 @@ def collect_info() -> dict[str, Any]:
     Returns
     -------
     dict
-        Keys ``xpnet``, ``python``, ``platform``, ``backends`` (name -> ``available``,
+        Keys ``xpnet``, ``python``, ``platform``, ``installed_from`` (``kind``: 'editable',
+        'checkout' or 'index'; ``path``), ``backends`` (name -> ``available``,
         ``version`` or ``reason``), ``devices`` (``cupy``, ``torch_cuda``,
         ``array_api_strict``), ``auto`` (``choice``, ``reason``), ``env`` and ``selection``.
     """
@@ -111,12 +52,15 @@ def collect_info() -> dict[str, Any]:
             backends[name] = {"available": False, "reason": text[len("unavailable: "):]}
         else:
             backends[name] = {"available": True, "version": text}
-    ok, why = _backend._cuda_status()
+    ok, why = _backend.cuda_status()
+    install = installed_from()
     return {
         "xpnet": __version__,
         "python": platform.python_version(),
         "executable": sys.executable,
         "platform": platform.platform(),
+        "installed_from": {"kind": install.kind,
+                           "path": str(install.path) if install.path else None},
         "backends": backends,
         "devices": {
             "cupy": cuda_devices(),
@@ -134,6 +78,13 @@ def _gpu_line(d: dict[str, Any], prefix: str) -> str:
             f"compute capability {d['compute_capability']}")
 
 
+def _install_line(install: dict[str, Any]) -> str:
+    if install["kind"] == "index":
+        return "from a package index"
+    how = " (editable)" if install["kind"] == "editable" else ""
+    return f"from the checkout {install['path']}{how}"
+
+
 def format_info(info: dict[str, Any]) -> str:
     """Render :func:`collect_info`'s dict as the text ``xpnet info`` prints.
 
@@ -149,7 +100,8 @@ def format_info(info: dict[str, Any]) -> str:
     """
     lines = [f"xpnet {info['xpnet']}",
              f"Python {info['python']} ({info['executable']})",
-             f"Platform {info['platform']}", "", "Backends:"]
+             f"Platform {info['platform']}",
+             f"Installed {_install_line(info['installed_from'])}", "", "Backends:"]
     width = max(len(n) for n in info["backends"])
     for name, b in info["backends"].items():
         state = f"yes  {b['version']}" if b["available"] else f"no   {b['reason']}"

@@ -17,8 +17,7 @@ from . import validate
 from .backend import Backend, to_device
 from .init import InitSpec, init_array
 from .module import Module, check_input, grad_enabled
-from .rng import Generator
-from .seed import default_generator, spawn_generator
+from .rng import Generator, default_generator, spawn_generator
 
 __all__ = ["BatchNorm", "Dropout", "Flatten", "LeakyReLU", "Linear", "ReLU", "Sequential",
            "Sigmoid", "Softmax", "Tanh"]

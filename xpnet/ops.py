@@ -2,8 +2,10 @@
 
 Every function here has a fallback written only in the standard (it runs on array_api_strict) and,
 where a library offers something better, a fast path for NumPy, CuPy or torch. Each fast path is
-tested against the fallback (``tests/test_ops.py``). Nothing outside this module and
-:mod:`xpnet.backend` names a concrete array library.
+tested against the fallback (``tests/test_ops.py``, which reaches the fallbacks by making
+:func:`fast_path_kind` answer 'generic'). Nothing outside this module and :mod:`xpnet.backend`
+names a concrete array library. Threads and workspaces live in :mod:`xpnet.threads`, device
+random numbers in :mod:`xpnet.rng`.
 
 ==================  ===========================================  =================================
 function            fallback (standard only)                     fast paths
@@ -21,7 +23,6 @@ function            fallback (standard only)                     fast paths
 ``grid_matmul``     grid_cols, then one matmul                   numpy (cache-sized column blocks
                                                                  over threads, single-threaded
                                                                  BLAS per block)
-``uniform``         host NumPy draw, then transfer               torch, cupy (device generator)
 ``native_conv2d``   None: the layer's own formulations (grid,    torch (F.conv2d and
                     im2col) are the fallback                     aten.convolution_backward:
                                                                  oneDNN on CPU, cuDNN on CUDA)
@@ -31,9 +32,7 @@ function            fallback (standard only)                     fast paths
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import array_api_compat
@@ -42,10 +41,11 @@ import numpy as np
 from array_api_compat import array_namespace, device
 
 from .backend import device_scope
+from .threads import Workspace, copy_threads, in_threads, single_threaded_blas, thread_scratch
 
-__all__ = ["NativeConv2d", "Workspace", "add_windows", "alloc", "col2im", "fast_path_kind",
+__all__ = ["NativeConv2d", "add_windows", "alloc", "col2im", "fast_path_kind",
            "grid_cols", "im2col", "native_conv2d", "offset_slices", "out_size", "pad2d",
-           "to_grid", "uniform", "windows"]
+           "to_grid", "windows"]
 
 Array = Any
 
@@ -68,8 +68,8 @@ def fast_path_kind(xp: Any) -> str:
     return "generic"
 
 
-def _dispatch(table: dict[str, Callable], fallback: Callable, xp: Any, generic: bool) -> Callable:
-    return fallback if generic else table.get(fast_path_kind(xp), fallback)
+def _dispatch(table: dict[str, Callable], fallback: Callable, xp: Any) -> Callable:
+    return table.get(fast_path_kind(xp), fallback)
 
 
 def out_size(size: int, k: int, stride: int, pad: int = 0) -> int:
@@ -108,13 +108,12 @@ def _pad2d_native(xp, x, pad, value):
 _PAD = {"numpy": _pad2d_native, "cupy": _pad2d_native, "torch": _pad2d_native}
 
 
-def pad2d(x: Array, pad: int, value: float = 0.0, *, xp: Any = None,
-          generic: bool = False) -> Array:
+def pad2d(x: Array, pad: int, value: float = 0.0, *, xp: Any = None) -> Array:
     """Pad the last two axes of an NCHW array by ``pad`` on every side with ``value``."""
     if pad == 0:
         return x
     xp = xp or array_namespace(x)
-    return _dispatch(_PAD, _pad2d_generic, xp, generic)(xp, x, pad, value)
+    return _dispatch(_PAD, _pad2d_generic, xp)(xp, x, pad, value)
 
 
 # --------------------------------------------------------------------------------- windows
@@ -144,8 +143,7 @@ def _windows_torch(xp, x, kh, kw, stride):
 _WINDOWS = {"numpy": _windows_strided, "cupy": _windows_strided, "torch": _windows_torch}
 
 
-def windows(x: Array, kh: int, kw: int, stride: int = 1, *, xp: Any = None,
-            generic: bool = False) -> Array:
+def windows(x: Array, kh: int, kw: int, stride: int = 1, *, xp: Any = None) -> Array:
     """All kh x kw windows of an NCHW array, shape (N, C, OH, OW, kh, kw).
 
     The fast paths return a view (no copy): read-only on NumPy (``writeable=False``); CuPy and
@@ -154,7 +152,7 @@ def windows(x: Array, kh: int, kw: int, stride: int = 1, *, xp: Any = None,
     copy. xpnet only ever reads it (im2col copies it once).
     """
     xp = xp or array_namespace(x)
-    return _dispatch(_WINDOWS, _windows_generic, xp, generic)(xp, x, kh, kw, stride)
+    return _dispatch(_WINDOWS, _windows_generic, xp)(xp, x, kh, kw, stride)
 
 
 # ----------------------------------------------------------------------------- add_windows
@@ -182,7 +180,7 @@ _ADD_WINDOWS = {"torch": _add_windows_torch}
 
 
 def add_windows(img: Array, patches: Array, stride: int = 1, *,
-                start: tuple[int, int] = (0, 0), xp: Any = None, generic: bool = False) -> Array:
+                start: tuple[int, int] = (0, 0), xp: Any = None) -> Array:
     """Scatter-add: add window patches (N, C, OH, OW, kh, kw) into ``img`` (N, C, H, W) in place,
     the first window at row, column ``start``.
 
@@ -190,7 +188,7 @@ def add_windows(img: Array, patches: Array, stride: int = 1, *,
     Returns ``img``.
     """
     xp = xp or array_namespace(img)
-    fn = _dispatch(_ADD_WINDOWS, _add_windows_generic, xp, generic)
+    fn = _dispatch(_ADD_WINDOWS, _add_windows_generic, xp)
     return fn(xp, img, patches, stride, start)
 
 
@@ -237,7 +235,7 @@ _IM2COL = {"numpy": _im2col_copy_into, "cupy": _im2col_copy_into, "torch": _im2c
 
 
 def im2col(x: Array, kh: int, kw: int, stride: int = 1, pad: int = 0, *, ones_row: bool = False,
-           pool: int = 1, xp: Any = None, generic: bool = False) -> Array:
+           pool: int = 1, xp: Any = None) -> Array:
     """Unfold an NCHW array into a (kh*kw*C, N*OH*OW) matrix: one column per output pixel.
 
     Rows are ordered (kernel row, kernel column, channel), so a (F, C, kh, kw) weight must be
@@ -251,12 +249,12 @@ def im2col(x: Array, kh: int, kw: int, stride: int = 1, pad: int = 0, *, ones_ro
     rows or columns that such a pool would drop (OH or OW not a multiple of P) are left out.
     """
     xp = xp or array_namespace(x)
-    win = windows(pad2d(x, pad, xp=xp, generic=generic), kh, kw, stride, xp=xp, generic=generic)
-    return _dispatch(_IM2COL, _im2col_generic, xp, generic)(xp, win, pool, ones_row)
+    win = windows(pad2d(x, pad, xp=xp), kh, kw, stride, xp=xp)
+    return _dispatch(_IM2COL, _im2col_generic, xp)(xp, win, pool, ones_row)
 
 
 def col2im(cols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int, stride: int = 1,
-           pad: int = 0, *, pool: int = 1, xp: Any = None, generic: bool = False) -> Array:
+           pad: int = 0, *, pool: int = 1, xp: Any = None) -> Array:
     """Fold a (kh*kw*C, N*OH*OW) matrix back to NCHW, summing overlaps: the adjoint of im2col
     (``pool`` as there)."""
     xp = xp or array_namespace(cols)
@@ -269,149 +267,8 @@ def col2im(cols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int, st
     for di in range(pool):  # pool offset (di, dj): windows P*stride apart, shifted
         for dj in range(pool):
             patches = xp.permute_dims(blocked[:, :, :, di, dj, ...], (3, 2, 4, 5, 0, 1))
-            add_windows(img, patches, stride * pool, start=(di * stride, dj * stride), xp=xp,
-                        generic=generic)
+            add_windows(img, patches, stride * pool, start=(di * stride, dj * stride), xp=xp)
     return img[:, :, pad:pad + h, pad:pad + w] if pad else img
-
-
-# --------------------------------------------------------------------------------- uniform
-def _uniform_host(xp, seed, shape, dtype, device):
-    draw = np.random.default_rng(seed).random(shape, dtype=np.float32)
-    return xp.asarray(draw, dtype=dtype, device=device)
-
-
-_TORCH_GENERATORS: dict[Any, Any] = {}
-
-
-def _uniform_torch(xp, seed, shape, dtype, device):
-    import torch
-    gen = _TORCH_GENERATORS.get(device)
-    if gen is None:
-        gen = _TORCH_GENERATORS[device] = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return torch.rand(shape, generator=gen, dtype=dtype, device=device)
-
-
-_CUPY_STATES: dict[Any, Any] = {}
-
-
-def _uniform_cupy(xp, seed, shape, dtype, device):
-    import cupy
-    with device:
-        state = _CUPY_STATES.get(device.id)
-        if state is None:
-            # Philox4x32-10 is counter-based: a new seed is a new key, set on the host. CuPy's
-            # default XORWOW re-runs its state set-up kernel after every seed().
-            state = _CUPY_STATES[device.id] = cupy.random.RandomState(
-                seed, method=cupy.cuda.curand.CURAND_RNG_PSEUDO_PHILOX4_32_10)
-        state.seed(seed)
-        if np.dtype(dtype).char in "fd":
-            return state.random_sample(shape, dtype=dtype)
-        # cuRAND draws float32/float64 only (random_sample raises TypeError for float16)
-        return state.random_sample(shape, dtype=cupy.float32).astype(dtype)
-
-
-_UNIFORM = {"torch": _uniform_torch, "cupy": _uniform_cupy}
-
-
-def uniform(seed: int, shape: tuple[int, ...], dtype: Any, *, xp: Any, device: Any,
-            generic: bool = False) -> Array:
-    """Uniform [0, 1) numbers of ``shape`` drawn on ``device`` from an integer seed.
-
-    Reproducible: the same seed gives the same numbers on the same backend. The fast paths draw
-    on the device (no host transfer); the fallback draws on the host with NumPy.
-    """
-    return _dispatch(_UNIFORM, _uniform_host, xp, generic)(xp, seed, tuple(shape), dtype, device)
-
-
-# ------------------------------------------------------------------ workspaces and threads
-class Workspace:
-    """Arrays a layer keeps from step to step, keyed by role.
-
-    A training step allocates the same large arrays every step; above glibc's largest mmap
-    threshold (32 MiB: DeepConvNet's column matrices reach 50 MB) every allocation is a fresh
-    ``mmap`` whose pages fault in again. A workspace hands back the same array while shape,
-    dtype and device stay the same. ``get`` returns (array, fresh): a fresh array is zero-filled
-    when asked, a reused one holds whatever its last user wrote.
-    """
-
-    def __init__(self):
-        self._arrays: dict[str, Array] = {}
-        self._shapes: dict[str, tuple[int, ...]] = {}
-
-    def get(self, key: str, shape: tuple[int, ...], dtype: Any, *, xp: Any, like: Array,
-            zero: bool = False) -> tuple[Array, bool]:
-        """An array of ``shape`` for role ``key``. Without ``zero`` it is a view of the key's
-        backing buffer whenever that is large enough (roles used one after another may share
-        a key); with ``zero`` the buffer is reused only at the very same shape, so zeros that
-        its users never overwrite stay zero."""
-        shape = tuple(int(d) for d in shape)
-        numel = 1
-        for d in shape:
-            numel *= d
-        old = self._arrays.get(key)
-        dev = device(like)
-        if (old is not None and old.dtype == dtype and device(old) == dev
-                and (self._shapes[key] == shape if zero else old.shape[0] >= numel)):
-            return xp.reshape(old[:numel], shape), False
-        self._arrays.pop(key, None)  # free the old one before allocating its successor
-        new = alloc((xp.zeros if zero else xp.empty), (numel,), dtype, dev)
-        self._arrays[key], self._shapes[key] = new, shape
-        return xp.reshape(new, shape), True
-
-    def clear(self) -> None:
-        self._arrays.clear()
-        self._shapes.clear()
-
-
-_POOL: ThreadPoolExecutor | None = None
-_SCRATCH = threading.local()
-
-
-def copy_threads() -> int:
-    """Threads for NumPy's large copies: the BLAS thread count the process asked for
-    (``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``), else the usable cores; at most 8."""
-    for var in ("XPNET_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 0:
-            return min(int(value), 8)
-    try:
-        return max(1, min(len(os.sched_getaffinity(0)), 8))
-    except AttributeError:  # not on Linux
-        return max(1, min(os.cpu_count() or 1, 8))
-
-
-def _in_threads(fn: Callable[[int], None], count: int, threads: int | None = None) -> None:
-    """Run fn(0), ..., fn(count - 1) on ``threads`` threads (default :func:`copy_threads`):
-    the calling thread and pool workers take the next index as each finishes, so a thread
-    that loses its core to another process delays only the items it holds. Useful where fn
-    releases the GIL (NumPy copies and matmuls on large arrays)."""
-    global _POOL
-    threads = min(copy_threads() if threads is None else threads, count)
-    if threads <= 1:
-        for i in range(count):
-            fn(i)
-        return
-    if _POOL is None or _POOL._max_workers < threads - 1:
-        _POOL = ThreadPoolExecutor(max_workers=max(threads - 1, copy_threads()),
-                                   thread_name_prefix="xpnet")
-    indices = iter(range(count))
-    lock = threading.Lock()
-
-    def work() -> None:
-        while True:
-            with lock:
-                i = next(indices, None)
-            if i is None:
-                return
-            fn(i)
-
-    helpers = [_POOL.submit(work) for _ in range(threads - 1)]
-    try:
-        work()
-    finally:
-        for f in helpers:
-            f.result()
 
 
 # ----------------------------------------------------------------- grid convolution (stride 1)
@@ -451,8 +308,7 @@ _TO_GRID = {"numpy": _to_grid_into, "cupy": _to_grid_into, "torch": _to_grid_int
 
 
 def to_grid(x: Array, grid_hw: tuple[int, int], start: tuple[int, int] = (0, 0), tail: int = 0,
-            *, ws: Workspace | None = None, key: str = "grid", xp: Any = None,
-            generic: bool = False) -> Array:
+            *, ws: Workspace | None = None, key: str = "grid", xp: Any = None) -> Array:
     """Place NCHW ``x`` into a zero grid of (N, C, Hg, Wg) at row, column ``start`` and return
     it channel-major and flat, (C, N*Hg*Wg + tail), the last ``tail`` columns zero.
 
@@ -460,7 +316,7 @@ def to_grid(x: Array, grid_hw: tuple[int, int], start: tuple[int, int] = (0, 0),
     the interior on later calls; the result then stays valid until the next call with that key.
     """
     xp = xp or array_namespace(x)
-    fn = _dispatch(_TO_GRID, _to_grid_generic, xp, generic)
+    fn = _dispatch(_TO_GRID, _to_grid_generic, xp)
     return fn(xp, x, tuple(grid_hw), tuple(start), tail, ws, key)
 
 
@@ -487,7 +343,7 @@ def _grid_cols_into(xp, flat, k, wg, length, ones_row, ws, key):
 
     if fast_path_kind(xp) == "numpy":
         # "blas" mode copies in this thread: copy threads would fight OpenBLAS's spinning ones
-        _in_threads(copy, k * k, None if grid_threading() == "tasks" else 1)
+        in_threads(copy, k * k, None if grid_threading() == "tasks" else 1)
     else:
         for b in range(k * k):
             copy(b)
@@ -498,8 +354,7 @@ _GRID_COLS = {"numpy": _grid_cols_into, "cupy": _grid_cols_into, "torch": _grid_
 
 
 def grid_cols(flat: Array, k: int, wg: int, length: int, *, ones_row: bool = False,
-              ws: Workspace | None = None, key: str = "cols", xp: Any = None,
-              generic: bool = False) -> Array:
+              ws: Workspace | None = None, key: str = "cols", xp: Any = None) -> Array:
     """The (k*k*C [+1], length) column matrix of a stride-1 k x k convolution over a flat
     channel-major grid of width ``wg`` (from :func:`to_grid`, with a tail of at least
     (k-1)*(wg+1) columns): rows ordered (kernel row, kernel column, channel) as in
@@ -510,7 +365,7 @@ def grid_cols(flat: Array, k: int, wg: int, length: int, *, ones_row: bool = Fal
     call with that key); NumPy spreads the k*k block copies over threads.
     """
     xp = xp or array_namespace(flat)
-    fn = _dispatch(_GRID_COLS, _grid_cols_generic, xp, generic)
+    fn = _dispatch(_GRID_COLS, _grid_cols_generic, xp)
     return fn(xp, flat, k, wg, length, ones_row, ws, key)
 
 
@@ -522,8 +377,7 @@ def grid_threading() -> str:
     """How the grid's column blocks use the cores (``XPNET_GRID_THREADING``):
 
     - ``"blas"`` (default): one thread walks the blocks and the BLAS threads each product.
-      Fastest on a machine of one's own: DeepConvNet 90-93 ms a step on 2 cores, against
-      131-146 ms for ``"tasks"`` and 105-122 ms for the im2col path (2026-11-23, quiet).
+      Fastest on a machine of one's own (BENCHMARKS.md has the figures).
     - ``"tasks"``: the blocks are tasks spread over :func:`copy_threads` Python threads, each
       with a single-threaded BLAS. Slower on a quiet machine, but a thread that loses its core
       to another process delays only its own blocks (a multi-threaded BLAS call waits for its
@@ -556,15 +410,8 @@ def _grid_chunk_cols(xp, flat, k, wg, a, b, ones_row, ws):
 
 
 def _grid_matmul_generic(xp, w, flat, k, wg, length, ones_row, transpose):
-    cols = grid_cols(flat, k, wg, length, ones_row=ones_row, xp=xp, generic=True)
+    cols = _grid_cols_generic(xp, flat, k, wg, length, ones_row, None, "cols")
     return w @ cols.T if transpose else w @ cols
-
-
-def _thread_scratch() -> Workspace:
-    ws = getattr(_SCRATCH, "ws", None)
-    if ws is None:
-        ws = _SCRATCH.ws = Workspace()
-    return ws
 
 
 def _grid_matmul_chunked(xp, w, flat, k, wg, length, ones_row, transpose):
@@ -581,16 +428,16 @@ def _grid_matmul_chunked(xp, w, flat, k, wg, length, ones_row, transpose):
 
     def task(i: int) -> None:
         a, b = chunks[i]
-        cols = _grid_chunk_cols(xp, flat, k, wg, a, b, ones_row, _thread_scratch())
+        cols = _grid_chunk_cols(xp, flat, k, wg, a, b, ones_row, thread_scratch())
         if transpose:
             partials[i] = w[:, a:b] @ cols.T
         else:
             np.matmul(w, cols, out=out[:, a:b])
 
     threads = min(copy_threads(), len(chunks)) if tasks else 1
-    with _single_threaded_blas(threads > 1) as blas:
+    with single_threaded_blas(threads > 1) as blas:
         # without control of the BLAS threads, one thread (no oversubscription)
-        _in_threads(task, len(chunks), threads if blas.controlled else 1)
+        in_threads(task, len(chunks), threads if blas.controlled else 1)
     if not transpose:
         return out
     result = partials[0]
@@ -599,49 +446,11 @@ def _grid_matmul_chunked(xp, w, flat, k, wg, length, ones_row, transpose):
     return result
 
 
-class _single_threaded_blas:
-    """Context: the BLAS libraries NumPy uses run single-threaded inside (through
-    threadpoolctl, when installed; otherwise a no-op), restored on exit."""
-
-    _controller: Any = False  # False: not looked up yet; None: unavailable
-
-    def __init__(self, active: bool):
-        self.active = active
-        self.saved: list[tuple[Any, int]] = []
-
-    @classmethod
-    def _libs(cls) -> list[Any]:
-        if cls._controller is False:
-            try:
-                from threadpoolctl import ThreadpoolController
-                cls._controller = ThreadpoolController().select(user_api="blas")
-            except Exception:  # not installed, or an unknown BLAS: leave threads alone
-                cls._controller = None
-        return list(cls._controller.lib_controllers) if cls._controller is not None else []
-
-    def __enter__(self):
-        self.controlled = False
-        if self.active:
-            libs = self._libs()
-            self.controlled = bool(libs)
-            for lib in libs:
-                n = lib.num_threads
-                if n != 1:
-                    lib.set_num_threads(1)
-                    self.saved.append((lib, n))
-        return self
-
-    def __exit__(self, *exc):
-        for lib, n in self.saved:
-            lib.set_num_threads(n)
-        self.saved.clear()
-
-
 _GRID_MATMUL = {"numpy": _grid_matmul_chunked}
 
 
 def grid_matmul(w: Array, flat: Array, k: int, wg: int, length: int, *, ones_row: bool = False,
-                transpose: bool = False, xp: Any = None, generic: bool = False) -> Array:
+                transpose: bool = False, xp: Any = None) -> Array:
     """``w @ cols`` (or, with ``transpose``, ``w @ cols.T``) for cols = :func:`grid_cols`
     (flat, k, wg, length, ones_row=ones_row): a stride-1 convolution's forward product
     (w: (F, k*k*C [+1]) -> (F, length)) or its weight gradient (w: the (F, length) output
@@ -655,7 +464,7 @@ def grid_matmul(w: Array, flat: Array, k: int, wg: int, length: int, *, ones_row
     are added in block order (deterministic).
     """
     xp = xp or array_namespace(flat)
-    fn = _dispatch(_GRID_MATMUL, _grid_matmul_generic, xp, generic)
+    fn = _dispatch(_GRID_MATMUL, _grid_matmul_generic, xp)
     return fn(xp, w, flat, k, wg, length, ones_row, transpose)
 
 

@@ -1,4 +1,15 @@
-"""Explicit, seeded random number generation that behaves the same on every backend."""
+"""Random numbers: seeded generators, the default generator, and device random draws.
+
+A :class:`Generator`'s whole state is a host NumPy generator, so one seed gives the same
+weights on every backend and saving one state resumes every stream. Device draws (dropout
+masks) take a sub-seed from it and run :func:`device_uniform`: a device kernel where the
+backend has one (:mod:`xpnet.backend.random`), else a host draw and one transfer.
+
+The default generator is where layers built without ``rng=`` draw their initial weights: one
+process-wide Generator that advances with every draw, so two same-shaped layers built without
+``rng=`` get different weights (PyTorch's global generator, Chainer's default initialisers).
+:func:`manual_seed` resets it for a reproducible script; an explicit ``rng=`` never touches it.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +17,40 @@ from typing import Any
 
 import numpy as np
 
-from . import ops
+from . import ops, validate
 from .backend import current
+from .backend.random import UNIFORM
 
-__all__ = ["Generator"]
+__all__ = ["Generator", "default_generator", "device_uniform", "manual_seed",
+           "spawn_generator"]
+
+
+def _uniform_host(xp: Any, seed: int, shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
+    draw = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    return xp.asarray(draw, dtype=dtype, device=device)
+
+
+def device_uniform(seed: int, shape: tuple[int, ...], dtype: Any, *, xp: Any,
+                   device: Any) -> Any:
+    """Uniform [0, 1) numbers of ``shape`` drawn on ``device`` from an integer seed.
+
+    Reproducible: the same seed gives the same numbers on the same backend. Where the backend
+    has a device kernel the numbers are drawn there (no host transfer); the fallback draws on
+    the host with NumPy and transfers once.
+    """
+    kernel = UNIFORM.get(ops.fast_path_kind(xp), _uniform_host)
+    return kernel(xp, seed, tuple(shape), dtype, device)
 
 
 class Generator:
     """A seeded generator: host draws for initial weights, device draws for dropout masks.
 
     Weights are drawn on the host with NumPy and transferred, so one seed gives the same initial
-    weights on every backend. Device draws (dropout masks) take a fresh 63-bit sub-seed from the
-    host stream and hand it to :func:`xpnet.ops.uniform`, so the whole state is the host state:
-    saving and restoring it (:meth:`get_state`, :meth:`set_state`) resumes both streams exactly.
-    On CuPy the sub-seed keys a Philox4x32-10 cuRAND generator (one per device, created once):
-    counter-based, so a new key is a host-side assignment, not the state set-up kernel CuPy's
-    default XORWOW runs after every seed. Any float dtype works (float16 is drawn as float32 and
-    cast; cuRAND has no float16). ``benchmarks/gpu_check.py`` measures the per-call cost.
+    weights on every backend. Device draws take a fresh 63-bit sub-seed from the host stream
+    and hand it to :func:`device_uniform`, so the whole state is the host state: saving and
+    restoring it (:meth:`get_state`, :meth:`set_state`) resumes both streams exactly. On CuPy
+    the sub-seed keys a Philox4x32-10 cuRAND generator (one per device, created once). Any float
+    dtype works (float16 is drawn as float32 and cast; cuRAND has no float16).
     """
 
     def __init__(self, seed: int | None = 0):
@@ -55,8 +83,8 @@ class Generator:
         if self.stream:
             sub_seed = int(np.random.SeedSequence([sub_seed, self.stream])
                            .generate_state(1, np.uint64)[0] >> 1)
-        return ops.uniform(sub_seed, shape, dtype if dtype is not None else xp.float32,
-                           xp=xp, device=device)
+        return device_uniform(sub_seed, shape, dtype if dtype is not None else xp.float32,
+                              xp=xp, device=device)
 
     def get_state(self) -> dict:
         """The JSON-serialisable state (NumPy bit generator state)."""
@@ -68,3 +96,26 @@ class Generator:
 
     def __repr__(self) -> str:
         return f"Generator(seed={self.seed})"
+
+
+_default = Generator(0)
+
+
+def default_generator() -> Generator:
+    """The process-wide Generator used when a layer is built without ``rng=``."""
+    return _default
+
+
+def manual_seed(seed: int) -> Generator:
+    """Reseed the default Generator (``xpnet.manual_seed(0)`` at the top of a script makes its
+    ``rng``-less layers reproducible); returns it."""
+    global _default
+    _default = Generator(validate.non_negative_int("manual_seed", "seed", seed))
+    return _default
+
+
+def spawn_generator() -> Generator:
+    """A new Generator seeded from the default one, for a layer that keeps its own stream
+    (Dropout's masks): two such layers draw different masks, and ``manual_seed`` makes them
+    reproducible."""
+    return Generator(int(_default.uniform_host((), 0.0, 2.0 ** 31)))

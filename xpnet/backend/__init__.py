@@ -1,0 +1,45 @@
+"""Backends: the only package that names a concrete array library (with :mod:`xpnet.ops`).
+
+Where each concern lives:
+
+- :mod:`~xpnet.backend.selection`: the factories (one per backend), ``set_backend``,
+  ``current``, ``resolve_backend``, ``available_backends``;
+- :mod:`~xpnet.backend.probe`: can CuPy run here (driver, kernel, cuRAND, cuBLAS), which devices
+  each library sees;
+- :mod:`~xpnet.backend.hints`: install commands that fit how xpnet was installed;
+- :mod:`~xpnet.backend.transfer`: ``to_device``, ``to_numpy``, ``as_host``, device rules;
+- :mod:`~xpnet.backend.memory`: host or device memory, free GPU memory, the host allocator;
+- :mod:`~xpnet.backend.buffers`: an array's memory as a transport sees it;
+- :mod:`~xpnet.backend.random`: device random kernels.
+
+Adding a backend: a factory in ``selection``, its transfers in ``transfer``/``buffers``, its
+fast paths in :mod:`xpnet.ops` (and a device random kernel in ``random`` where it has one).
+"""
+
+from .memory import free_device_memory
+from .probe import cuda_status, explain_cuda_error
+from .selection import (
+    BACKENDS,
+    Backend,
+    BackendError,
+    available_backends,
+    current,
+    resolve_backend,
+    set_backend,
+)
+from .transfer import (
+    DeviceMismatchError,
+    as_host,
+    check_same_device,
+    describe,
+    device_scope,
+    to_device,
+    to_numpy,
+)
+
+__all__ = [
+    "BACKENDS", "Backend", "BackendError", "DeviceMismatchError", "as_host", "available_backends",
+    "check_same_device", "cuda_status", "current", "describe", "device_scope",
+    "explain_cuda_error", "free_device_memory", "resolve_backend", "set_backend", "to_device",
+    "to_numpy",
+]
