@@ -325,6 +325,6 @@ def test_grid_threading_is_read_from_the_environment_and_checked(monkeypatch):
     monkeypatch.setenv("XPNET_GRID_THREADING", "tasks")
     assert ops.grid_threading() == "tasks"
     monkeypatch.setenv("XPNET_GRID_THREADING", "fast")
-    with pytest.raises(ValueError, match="XPNET_GRID_THREADING: expected 'blas' or 'tasks', "
-                                         "got 'fast'"):
+    with pytest.raises(ValueError, match="XPNET_GRID_THREADING='fast': expected 'blas' or "
+                                         "'tasks'"):
         ops.grid_threading()

@@ -40,6 +40,7 @@ import array_api_extra as xpx
 import numpy as np
 from array_api_compat import array_namespace, device
 
+from . import validate
 from .backend import device_scope
 from .threads import Workspace, copy_threads, in_threads, single_threaded_blas, thread_scratch
 
@@ -245,7 +246,7 @@ def im2col(x: Array, kh: int, kw: int, stride: int = 1, pad: int = 0, *, ones_ro
     With ``ones_row`` a last row of ones is appended, so a bias column in W rides along in the
     same matmul (and its gradient comes out of the weight-gradient matmul).
     With ``pool=P`` the columns come in pool-blocked order (P, P, N, OH//P, OW//P) for a
-    following P x P max-pool with stride P: see :class:`xpnet.conv.ConvMaxPool2d`. Output
+    following P x P max-pool with stride P: see :class:`xpnet.ConvMaxPool2d`. Output
     rows or columns that such a pool would drop (OH or OW not a multiple of P) are left out.
     """
     xp = xp or array_namespace(x)
@@ -383,10 +384,9 @@ def grid_threading() -> str:
       to another process delays only its own blocks (a multi-threaded BLAS call waits for its
       slowest thread, many times per matmul): for shared, oversubscribed machines.
     """
-    mode = os.environ.get("XPNET_GRID_THREADING", "blas") or "blas"
-    if mode not in ("blas", "tasks"):
-        raise ValueError(f"XPNET_GRID_THREADING: expected 'blas' or 'tasks', got {mode!r}")
-    return mode
+    return validate.env_choice("XPNET_GRID_THREADING",
+                               os.environ.get("XPNET_GRID_THREADING", "blas") or "blas",
+                               {"blas": "", "tasks": ""})
 
 
 def _grid_chunks(rows: int, length: int, itemsize: int, threads: int):

@@ -5,6 +5,9 @@ refuses ``bool`` (``True`` is not a batch size), NaN and infinities, and raises 
 
     "{owner}: {name} must be {expected}, got {value!r}"
 
+An environment variable read as a setting is refused as ``"{VARIABLE}={value!r}: expected
+{options}"`` (:func:`env_choice`).
+
 A value of the wrong kind (a string, None, a float where an integer is needed) raises
 :class:`ArgumentTypeError`, a ``TypeError`` that is also a ``ValueError`` (as NumPy's
 ``AxisError`` is both a ``ValueError`` and an ``IndexError``), so ``except ValueError`` catches
@@ -19,8 +22,9 @@ import numbers
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["ArgumentTypeError", "choice", "finite_float", "int_at_least", "non_negative_float",
-           "non_negative_int", "positive_float", "positive_int", "probability", "real_in_range"]
+__all__ = ["ArgumentTypeError", "choice", "env_choice", "finite_float", "int_at_least",
+           "non_negative_float", "non_negative_int", "positive_float", "positive_int",
+           "probability", "real_in_range"]
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -103,4 +107,14 @@ def choice(owner: str, name: str, value: Any, options: Iterable[Any]) -> Any:
     options = list(options)
     if isinstance(value, bool) or value not in options:
         _fail(owner, name, "one of " + ", ".join(repr(o) for o in options), value)
+    return value
+
+
+def env_choice(variable: str, value: str, options: dict[str, str]) -> str:
+    """``value`` of environment variable ``variable``, which must be a key of ``options``
+    (value -> what it means, or '' to say nothing more)."""
+    if value not in options:
+        said = [f"{k!r} ({v})" if v else repr(k) for k, v in options.items()]
+        expected = ", ".join(said[:-1]) + f" or {said[-1]}" if len(said) > 1 else said[0]
+        raise ValueError(f"{variable}={value!r}: expected {expected}")
     return value

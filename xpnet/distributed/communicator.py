@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import validate
+
 __all__ = ["CollectiveError", "Communicator", "ReplicaMismatch", "SingleProcess",
            "device_for_local_rank", "launcher_world_size", "reset", "shard_bounds", "world"]
 
@@ -44,10 +46,8 @@ def launcher_world_size(environ: dict[str, str] | None = None) -> int:
     actual size comes from MPI). Any other value is refused.
     """
     env = os.environ if environ is None else environ
-    flag = env.get(ENV_FLAG, "").strip()
-    if flag not in ("", "0", "1"):
-        raise ValueError(f"{ENV_FLAG}={flag!r}: expected '0' (one process), '1' (MPI) or unset "
-                         "(detect the launcher)")
+    flag = validate.env_choice(ENV_FLAG, env.get(ENV_FLAG, "").strip(),
+                               {"0": "one process", "1": "MPI", "": "unset: detect the launcher"})
     if flag == "0":
         return 1
     sizes = [env.get(name, "") for name in SIZE_VARIABLES]
