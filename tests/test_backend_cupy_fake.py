@@ -200,26 +200,31 @@ def _dist(monkeypatch, direct_url: dict | None):
     monkeypatch.setattr(hints.importlib.metadata, "distribution", lambda name: Dist())
 
 
-def test_install_hint_from_an_index(monkeypatch, tmp_path):
+def test_install_hint_from_an_index(monkeypatch):
     _dist(monkeypatch, None)
     monkeypatch.setattr(hints, "_source_tree", lambda: None)
     assert hints.installed_from() == hints.Install("index", None)
     assert hints.install_command("cupy12") == 'pip install "xpnet[cupy12]"'
 
 
-@pytest.mark.parametrize("editable,expected", [(True, 'pip install -e ".[cupy12]"'),
-                                               (False, 'pip install ".[cupy12]"')])
-def test_install_hint_from_this_checkout(monkeypatch, editable, expected):
-    root = Path(xpnet.__file__).resolve().parents[1]
-    _dist(monkeypatch, {"url": f"file://{root}", "dir_info": {"editable": editable}})
-    hint = hints.install_command("cupy12")
-    assert hint == f"{expected} in the checkout {root}"
-
-
-def test_install_hint_for_a_checkout_on_the_path_names_that_checkout(monkeypatch, tmp_path):
-    _dist(monkeypatch, {"url": f"file://{tmp_path}", "dir_info": {"editable": True}})
-    root = Path(xpnet.__file__).resolve().parents[1]
+def test_install_hint_running_from_a_checkout():
+    root = Path(xpnet.__file__).resolve().parents[1]  # this test runs from one
     assert hints.installed_from() == hints.Install("editable", root)
+    assert hints.install_command("cupy12") == f'pip install -e ".[cupy12]" in the checkout {root}'
+
+
+def test_install_hint_for_a_copy_installed_from_a_checkout(monkeypatch, tmp_path):
+    _dist(monkeypatch, {"url": f"file://{tmp_path}", "dir_info": {}})
+    monkeypatch.setattr(hints, "_source_tree", lambda: None)  # running from site-packages
+    assert hints.installed_from() == hints.Install("checkout", tmp_path)
+    assert hints.install_command("mpi") == f'pip install ".[mpi]" in the checkout {tmp_path}'
+
+
+def test_install_hint_for_a_wheel_file(monkeypatch, tmp_path):
+    wheel = tmp_path / "xpnet-0.1.0-py3-none-any.whl"
+    _dist(monkeypatch, {"url": f"file://{wheel}", "archive_info": {}})
+    monkeypatch.setattr(hints, "_source_tree", lambda: None)
+    assert hints.install_command("cupy13") == f'pip install "{wheel}[cupy13]"'
 
 
 def test_a_missing_cupy_names_the_command_that_fits_the_install(monkeypatch):

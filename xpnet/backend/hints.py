@@ -1,8 +1,9 @@
 """Install hints that fit how xpnet itself was installed.
 
-From a checkout (``pip install -e .``, ``pip install .``, or a source tree on ``PYTHONPATH``)
-the fix is ``pip install -e ".[cupy12]"`` run in that checkout; from a package index it is
-``pip install "xpnet[cupy12]"``. pip records which in ``direct_url.json`` (PEP 610).
+Running from a checkout (``pip install -e .``, or a source tree on ``PYTHONPATH``) the fix is
+``pip install -e ".[cupy12]"`` run in that checkout; installed by ``pip install .`` from one, it
+is ``pip install ".[cupy12]"`` there; from a package index, ``pip install "xpnet[cupy12]"``.
+pip records where a package came from in ``direct_url.json`` (PEP 610).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../xpnet
 
 
 class Install(NamedTuple):
-    """How the running xpnet came here: ``kind`` is 'editable', 'checkout' or 'index'; ``path``
-    the checkout for the first two."""
+    """How the running xpnet came here: ``kind`` is 'editable' (a checkout xpnet runs from),
+    'checkout' (copied from a checkout by ``pip install .``), 'archive' (a wheel or sdist
+    file) or 'index'; ``path`` is the checkout or the file."""
 
     kind: str
     path: Path | None
@@ -31,40 +33,36 @@ def _source_tree() -> Path | None:
 
 
 def installed_from() -> Install:
-    """Where the running xpnet comes from: its checkout (editable or not) or a package index.
-
-    A distribution whose recorded directory is not the one this code runs from (a second
-    checkout on ``PYTHONPATH``) counts as that second checkout.
-    """
-    try:
-        dist = importlib.metadata.distribution("xpnet")
-        text = dist.read_text("direct_url.json")
-    except importlib.metadata.PackageNotFoundError:
-        dist, text = None, None
-    if text:
-        try:
-            info = json.loads(text)
-        except ValueError:
-            info = {}
-        url = str(info.get("url", ""))
-        if url.startswith("file://"):
-            path = Path(url[len("file://"):]).resolve()
-            if path == _PACKAGE_DIR.parent:
-                editable = bool(info.get("dir_info", {}).get("editable"))
-                return Install("editable" if editable else "checkout", path)
+    """Where the running xpnet comes from: the checkout it runs from, the checkout or file pip
+    installed it from (PEP 610's ``direct_url.json``), or a package index."""
     tree = _source_tree()
-    if tree is not None:  # running from a source tree (installed from it, or on PYTHONPATH)
+    if tree is not None:  # running from a checkout: editable, or on PYTHONPATH
         return Install("editable", tree)
+    try:
+        text = importlib.metadata.distribution("xpnet").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        text = None
+    try:
+        info = json.loads(text) if text else {}
+    except ValueError:
+        info = {}
+    url = str(info.get("url", ""))
+    if url.startswith("file://"):
+        path = Path(url[len("file://"):])
+        return Install("archive" if "archive_info" in info else "checkout", path)
     return Install("index", None)
 
 
 def install_command(extra: str, install: Install | None = None) -> str:
     """The pip command that adds xpnet's optional dependencies ``extra`` ('cupy12', 'mpi')."""
     install = install or installed_from()
-    if install.kind == "index":
-        return f'pip install "xpnet[{extra}]"'
-    flag = "-e " if install.kind == "editable" else ""
-    return f'pip install {flag}".[{extra}]" in the checkout {install.path}'
+    if install.kind == "editable":
+        return f'pip install -e ".[{extra}]" in the checkout {install.path}'
+    if install.kind == "checkout":
+        return f'pip install ".[{extra}]" in the checkout {install.path}'
+    if install.kind == "archive":
+        return f'pip install "{install.path}[{extra}]"'
+    return f'pip install "xpnet[{extra}]"'
 
 
 def cupy_cuda_major() -> int | None:
