@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,44 @@ def test_two_rank_collectives_over_nccl():
                             env=env, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert sum(ln.startswith("OK") for ln in result.stdout.splitlines()) == 1, result.stdout
+
+
+def test_each_array_library_gets_its_transport(monkeypatch):
+    """The transport table on CPU with a stand-in communicator: NumPy and torch-CPU arrays are
+    reduced in their own memory, CuPy arrays over NCCL (or, with a CUDA-aware MPI, straight to
+    MPI after a device synchronize), anything else through a host copy."""
+    from xpnet.distributed import transports
+
+    calls = []
+
+    class FakeComm:
+        MPI = types.SimpleNamespace(IN_PLACE="IN_PLACE", SUM="SUM")
+        cuda_aware = False
+        comm = types.SimpleNamespace(Allreduce=lambda _, b, op: calls.append(("mpi", b)))
+
+        def nccl(self):
+            return types.SimpleNamespace(allreduce_=lambda b: calls.append(("nccl", b)) or b)
+
+    comm, host = FakeComm(), np.ones(3)
+    assert transports.allreduce_(comm, host) is host and calls == [("mpi", host)]
+    monkeypatch.setattr(transports, "array_library", lambda b: "cupy")
+    monkeypatch.setattr(transports, "synchronize", lambda b: calls.append(("sync", b)))
+    gpu = object()
+    calls.clear()
+    assert transports.allreduce_(comm, gpu) is gpu and calls == [("nccl", gpu)]
+    comm.cuda_aware = True
+    calls.clear()
+    assert transports.allreduce_(comm, gpu) is gpu and calls == [("sync", gpu), ("mpi", gpu)]
+    monkeypatch.undo()  # the real array_library and synchronize again
+    strict = pytest.importorskip("array_api_strict")
+    x = strict.ones(3)
+    calls.clear()
+    out = transports.allreduce_(comm, x)
+    assert out is not x and calls[0][0] == "mpi" and isinstance(calls[0][1], np.ndarray)
+    torch = pytest.importorskip("torch")
+    t = torch.ones(3)
+    calls.clear()
+    assert transports.allreduce_(comm, t) is t and np.shares_memory(calls[0][1], t.numpy())
 
 
 @pytest.mark.gpu
