@@ -302,6 +302,12 @@ def test_explain_cuda_error_recognises_compile_failures():
     assert "ctk" in backend_module.explain_cuda_error(RuntimeError(HEADERS_ERROR))
     mismatch = backend_module.explain_cuda_error(RuntimeError(NVRTC_ERROR))
     assert "driver/NVRTC mismatch" in mismatch and "ctk" not in mismatch
+    library = backend_module.explain_cuda_error(OSError(
+        "libcublas.so.12: cannot open shared object file: No such file or directory"))
+    assert "a CUDA library could not be loaded" in library and "ctk" in library
+    assert "a CUDA header is missing" not in library
+    gcc = backend_module.explain_cuda_error(RuntimeError("cuda_fp16.h: No such file or directory"))
+    assert "a CUDA header is missing" in gcc
     assert backend_module.explain_cuda_error(RuntimeError("out of memory")) is None
 
 

@@ -9,6 +9,7 @@ device, and says in one line what is missing and how to fix it.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from .hints import cupy_cuda_major, install_command
@@ -18,9 +19,9 @@ __all__ = ["cuda_devices", "cuda_status", "explain_cuda_error", "no_driver_messa
 
 _PROBE: dict[int, str] = {}
 
-# what a compiler says when a header is missing (CuPy's own check, NVRTC's #include error)
-_MISSING_HEADER = ("Failed to find CUDA headers", "cannot open source file", "file not found",
-                   "No such file or directory")
+# what says a header is missing: CuPy's own check, NVRTC's #include error, gcc/clang style
+_MISSING_HEADER = re.compile(r"Failed to find CUDA headers|cannot open source file"
+                             r"|\.h['\"]?(:| file) (No such file|not found)")
 # what CuPy says when a compile or CUDA library failed
 _COMPILE = ("CompileException", "NVRTCError", "nvrtc", "NVRTC", "PTX", "ptx")
 
@@ -65,7 +66,7 @@ def _first_line(exc: BaseException) -> str:
 def _classify(stage: str, exc: BaseException) -> str:
     """The cause and fix of a failed probe ``stage`` ('kernel', 'cuRAND', 'cuBLAS')."""
     text = f"{type(exc).__name__}: {exc}"
-    if any(h in text for h in _MISSING_HEADER):
+    if _MISSING_HEADER.search(text):
         return f"a CUDA header is missing ({_first_line(exc)}); {toolkit_fix()}"
     if stage == "kernel" and any(h in text for h in _COMPILE):
         return (f"NVRTC could not compile for this driver ({_first_line(exc)}): the driver is "
@@ -130,10 +131,12 @@ def cuda_status(index: int = 0) -> tuple[bool, str]:
 def explain_cuda_error(exc: BaseException) -> str | None:
     """One line with the fix for a CuPy compile or CUDA-library failure, else None."""
     text = f"{type(exc).__name__}: {exc}"
-    if any(h in text for h in _MISSING_HEADER):
+    if _MISSING_HEADER.search(text):
         return f"CuPy cannot compile its kernels here: {_classify('kernel', exc)}"
-    if any(h in text for h in _COMPILE) or "libcu" in text:
+    if any(h in text for h in _COMPILE):
         return f"CuPy cannot run here: {_classify('kernel', exc)}"
+    if "libcu" in text or "libnv" in text:
+        return f"CuPy cannot run here: {_classify('a CUDA library', exc)}"
     return None
 
 
