@@ -69,8 +69,9 @@ def _classify(stage: str, exc: BaseException) -> str:
     if _MISSING_HEADER.search(text):
         return f"a CUDA header is missing ({_first_line(exc)}); {toolkit_fix()}"
     if stage == "kernel" and any(h in text for h in _COMPILE):
-        return (f"NVRTC could not compile for this driver ({_first_line(exc)}): the driver is "
-                f"older than CuPy's CUDA (a driver/NVRTC mismatch); {_driver_fix()}")
+        return (f"NVRTC could not compile for this GPU and driver ({_first_line(exc)}); no "
+                f"header is missing, so most likely a driver/NVRTC mismatch (a driver older "
+                f"than CuPy's CUDA); {_driver_fix()}")
     if stage != "kernel" and ("lib" in text or "load" in text.lower()):
         return f"{stage} could not be loaded ({_first_line(exc)}); {toolkit_fix()}"
     return f"{_first_line(exc)}; {_driver_fix()}"
