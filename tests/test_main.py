@@ -65,6 +65,14 @@ def test_info_json_parses(capsys):
     assert info["auto"]["choice"] in ("numpy", "cupy")
     assert set(info["devices"]) == {"cupy", "torch_cuda", "array_api_strict"}
     assert info["selection"]["backend"] == info["auto"]["choice"]
+    root = str(Path(xpnet.__file__).resolve().parents[1])  # these tests run from a checkout
+    assert info["installed_from"] == {"kind": "editable", "path": root}
+
+
+def test_info_says_how_xpnet_was_installed(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"Installed from the checkout {ROOT} (editable)" in out
 
 
 def test_info_leaves_the_selected_backend_alone(monkeypatch, capsys):
