@@ -243,8 +243,8 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, **kwargs
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fashion-MNIST (Zalando): :func:`load_mnist` with ``fashion=True``; same keywords.
 
-    The files are looked for in ``data_dir``/``fashion-mnist/``, ``$XPNET_DATA_DIR`` and the
-    cache, and checked against the official ``.gz`` MD5 digests.
+    The files come from ``data_dir`` (or its ``fashion-mnist/``), else ``$XPNET_DATA_DIR``,
+    else the cache, and are checked against the official ``.gz`` MD5 digests.
     """
     return load_mnist(data_dir, fashion=True, **kwargs)
 
@@ -461,11 +461,6 @@ def _max_gz_bytes(fname: str, src: Source) -> int:
     return raw + 5 * (raw // 16384 + 1) + 1024
 
 
-def _read_exact(f: gzip.GzipFile, n: int) -> bytes:
-    """Up to n bytes from the stream (fewer only at its end); never inflates more than n."""
-    return f.read(n) if n else b""
-
-
 def _read_idx(path: Path, fname: str, src: Source, shown: str | None = None) -> np.ndarray:
     """Stream-decompress and check one IDX file (as ``fname`` of ``src``); return its uint8
     payload.
@@ -481,7 +476,8 @@ def _read_idx(path: Path, fname: str, src: Source, shown: str | None = None) -> 
     header = 4 + 4 * ndim
     try:
         with gzip.open(path, "rb") as f:
-            head = _read_exact(f, header)
+            # GzipFile.read(n) returns n bytes (fewer only at the end) and inflates no more
+            head = f.read(header)
             if len(head) < header:
                 raise DataError(f"{where}: {len(head)} bytes uncompressed, shorter than the "
                                 f"{header}-byte IDX header of {kind}")
@@ -498,7 +494,7 @@ def _read_idx(path: Path, fname: str, src: Source, shown: str | None = None) -> 
                                 f"than the {most} a {src.name} {fname} holds; refused before "
                                 "decompressing it")
             size = dims[0] * item
-            data = _read_exact(f, size)
+            data = f.read(size)
             if len(data) < size:
                 raise DataError(f"{where}: truncated: the header announces {dims[0]} {kind} "
                                 f"({header + size} bytes uncompressed) but the file holds "
