@@ -344,7 +344,8 @@ def _sweep_parts(dest: Path) -> None:
             pass
 
 
-def _download(fname: str, dest: Path, src: Source, show: bool, data_dir_name: str) -> None:
+def _download(fname: str, dest: Path, src: Source, show: bool,
+              data_dir_name: str = "data_dir") -> None:
     """Fetch one file into dest, trying each mirror in turn; DownloadError if all fail."""
     failures = []
     for mirror in src.mirrors:
