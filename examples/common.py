@@ -317,7 +317,7 @@ def load_mnist(args: argparse.Namespace, *, flatten: bool
     if args.dry_run:
         limit = min(limit or DRY_RUN_IMAGES, DRY_RUN_IMAGES)
     x_train, y_train, x_test, y_test = _load_mnist(args.data_dir, flatten=flatten,
-                                                   train_limit=limit)
+                                                   train_limit=limit, data_dir_name="--data-dir")
     if args.dry_run:
         x_test, y_test = x_test[:DRY_RUN_IMAGES], y_test[:DRY_RUN_IMAGES]
     log(f"MNIST: {len(x_train)} training and {len(x_test)} test images")

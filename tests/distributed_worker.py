@@ -14,6 +14,7 @@ a straight vs a resumed run; a 1-process checkpoint resumed on 2 ranks. Leaves D
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -28,8 +29,20 @@ import xpnet  # noqa: E402
 from xpnet import distributed  # noqa: E402
 from xpnet.backend import to_numpy  # noqa: E402
 
-BACKENDS = tuple(os.environ.get("XPNET_TEST_BACKENDS", "numpy,torch,array_api_strict")
-                 .split(","))  # tests/test_distributed.py runs cupy (one GPU per rank)
+
+def _installed(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+# tests/test_distributed.py runs cupy (one GPU per rank); by default the CPU backends that are
+# installed (torch is optional: the suite uses it when present)
+BACKENDS = tuple(os.environ["XPNET_TEST_BACKENDS"].split(",")
+                 if os.environ.get("XPNET_TEST_BACKENDS") else
+                 (n for n in ("numpy", "torch", "array_api_strict") if _installed(n)))
 
 
 def use(name: str) -> None:

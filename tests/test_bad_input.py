@@ -163,7 +163,15 @@ def _good_checkpoint(tmp: Path) -> dict:
 
 def _offline(tmp: Path) -> dict:
     (tmp / "afile").write_text("not a folder")
+    (tmp / "empty").mkdir()
     return {}
+
+
+def _with_env(name: str, value: str, call: Callable[[], Any]) -> Any:
+    """call() with one environment variable set (restored afterwards)."""
+    from unittest import mock
+    with mock.patch.dict(os.environ, {name: value}):
+        return call()
 
 
 X = np.zeros((5, 2), np.float32)
@@ -274,6 +282,27 @@ CASES = [
     Case("losses-mse-shape", lambda c: c["mse"](c["z"], _dev(np.zeros((4, 2), F32))), ValueError,
          ("MSE", "target", "(4, 2)", "expected the prediction's shape (4, 3)"),
          lambda t: _loss_ctx()),
+    Case("losses-real-valued-targets",
+         lambda c: c["loss"](c["z"], _dev(np.linspace(-1, 1, 4, dtype=F32)[:, None])),
+         ValueError, ("target", "(4, 1)", "float32", "use MSE"), lambda t: _loss_ctx()),
+    Case("losses-single-output",
+         lambda c: c["loss"](_dev(np.zeros((4, 1), F32)), _dev(np.zeros((4, 1), F32))),
+         ValueError, ("SoftmaxCrossEntropy", "(4, 1)", "single output", "use MSE"),
+         lambda t: _loss_ctx()),
+    Case("losses-negative-soft-targets",
+         lambda c: c["loss"](c["z"], _dev(np.array([[1.5, -0.5, 0]] * 4, F32))),
+         ValueError, ("target: row 0 holds -0.5", "4 of 4 rows", "non-negative", "use MSE"),
+         lambda t: _loss_ctx()),
+    Case("losses-zero-sum-soft-targets",
+         lambda c: c["loss"](c["z"], _dev(np.zeros((4, 3), F32))),
+         ValueError, ("target: row 0 sums to 0", "positive number"), lambda t: _loss_ctx()),
+    Case("losses-empty-batch",
+         lambda c: c["loss"](_dev(np.zeros((0, 3), F32)), _dev(np.zeros(0, np.int64))),
+         ValueError, ("SoftmaxCrossEntropy", "empty batch", "(0, 3)", "at least one"),
+         lambda t: _loss_ctx()),
+    Case("losses-mse-empty-batch",
+         lambda c: c["mse"](_dev(np.zeros((0, 3), F32)), _dev(np.zeros((0, 3), F32))),
+         ValueError, ("MSE", "empty batch", "(0, 3)"), lambda t: _loss_ctx()),
     Case("losses-check-range-not-bool", lambda c: xpnet.SoftmaxCrossEntropy("yes"), TypeError,
          ("SoftmaxCrossEntropy", "check_range", "True or False", "'yes'")),
     # ------------------------------------------------------------------ optimizers
@@ -364,6 +393,22 @@ CASES = [
          _offline),
     Case("data-mnist-data-dir-not-path", lambda c: load_mnist(3), TypeError,
          ("data_dir", "folder path", "got 3")),
+    Case("data-mnist-empty-data-dir", lambda c: load_mnist(c["tmp"] / "empty"),
+         FileNotFoundError, ("data_dir {tmp}/empty holds no complete mnist set",
+                             "{tmp}/empty has none of them", "omit data_dir"), _offline),
+    Case("data-mnist-empty-data-dir-flag",
+         lambda c: load_mnist(c["tmp"] / "empty", data_dir_name="--data-dir"),
+         FileNotFoundError, ("--data-dir {tmp}/empty holds no complete mnist set",
+                             "omit --data-dir to download them into"), _offline),
+    Case("data-mnist-env-typo",
+         lambda c: _with_env("XPNET_DATA_DIR", str(c["tmp"] / "typo"),
+                             lambda: load_mnist(data_dir_name="--data-dir")),
+         FileNotFoundError, ("XPNET_DATA_DIR does not exist: {tmp}/typo",
+                             "nothing is downloaded instead"), _offline),
+    Case("data-mnist-env-empty",
+         lambda c: _with_env("XPNET_DATA_DIR", str(c["tmp"] / "empty"), load_mnist),
+         FileNotFoundError, ("XPNET_DATA_DIR {tmp}/empty holds no complete mnist set",
+                             "unset XPNET_DATA_DIR"), _offline),
     Case("data-mnist-train-limit-zero", lambda c: load_mnist(c["tmp"], train_limit=0),
          ValueError, ("train_limit", "positive integer", "got 0"), _offline),
     # ------------------------------------------------------------------ loader
@@ -713,6 +758,10 @@ CLI_CASES = [
      ("--plot", "{tmp}/out.jpgg", ".jpgg", "expected one of .png")),
     ("cli-data-dir-missing", "mnist_mlp", ["--data-dir", "{tmp}/nope"], None, 2,
      ("--data-dir", "{tmp}/nope", "does not exist", "expected the folder")),
+    ("cli-data-dir-empty", "mnist_cnn", ["--data-dir", "{tmp}/empty"],
+     lambda t: (t / "empty").mkdir(), 1,
+     ("--data-dir {tmp}/empty holds no complete mnist set", "{tmp}/empty has none of them",
+      "omit --data-dir")),
     ("cli-checkpoint-exists", "mnist_mlp", ["--checkpoint", "{tmp}/ck.npz"], _mlp_checkpoint,
      2, ("--checkpoint", "{tmp}/ck.npz", "already exists", "--resume", "--overwrite")),
     ("cli-resume-missing", "mnist_mlp", ["--checkpoint", "{tmp}/gone.npz", "--resume"], None,

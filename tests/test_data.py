@@ -15,11 +15,14 @@ import http.server
 import shutil
 import socket
 import threading
+import time
 from pathlib import Path
 
 import array_api_compat
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import xpnet
 from xpnet import backend as backend_module
@@ -37,7 +40,8 @@ from xpnet.data import (
 from xpnet.data import mnist as mnist_module
 from xpnet.data.loader import fits_on_device
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
 FILES = mnist_module.FILES
 TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = FILES
 
@@ -309,16 +313,188 @@ def test_fashion_uses_its_folder_and_gz_md5(tmp_path, monkeypatch):
     assert str(path) in str(info.value)
 
 
-def test_not_found_lists_every_place(tmp_path, monkeypatch):
+def test_given_folder_without_the_files_is_an_error_naming_it(tmp_path, monkeypatch):
+    """A folder the caller named that lacks the files never falls through to
+    $XPNET_DATA_DIR, the cache or a download, even when those hold a set."""
+    sums = make_tiny(tmp_path / "env" / "tiny")
+    make_tiny(tmp_path / "cache" / "xpnet" / "tiny")
     monkeypatch.setenv("XPNET_DATA_DIR", str(tmp_path / "env"))
     (tmp_path / "given").mkdir()
+    for kwargs, name in (({}, "data_dir"), ({"data_dir_name": "--data-dir"}, "--data-dir")):
+        with pytest.raises(FileNotFoundError) as info:
+            load_mnist(tmp_path / "given", source=tiny_source(sums), **kwargs)
+        msg = str(info.value)
+        assert msg.startswith(f"{name} {tmp_path / 'given'} holds no complete tiny set"), msg
+        assert f"{tmp_path / 'given'} has none of them" in msg
+        assert f"omit {name} to use XPNET_DATA_DIR" in msg
+        assert "[Errno" not in msg
+    with pytest.raises(FileNotFoundError, match="--data-dir does not exist: "):
+        load_mnist(tmp_path / "typo", source=tiny_source(sums), data_dir_name="--data-dir")
+
+
+def test_given_folder_with_some_files_names_the_missing_ones(tmp_path):
+    sums = make_tiny(tmp_path / "given")
+    (tmp_path / "given" / TEST_LABELS).unlink()
     with pytest.raises(FileNotFoundError) as info:
-        load_mnist(tmp_path / "given", download=False)
+        load_mnist(tmp_path / "given", source=tiny_source(sums))
+    assert f"{tmp_path / 'given'} has no {TEST_LABELS}" in str(info.value)
+
+
+@pytest.mark.parametrize("setup", ["missing", "empty", "file"])
+def test_xpnet_data_dir_is_treated_like_data_dir(tmp_path, monkeypatch, setup):
+    """A typo in XPNET_DATA_DIR is an error naming the variable, not a silent run on whatever
+    the cache holds."""
+    sums = make_tiny(tmp_path / "cache" / "xpnet" / "tiny")
+    env = tmp_path / "env"
+    if setup == "empty":
+        env.mkdir()
+    elif setup == "file":
+        env.write_text("not a folder")
+    monkeypatch.setenv("XPNET_DATA_DIR", str(env))
+    with pytest.raises((FileNotFoundError, NotADirectoryError)) as info:
+        load_mnist(source=tiny_source(sums), data_dir_name="--data-dir")
     msg = str(info.value)
-    for place in (tmp_path / "given", tmp_path / "given" / "mnist", tmp_path / "env",
-                  tmp_path / "env" / "mnist", tmp_path / "cache" / "xpnet" / "mnist"):
-        assert f"{place} (" in msg
+    assert msg.startswith("XPNET_DATA_DIR") and str(env) in msg, msg
+    assert "--data-dir" not in msg
+    if setup == "empty":
+        assert "unset XPNET_DATA_DIR to download them into" in msg
+
+
+def test_not_found_in_cache_without_download(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        load_mnist(download=False, data_dir_name="--data-dir")
+    msg = str(info.value)
+    assert f"the cache {tmp_path / 'cache' / 'xpnet' / 'mnist'} lacks" in msg
+    assert "pass it as --data-dir (or set XPNET_DATA_DIR)" in msg
     assert "download=True" in msg
+
+
+# --------------------------------------------------------------------------- untrusted files
+
+def _gz_members(*parts: bytes) -> bytes:
+    """A multi-member gzip file (as ``cat a.gz b.gz`` makes), which gzip readers accept."""
+    return b"".join(gzip.compress(p, compresslevel=1) for p in parts)
+
+
+def test_header_declaring_more_than_the_set_holds_is_refused(tmp_path):
+    make_tiny(tmp_path)
+    header = (0x803).to_bytes(4, "big") + (2**32 - 1).to_bytes(4, "big") + \
+        (28).to_bytes(4, "big") * 2
+    (tmp_path / TRAIN_IMAGES).write_bytes(gzip.compress(header + bytes(784 * 3)))
+    with pytest.raises(DataError, match="declares 4294967295 images, more than the 60000 a "
+                       "tiny train-images-idx3-ubyte.gz holds; refused before decompressing"):
+        load_mnist(tmp_path, source=tiny_source({}))
+    make_tiny(tmp_path)  # valid again; now the limit is below the tiny test set's 10
+    small = dataclasses.replace(tiny_source({}), max_test=9)
+    with pytest.raises(DataError, match="declares 10 labels, more than the 9"):
+        load_mnist(tmp_path, source=small)
+
+
+_BOMB_CHILD = """
+import gzip, resource, sys
+from xpnet.data import DataError, Source, load_mnist
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_mnist(sys.argv[1], source=Source(name="bomb", mirrors=()))
+except DataError as exc:
+    print("DataError:", exc)
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print("grown_kib", grown)
+"""
+
+
+def test_gzip_bomb_takes_bounded_memory(tmp_path):
+    """About 1 MB of gzip that inflates to 1 GiB behind a valid header: the reader stops
+    after the 60000 images the header declares (47 MB) and refuses the trailing bytes; peak
+    memory, measured in a fresh process, stays far below what inflating it all would take."""
+    import subprocess
+    import sys
+
+    make_tiny(tmp_path)
+    header = (0x803).to_bytes(4, "big") + (60000).to_bytes(4, "big") + \
+        (28).to_bytes(4, "big") * 2
+    zeros = gzip.compress(bytes(64 << 20), compresslevel=9)
+    bomb = gzip.compress(header, compresslevel=1) + zeros * 16  # 16 x 64 MiB of zeros
+    assert len(bomb) < 2 << 20
+    (tmp_path / TRAIN_IMAGES).write_bytes(bomb)
+    proc = subprocess.run([sys.executable, "-c", _BOMB_CHILD, str(tmp_path)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert "has trailing bytes" in proc.stdout, proc.stdout
+    grown_mib = int(proc.stdout.split("grown_kib")[1]) / 1024
+    assert grown_mib < 200, f"loading a {len(bomb)}-byte file grew the peak RSS by " \
+        f"{grown_mib:.0f} MiB"
+
+
+def _tiny_labels(n: int = 10) -> bytes:
+    return _idx(np.arange(n) % 10, 0x801)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(magic=st.sampled_from([0x801, 0x803, 0x0801_0000, 0]),
+       count=st.one_of(st.integers(0, 12), st.integers(12, 2**32 - 1)),
+       payload=st.integers(0, 30))
+def test_crafted_label_headers_are_classified_before_inflating(magic, count, payload):
+    """Any IDX labels header with any payload length: accepted only when it is consistent;
+    otherwise the one DataError for what is wrong, the oversized count refused from the
+    header alone."""
+    import tempfile
+
+    src = dataclasses.replace(tiny_source({}), max_test=12)
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        make_tiny(folder)
+        content = magic.to_bytes(4, "big") + count.to_bytes(4, "big") + \
+            bytes(min(payload, 10) * [3])
+        (folder / TEST_LABELS).write_bytes(gzip.compress(content + bytes(max(0, payload - 10))))
+        if magic == 0x801 and count == payload == 10:  # the tiny set has 10 test images
+            *_, y_test = load_mnist(folder, source=src)
+            assert y_test.tolist() == [3] * 10
+            return
+        with pytest.raises(DataError) as info:
+            load_mnist(folder, source=src)
+        msg = str(info.value)
+        assert str(folder / TEST_LABELS) in msg, msg
+        if magic != 0x801:
+            assert "wrong IDX magic number" in msg
+        elif count > 12:
+            assert f"declares {count} labels, more than the 12" in msg
+        elif payload < count:
+            assert "truncated" in msg
+        elif payload > count:
+            assert "has trailing bytes" in msg
+        else:
+            assert f"holds {count} labels; the two files do not belong together" in msg
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_garbled_or_truncated_gzip_is_refused_or_exact(data):
+    """Any truncation or byte change of a valid file: a DataError naming the file, or (a change
+    in the gzip header's free fields) exactly the original content. Never another exception."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        sums = make_tiny(folder, n_train=3, n_test=4)
+        src = tiny_source(sums)
+        name = data.draw(st.sampled_from(FILES))
+        raw = bytearray((folder / name).read_bytes())
+        if data.draw(st.booleans()):
+            raw = raw[:data.draw(st.integers(0, len(raw) - 1))]
+        else:
+            i = data.draw(st.integers(0, len(raw) - 1))
+            raw[i] ^= data.draw(st.integers(1, 255))
+        want = load_mnist(folder, source=src)
+        (folder / name).write_bytes(bytes(raw))
+        try:
+            got = load_mnist(folder, source=src)
+        except DataError as exc:
+            assert str(folder / name) in str(exc)
+        else:
+            for a, b in zip(got, want, strict=True):
+                np.testing.assert_array_equal(a, b)
 
 
 # --------------------------------------------------------------------------- downloads
@@ -330,6 +506,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
     def do_GET(self):
+        if self.path.startswith("/trickle/"):
+            return self._trickle(Path(self.directory) / self.path[len("/trickle/"):])
         if not self.path.startswith("/short/"):
             return super().do_GET()
         body = (Path(self.directory) / self.path[len("/short/"):]).read_bytes()
@@ -338,6 +516,22 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body[:len(body) // 2])
         self.close_connection = True
+
+    def _trickle(self, path: Path) -> None:
+        """One byte every 50 ms, each well inside any read timeout, for at most 8 s, then the
+        connection closes: a mirror too slow to finish, bounded so no test can hang."""
+        body = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.close_connection = True
+        for i in range(min(len(body), 160)):
+            try:
+                self.wfile.write(body[i:i + 1])
+                self.wfile.flush()
+            except OSError:  # the client gave up
+                return
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -422,6 +616,74 @@ def test_download_all_mirrors_fail(tmp_path, served, closed_port_url):
     assert f"{url}short/{TRAIN_IMAGES}: " in msg and "incomplete" in msg
     assert "data_dir=" in msg and "XPNET_DATA_DIR" in msg
     assert list(_cache(tmp_path).iterdir()) == []
+
+
+def test_trickling_mirror_hits_the_deadline_and_the_next_mirror_serves(tmp_path, served,
+                                                                       monkeypatch):
+    sums, url = served
+    monkeypatch.setattr(mnist_module, "DEADLINE", 1.0)  # the trickle lasts up to 8 s
+    src = tiny_source(sums, url + "trickle/", url)
+    x_train, *_ = load_mnist(source=src, progress=False)
+    assert x_train.shape == (20, 1, 28, 28)
+    slow_only = dataclasses.replace(src, name="other", mirrors=(url + "trickle/",))
+    with pytest.raises(DownloadError) as info:
+        load_mnist(source=slow_only, progress=False)
+    assert f"{url}trickle/{TRAIN_IMAGES}: TimeoutError: deadline of 1 s passed" in \
+        str(info.value)
+    assert [p.name for p in (tmp_path / "cache" / "xpnet").rglob("*.part")] == []
+
+
+def test_download_larger_than_the_file_can_be_is_refused(tmp_path, served):
+    sums, url = served
+    path = tmp_path / "served" / TEST_LABELS
+    path.write_bytes(path.read_bytes() + bytes(2000))  # the test labels can be ~1.1 kB at most
+    src = dataclasses.replace(tiny_source(sums, url), max_test=10)
+    with pytest.raises(DownloadError) as info:
+        load_mnist(source=src, progress=False)
+    assert f"{url}{TEST_LABELS}: OSError: the mirror announces" in str(info.value)
+    assert f"a tiny {TEST_LABELS} can take" in str(info.value)
+
+
+_TRICKLE_CHILD = """
+import sys
+from xpnet.data import Source, load_mnist
+load_mnist(source=Source(name="tiny", mirrors=(sys.argv[1],)), progress=False)
+"""
+
+
+def test_part_file_of_a_killed_download_is_swept(tmp_path, served):
+    """kill -9 during a download leaves its .part file; the next download removes it once it
+    is older than any live download can be, and leaves a fresh one (another process's) alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    sums, url = served
+    cache = _cache(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    child = subprocess.Popen([sys.executable, "-c", _TRICKLE_CHILD, url + "trickle/"], env=env)
+    try:
+        for _ in range(600):  # wait (up to 60 s on a busy machine) for its .part file
+            parts = list(cache.glob(".*.part")) if cache.is_dir() else []
+            if parts or child.poll() is not None:
+                break
+            time.sleep(0.1)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert len(parts) == 1, "the child never started its download"
+    stale = parts[0]
+    assert stale.exists()  # what a killed process leaves
+    old = time.time() - mnist_module.DEADLINE - 2 * mnist_module.TIMEOUT - 10
+    os.utime(stale, (old, old))
+    fresh = cache / f".{TEST_LABELS}.live.part"
+    fresh.write_bytes(b"a download in progress elsewhere")
+    load_mnist(source=tiny_source(sums, url), progress=False)
+    assert not stale.exists()
+    assert fresh.exists()
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == \
+        sorted(FILES)
 
 
 def test_no_mirrors_is_a_clear_error():

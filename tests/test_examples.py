@@ -55,13 +55,14 @@ def mnist_dir() -> Path:
 
 
 def run_example(script: str, *args: str, backend: str | None = "numpy", threads: int | None = 1,
-                timeout: float = 300) -> subprocess.CompletedProcess:
+                timeout: float = 300, env: dict[str, str] | None = None
+                ) -> subprocess.CompletedProcess:
     """Run examples/<script>.py in a subprocess from the repository root.
 
     ``threads=1`` pins BLAS/OpenMP to one thread: dry runs are tiny, and on a busy 2-core machine
-    spinning worker threads only slow them down.
+    spinning worker threads only slow them down. ``env`` adds or overrides variables.
     """
-    env = dict(os.environ)
+    env = dict(os.environ, **(env or {}))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("XPNET_DEVICE", None)
     env.pop("XPNET_BACKEND", None)
@@ -175,6 +176,28 @@ def test_truncated_mnist_file_is_one_line_error(tmp_path):
     proc = run_example("mnist_cnn", "--dry-run", "--data-dir", str(tmp_path))
     assert proc.returncode == 1
     assert MNIST_FILES[0] in one_line_error(proc, "mnist_cnn")
+
+
+def test_empty_data_dir_is_one_line_error_naming_folder_and_flag(tmp_path):
+    """An existing folder without the files: the flag and the folder are named, nothing is
+    downloaded (no cache folder appears) and the library's ``data_dir=`` is not mentioned."""
+    (tmp_path / "empty").mkdir()
+    env_cache = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = run_example("mnist_mlp", "--dry-run", "--data-dir", str(tmp_path / "empty"),
+                       env=env_cache)
+    line = one_line_error(proc, "mnist_mlp")
+    assert proc.returncode == 1
+    assert f"--data-dir {tmp_path / 'empty'} holds no complete mnist set" in line
+    assert "data_dir" not in line.replace(str(tmp_path), "TMP")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_xpnet_data_dir_typo_is_one_line_error_naming_the_variable(tmp_path):
+    (tmp_path / "cache" / "xpnet" / "mnist").mkdir(parents=True)  # whatever the cache holds
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "XPNET_DATA_DIR": str(tmp_path / "typo")}
+    line = one_line_error(run_example("mnist_cnn", "--dry-run", env=env), "mnist_cnn")
+    assert f"XPNET_DATA_DIR does not exist: {tmp_path / 'typo'}" in line
+    assert "--data-dir" not in line and "data_dir" not in line.replace(str(tmp_path), "TMP")
 
 
 def test_resume_without_checkpoint_is_usage_error():

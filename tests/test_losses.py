@@ -11,6 +11,7 @@ from conftest import ATOL, RTOL, dev, require_backend, to_np, use_backend
 
 import xpnet
 from xpnet.gradcheck import check_loss
+from xpnet.train import Trainer
 
 
 def _rand(shape, seed=0):
@@ -191,6 +192,79 @@ def test_check_range_false_skips_only_the_range_check(backend):
         assert "must lie in" not in str(exc)
     except (IndexError, RuntimeError):
         pass
+
+
+@pytest.mark.parametrize("n_out", [1, 4], ids=["one-output", "four-outputs"])
+def test_real_valued_targets_are_refused_naming_mse(backend, n_out):
+    """(N, 1) regression targets given to cross-entropy: refused from shapes alone (a
+    single-output model trains to loss 0 with it), and the message names MSE."""
+    t = dev(_rand((3, 1), seed=4))
+    for loss in (xpnet.SoftmaxCrossEntropy(), xpnet.SoftmaxCrossEntropy(check_range=False)):
+        with pytest.raises(ValueError) as info:
+            loss(dev(_rand((3, n_out))), t)
+        msg = str(info.value)
+        assert "use MSE" in msg and "xpnet.MSE()" in msg, msg
+        assert ("single output" in msg) == (n_out == 1), msg
+
+
+def test_single_output_is_refused_whatever_the_target(backend):
+    with pytest.raises(ValueError, match=r"shape \(3, 1\), a single output.*use MSE"):
+        xpnet.SoftmaxCrossEntropy()(dev(_rand((3, 1))), dev(np.array([0, 0, 0])))
+
+
+@pytest.mark.parametrize("row, says", [
+    ([0.5, -0.25, 0.75, 0.0], "row 1 holds -0.25"),
+    ([0.0, 0.0, 0.0, 0.0], "row 1 sums to 0"),
+    ([0.5, np.nan, 0.5, 0.0], "row 1 holds NaN or inf"),
+    ([0.5, np.inf, 0.5, 0.0], "row 1 holds NaN or inf"),
+], ids=["negative", "zero-sum", "nan", "inf"])
+def test_soft_targets_must_be_non_negative_rows_with_positive_sums(backend, row, says):
+    t = np.full((3, 4), 0.25)
+    t[1] = row
+    z = dev(_rand((3, 4)))
+    for loss in (xpnet.SoftmaxCrossEntropy(), xpnet.SoftmaxCrossEntropy(check_range=False)):
+        with pytest.raises(ValueError) as info:
+            loss(z, dev(t))
+        msg = str(info.value)
+        assert msg.startswith(f"SoftmaxCrossEntropy target: {says} (1 of 3 rows"), msg
+        assert "non-negative" in msg and "use MSE" in msg
+
+
+def test_soft_target_values_cost_a_sync_only_on_the_first_call_without_check_range(backend):
+    """check_range=False (the Trainer) reads soft-target values once: valid later batches need
+    no host read; check_range=True reads them on every call."""
+    z = dev(_rand((3, 4)))
+    good, bad = dev(np.full((3, 4), 0.25)), dev(np.full((3, 4), -0.25))
+    fast = xpnet.SoftmaxCrossEntropy(check_range=False)
+    fast(z, good)
+    assert float(fast(z, bad)) < 0  # not read again: the documented cost trade
+    with pytest.raises(ValueError, match="holds -0.25"):
+        xpnet.SoftmaxCrossEntropy(check_range=False)(z, bad)
+    checked = xpnet.SoftmaxCrossEntropy()
+    checked(z, good)
+    with pytest.raises(ValueError, match="holds -0.25"):
+        checked(z, bad)
+
+
+def test_empty_batch_is_refused_not_nan(backend):
+    with pytest.raises(ValueError, match=r"empty batch \(logits of shape \(0, 4\)\)"):
+        xpnet.SoftmaxCrossEntropy()(dev(np.zeros((0, 4))), dev(np.zeros(0, np.int64)))
+    with pytest.raises(ValueError, match=r"empty batch \(logits"):
+        xpnet.SoftmaxCrossEntropy(check_range=False)(dev(np.zeros((0, 4))),
+                                                     dev(np.zeros((0, 4))))
+    with pytest.raises(ValueError, match=r"MSE: empty batch \(predictions of shape \(0, 1\)\)"):
+        xpnet.MSE()(dev(np.zeros((0, 1))), dev(np.zeros((0, 1))))
+
+
+def test_trainer_with_default_loss_refuses_regression_targets(backend):
+    """The learner's case: real-valued (N, 1) targets and a one-output model, default loss."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 3)).astype(np.float32)
+    y = rng.standard_normal((16, 1)).astype(np.float32)
+    model = xpnet.Sequential(xpnet.Linear(3, 1))
+    trainer = Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=8, progress=False)
+    with pytest.raises(ValueError, match="single output.*use MSE"):
+        trainer.fit(x, y, epochs=1)
 
 
 def test_mse_wrong_target_shape_names_both(backend):

@@ -21,6 +21,31 @@ def test_readme_has_api_tour():
     assert len(snippets()) >= 5
 
 
+def _quick_start() -> str:
+    text = README.read_text()
+    return text[text.index("## Quick start"):text.index("\n## ", text.index("## Quick start"))]
+
+
+def test_quick_start_says_it_downloads_and_how_to_point_at_a_copy():
+    quick = _quick_start()
+    assert "downloads\nMNIST" in quick or "downloads MNIST" in quick
+    assert "--data-dir DIR" in quick and "XPNET_DATA_DIR=DIR" in quick
+    assert "../shared" not in quick
+
+
+def test_quick_start_installs_no_cuda_torch():
+    """The test line needs no torch; the torch route is PyTorch's CPU wheel index, never a bare
+    torch requirement that the default index resolves to the CUDA build."""
+    quick = _quick_start()
+    blocks = re.findall(r"```bash\n(.*?)```", quick, flags=re.S)
+    assert "torch" not in blocks[0]
+    torch_lines = [line for b in blocks[1:] for line in b.splitlines() if "torch" in line]
+    assert torch_lines == ["pip install torch==2.13.0 --index-url "
+                           "https://download.pytorch.org/whl/cpu"]
+    pin = (README.parent / "backends" / "torch.txt").read_text().splitlines()
+    assert [line for line in pin if line and not line.startswith("#")] == ["torch==2.13.0"]
+
+
 def test_readme_snippets_run(backend, capsys):
     namespace: dict = {}
     for i, code in enumerate(snippets()):

@@ -430,10 +430,10 @@ class Module:
             setattr(owner, leaf, xp.astype(v, getattr(xp, dtype)))
         return self
 
-    def summary(self, input_shape: tuple[int, ...]) -> str:
-        """A table of the layers' output shapes and parameter counts for inputs of
-        ``input_shape`` (one example, without the batch axis), found by one forward pass of
-        a batch of two zeros in evaluation mode (so running statistics are not touched)."""
+    def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
+        """A table of the layers and their parameter counts; given ``input_shape`` (one
+        example, without the batch axis) also each layer's output shape, found by one forward
+        pass of a batch of two zeros in evaluation mode (running statistics are not touched)."""
         from .summary import summarize
 
         return summarize(self, input_shape)

@@ -38,35 +38,80 @@ def _records(history: Any) -> list[dict[str, float]]:
     return list(getattr(history, "records", history))
 
 
+def _step_curve(history: Any) -> tuple[list[float], list[float]]:
+    """Per-step losses at fractional epochs: step j of an epoch's k at ``epoch - 1 + j / k``.
+
+    Empty for a plain list of per-epoch dicts (no ``steps``).
+    """
+    by_epoch: dict[Any, list[float]] = {}
+    for s in getattr(history, "steps", ()):
+        by_epoch.setdefault(s["epoch"], []).append(s["loss"])
+    xs: list[float] = []
+    ys: list[float] = []
+    for epoch, losses in by_epoch.items():
+        k = len(losses)
+        xs += [epoch - 1 + (j + 1) / k for j in range(k)]
+        ys += losses
+    return xs, ys
+
+
+# train and test differ in marker and line style always, and in colour for a single run (with
+# several runs the colour tells the runs apart)
+_SPLITS = {"train": {"marker": "o", "linestyle": "-"},
+           "test": {"marker": "s", "linestyle": "--", "markerfacecolor": "white"}}
+
+
 def learning_curves(histories: Mapping[str, Any] | Any, path: str | Path,
                     title: str = "") -> Path:
-    """Save loss and accuracy curves (train and, if present, test) per epoch as a PNG.
+    """Save loss and accuracy curves as a PNG: per-step training losses (when the history has
+    them) under per-epoch train and test points, on an axis of whole epochs.
 
     ``histories`` is one History (or list of per-epoch dicts) or a mapping label -> History,
-    for comparing runs (optimizers, initialisations) on the same axes.
+    for comparing runs (optimizers, initialisations) on the same axes. Legends give each
+    curve's last value, so a one-epoch run still reads at a glance.
     """
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     runs = histories if isinstance(histories, Mapping) else {"": histories}
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    last_epoch, lowest = 1, 1.0
     for i, (label, hist) in enumerate(runs.items()):
         recs = _records(hist)
         epochs = [r["epoch"] for r in recs]
+        last_epoch = max([last_epoch, *epochs])
         prefix = f"{label} " if label else ""
-        # one colour per run (test dashed); markers only while they stay readable
-        style = {"color": f"C{i % 10}", "marker": "o" if len(recs) <= 30 else None,
-                 "markersize": 4}
-        ax_loss.plot(epochs, [r["loss"] for r in recs], label=f"{prefix}train", **style)
-        ax_acc.plot(epochs, [r["train_acc"] for r in recs], label=f"{prefix}train", **style)
-        if recs and "test_acc" in recs[0]:
-            ax_acc.plot(epochs, [r["test_acc"] for r in recs], linestyle="--",
-                        label=f"{prefix}test", **style)
-            ax_loss.plot(epochs, [r["test_loss"] for r in recs], linestyle="--",
-                         label=f"{prefix}test", **style)
+        colour = {split: f"C{(i if len(runs) > 1 else j) % 10}"
+                  for j, split in enumerate(_SPLITS)}
+        step_x, step_y = _step_curve(hist)
+        if step_x:
+            ax_loss.plot(step_x, step_y, color=colour["train"], alpha=0.35, linewidth=0.8,
+                         label=f"{prefix}train, per step")
+        markers = len(recs) <= 30  # beyond that they only blot the line
+        for split, loss_key, acc_key in (("train", "loss", "train_acc"),
+                                         ("test", "test_loss", "test_acc")):
+            if not recs or loss_key not in recs[0]:
+                continue
+            style = dict(_SPLITS[split], color=colour[split], markersize=6 if markers else 0)
+            for ax, key in ((ax_loss, loss_key), (ax_acc, acc_key)):
+                values = [r.get(key, float("nan")) for r in recs]
+                mean = " (epoch mean)" if split == "train" and ax is ax_loss else ""
+                ax.plot(epochs, values, label=f"{prefix}{split}{mean}: {values[-1]:.4g}",
+                        **style)
+                if ax is ax_acc:
+                    lowest = min([lowest, *(v for v in values if v == v)])
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
+        ax.set_xlim(0, last_epoch + 0.05 * last_epoch)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    # accuracy lives in [0, 1]: keep 1 in view and give a few points room (autoscaling puts
+    # a one-epoch run's two points on the frame)
+    ax_acc.set_ylim(max(0.0, lowest - 0.1 * (1 - lowest) - 0.01), 1.005)
+    if ax_loss.get_ylim()[0] > 0:  # losses are non-negative: show them against zero
+        ax_loss.set_ylim(bottom=0)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -1,4 +1,9 @@
-"""``Module.summary``: per-layer output shapes and parameter counts as a text table."""
+"""``Module.summary``: per-layer parameter counts (and output shapes, given an input shape) as a
+text table.
+
+This module depends on :mod:`xpnet.module`, never the reverse at import time: ``Module.summary``
+imports it when called, so ``import xpnet.module`` does not load it.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +29,48 @@ def _own_params(m: Module) -> tuple[int, int]:
     return total, trainable
 
 
-def summarize(model: Module, input_shape: tuple[int, ...]) -> str:
+def _leaves(model: Module) -> list[tuple[str, Module]]:
+    """(path, module) for every row: the layers, skipping containers without their own
+    parameters (their children have the rows)."""
+    return [(path, m) for path, m in model.modules().items()
+            if not path or not (list(m.children()) and not _own_params(m)[0])]
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], footer: str) -> str:
+    """Left-aligned text columns, right-aligned counts (the last two), a rule under the
+    header and the footer line."""
+    cells = [header, *rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    counts = len(header) - 2
+    lines = ["  ".join(c.ljust(w) if i < counts else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in cells]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append(footer)
+    return "\n".join(lines)
+
+
+def _totals(model: Module) -> str:
+    n, t = model.num_parameters(), model.num_parameters(trainable_only=True)
+    return f"total: {n:,} parameters, {t:,} trainable, {n - t:,} frozen"
+
+
+def summarize(model: Module, input_shape: tuple[int, ...] | None = None) -> str:
     """See :meth:`Module.summary`."""
+    if input_shape is None:
+        rows = []
+        for path, m in _leaves(model):
+            total, trainable = _own_params(m)
+            if path or total:
+                rows.append((path or "(model)", type(m).__name__, f"{total:,}",
+                             f"{trainable:,}"))
+        return _table(("layer", "type", "params", "trainable"), rows,
+                      _totals(model) + "; for output shapes pass the shape of one example, "
+                      "e.g. summary((1, 28, 28))")
+    return _with_shapes(model, input_shape)
+
+
+def _with_shapes(model: Module, input_shape: tuple[int, ...]) -> str:
+    """The table with each layer's output shape, from one forward pass of two zeros."""
     if not isinstance(input_shape, (tuple, list)) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape):
         raise ValueError(f"summary: input_shape must be a tuple of positive integers (one "
@@ -41,9 +86,7 @@ def summarize(model: Module, input_shape: tuple[int, ...]) -> str:
     rows: list[tuple[str, str, str, int, int]] = []
     seen: set[str] = set()
     patched = []
-    for path, m in model.modules().items():
-        if path and (list(m.children()) and not _own_params(m)[0]):
-            continue  # a container: its children have the rows
+    for path, m in _leaves(model):
         original = m.forward
 
         def spy(*args: Any, _m: Module = m, _path: str = path, _f: Any = original,
@@ -73,13 +116,6 @@ def summarize(model: Module, input_shape: tuple[int, ...]) -> str:
     if total or not rows:
         rows.insert(0, ("(model)", type(model).__name__,
                         str(("N", *tuple(out.shape)[1:])).replace("'", ""), total, trainable))
-    header = ("layer", "type", "output shape", "params", "trainable")
-    cells = [header] + [(a, b, c, f"{d:,}", f"{e:,}") for a, b, c, d, e in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in cells]
-    lines.insert(1, "-" * len(lines[0]))
-    n, t = model.num_parameters(), model.num_parameters(trainable_only=True)
-    lines.append(f"total: {n:,} parameters, {t:,} trainable, {n - t:,} frozen; "
-                 f"input (N, {', '.join(map(str, input_shape))})")
-    return "\n".join(lines)
+    cells = [(a, b, c, f"{d:,}", f"{e:,}") for a, b, c, d, e in rows]
+    return _table(("layer", "type", "output shape", "params", "trainable"), cells,
+                  f"{_totals(model)}; input (N, {', '.join(map(str, input_shape))})")

@@ -1,23 +1,28 @@
 """MNIST and Fashion-MNIST: find, download, verify and read the four gzip'd IDX files.
 
-:func:`load_mnist` looks for the files in this order and uses the first folder holding all four:
+:func:`load_mnist` takes the files from exactly one place:
 
 1. ``data_dir``, or its subfolder named after the data set (``mnist/``, ``fashion-mnist/``);
-2. ``$XPNET_DATA_DIR``, by the same rule;
-3. the cache, ``$XDG_CACHE_HOME/xpnet/<name>`` or ``~/.cache/xpnet/<name>``;
-4. with ``download=True``, the missing files are downloaded into the cache, one mirror after
-   another.
+2. else ``$XPNET_DATA_DIR``, by the same rule;
+3. else the cache, ``$XDG_CACHE_HOME/xpnet/<name>`` or ``~/.cache/xpnet/<name>``, where
+   ``download=True`` fetches the missing files, one mirror after another.
 
-Every file is checked before use, local or downloaded: gzip stream and CRC, IDX magic number,
-dimensions, exact length, label range and a digest (see :class:`Source`). Anything wrong raises
-:class:`DataError` naming the file; nothing is used silently. A download is written to a temporary
-file in the cache folder, flushed, fsync'd and verified before ``os.replace`` gives it its final
-name, so an interrupted or bad download never leaves a file under that name.
+A folder the user named (argument, flag or variable) that lacks the files is an error naming
+that folder and how it was given: a typo never falls through to the cache or a download.
+
+Data files are untrusted input. Every file, local or downloaded, is read as a stream: the IDX
+header comes first and is checked (magic number, image size, an example count no larger than
+the set holds) before anything more is inflated, and no more than the header declares is ever
+decompressed, so memory stays bounded whatever the file holds. Then the gzip CRC, exact length,
+label range and a digest (see :class:`Source`) are checked. Anything wrong raises
+:class:`DataError` naming the file; nothing is used silently. A download has an overall deadline
+and a size cap, is written to a temporary ``.part`` file in the cache folder, flushed, fsync'd
+and verified before ``os.replace`` gives it its final name; a ``.part`` file left by a killed
+process is swept by the next download.
 """
 
 from __future__ import annotations
 
-import errno
 import gzip
 import hashlib
 import http.client
@@ -25,6 +30,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -51,6 +57,8 @@ TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
 FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 ROWS = COLS = 28
 TIMEOUT = 30.0  # seconds per connection attempt and per read, so a dead mirror fails fast
+DEADLINE = 300.0  # seconds for one file from one mirror, so a trickling mirror gives way
+CHUNK = 1 << 16  # bytes per read while downloading and hashing
 _MAGIC = {"images": 0x00000803, "labels": 0x00000801}  # unsigned bytes, 3-D / 1-D
 
 
@@ -81,6 +89,9 @@ class Source:
         A file with neither gets the structural checks only.
     n_classes : int
         Labels must lie in ``0 .. n_classes - 1``.
+    max_train, max_test : int
+        The most examples a training / test file's IDX header may declare. A larger count is
+        refused before anything is decompressed: it bounds the memory and disk a file can take.
 
     Examples
     --------
@@ -93,13 +104,15 @@ class Source:
     sha256: Mapping[str, str] = field(default_factory=dict)
     gz_md5: Mapping[str, str] = field(default_factory=dict)
     n_classes: int = 10
+    max_train: int = 60000
+    max_test: int = 10000
 
 
 # Mirrors: torchvision/datasets/mnist.py (pytorch/vision) lists the ossci S3 bucket and
 # yann.lecun.com; the CVDF bucket is the one TensorFlow's and JAX's MNIST examples use.
-# Digests: uncompressed SHA-256 from /work/shared/data/mnist/README.md (the same content as the
-# official files, whose .gz MD5s torchvision lists: f68b3c2d..., d53e105e..., 9fb629c4...,
-# ec29112d...). The uncompressed digest is used so a recompressed but identical copy passes.
+# Digests: SHA-256 of the uncompressed official files (whose .gz MD5s torchvision lists:
+# f68b3c2d..., d53e105e..., 9fb629c4..., ec29112d...). The uncompressed digest is used so a
+# recompressed but identical copy passes.
 MNIST = Source(
     name="mnist",
     mirrors=(
@@ -143,6 +156,7 @@ def cache_dir() -> Path:
 def load_mnist(data_dir: str | os.PathLike | None = None, *, flatten: bool = False,
                fashion: bool = False, download: bool = True, train_limit: int | None = None,
                progress: bool | None = None, source: Source | None = None,
+               data_dir_name: str = "data_dir",
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Load MNIST (or Fashion-MNIST) as host NumPy arrays, verified, with pixels in [0, 1].
 
@@ -150,14 +164,15 @@ def load_mnist(data_dir: str | os.PathLike | None = None, *, flatten: bool = Fal
     ----------
     data_dir : path, optional
         Folder holding the four ``.gz`` files, or a parent holding ``mnist/`` (or
-        ``fashion-mnist/``). Searched first, then ``$XPNET_DATA_DIR``, then the cache.
+        ``fashion-mnist/``). Without it ``$XPNET_DATA_DIR`` is used the same way, and without
+        that the cache. A named folder that lacks the files is an error, never a download.
     flatten : bool
         Return images as (N, 784) instead of (N, 1, 28, 28).
     fashion : bool
         Load Fashion-MNIST instead of MNIST.
     download : bool
-        When no folder holds the files, download them into the cache (:func:`cache_dir`).
-        With False, a missing set raises FileNotFoundError listing every place searched.
+        When neither ``data_dir`` nor ``$XPNET_DATA_DIR`` is given and the cache
+        (:func:`cache_dir`) lacks files, download them into it. With False, FileNotFoundError.
     train_limit : int, optional
         Keep only the first ``train_limit`` training examples (the test set is whole).
     progress : bool, optional
@@ -165,6 +180,9 @@ def load_mnist(data_dir: str | os.PathLike | None = None, *, flatten: bool = Fal
     source : Source, optional
         Mirrors and digests; overrides ``fashion`` (default :data:`MNIST` or
         :data:`FASHION_MNIST`).
+    data_dir_name : str
+        What the user calls ``data_dir`` in the caller's interface, used in messages: a
+        command line passes its flag (``'--data-dir'``).
 
     Returns
     -------
@@ -176,10 +194,12 @@ def load_mnist(data_dir: str | os.PathLike | None = None, *, flatten: bool = Fal
     Raises
     ------
     DataError
-        A file is truncated, corrupt, has the wrong format or digest, or images and labels
-        disagree in count; the message names the file.
+        A file is truncated, corrupt, has the wrong format or digest, declares more examples
+        than the set holds, or images and labels disagree in count; the message names the file.
     FileNotFoundError
-        ``download=False`` and no searched folder holds all four files.
+        The folder given (``data_dir`` or ``$XPNET_DATA_DIR``) does not exist or lacks the
+        files; or ``download=False`` and the cache lacks them. The message names the folder
+        and how it was given.
     DownloadError
         Every mirror failed for some file; the message lists each mirror's failure.
 
@@ -192,8 +212,11 @@ def load_mnist(data_dir: str | os.PathLike | None = None, *, flatten: bool = Fal
     src = source if source is not None else (FASHION_MNIST if fashion else MNIST)
     if train_limit is not None:
         train_limit = positive_int("load_mnist", "train_limit", train_limit)
-    _check_data_dir(data_dir, src)
-    folder = _locate(data_dir, src, download, progress)
+    given = _given_folder(data_dir, data_dir_name)
+    if given is not None:
+        folder = _given_files(*given, src)
+    else:
+        folder = _cached_files(src, download, progress, data_dir_name)
     out: list[np.ndarray] = []
     for images_name, labels_name, limit in ((TRAIN_IMAGES, TRAIN_LABELS, train_limit),
                                             (TEST_IMAGES, TEST_LABELS, None)):
@@ -220,83 +243,109 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, **kwargs
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fashion-MNIST (Zalando): :func:`load_mnist` with ``fashion=True``; same keywords.
 
-    The files are looked for in ``data_dir``/``fashion-mnist/``, ``$XPNET_DATA_DIR`` and the
-    cache, and checked against the official ``.gz`` MD5 digests.
+    The files come from ``data_dir`` (or its ``fashion-mnist/``), else ``$XPNET_DATA_DIR``,
+    else the cache, and are checked against the official ``.gz`` MD5 digests.
     """
     return load_mnist(data_dir, fashion=True, **kwargs)
 
 
-def _check_data_dir(data_dir: str | os.PathLike | None, src: Source) -> None:
-    """A ``data_dir`` the caller named must be a folder: a typo must not fall through to
-    another folder or to a download."""
-    if data_dir is None:
-        return
-    if not isinstance(data_dir, (str, os.PathLike)):
-        raise TypeError(f"load_mnist: data_dir must be a folder path (str or Path), "
-                        f"got {data_dir!r}")
-    path = Path(data_dir).expanduser()
-    expected = (f"expected a folder holding {', '.join(FILES)} or a {src.name}/ folder with "
-                "them")
-    if not path.exists():
-        raise FileNotFoundError(errno.ENOENT, f"data_dir does not exist; {expected}",
-                                str(path))
-    if not path.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, f"data_dir is a file, not a folder; {expected}",
-                                 str(path))
-
-
-def _search_dirs(data_dir: str | os.PathLike | None, src: Source) -> list[tuple[str, Path]]:
-    """(origin, folder) pairs to look in, in order."""
-    dirs = []
-    for origin, base in (("data_dir", data_dir),
-                         ("XPNET_DATA_DIR", os.environ.get("XPNET_DATA_DIR") or None)):
-        if base is not None:
-            base = Path(base).expanduser()
-            dirs += [(origin, base), (origin, base / src.name)]
-    dirs.append(("cache", cache_dir() / src.name))
-    return dirs
+def _given_folder(data_dir: str | os.PathLike | None, data_dir_name: str
+                  ) -> tuple[str, Path] | None:
+    """(how it was given, folder) for the folder the user named, or None for the cache."""
+    if data_dir is not None:
+        if not isinstance(data_dir, (str, os.PathLike)):
+            raise TypeError(f"load_mnist: {data_dir_name} must be a folder path (str or Path), "
+                            f"got {data_dir!r}")
+        return data_dir_name, Path(data_dir).expanduser()
+    env = os.environ.get("XPNET_DATA_DIR")
+    return ("XPNET_DATA_DIR", Path(env).expanduser()) if env else None
 
 
 def _missing(folder: Path) -> list[str]:
     return [f for f in FILES if not (folder / f).is_file()]
 
 
-def _locate(data_dir: str | os.PathLike | None, src: Source, download: bool,
-            progress: bool | None) -> Path:
-    """The first folder holding all four files, downloading into the cache if allowed."""
-    dirs = _search_dirs(data_dir, src)
-    for _, folder in dirs:
+def _given_files(origin: str, base: Path, src: Source) -> Path:
+    """The folder holding all four files: ``base`` or ``base/<name>``; else FileNotFoundError
+    naming ``base`` and ``origin`` (the argument, flag or variable that named it)."""
+    expected = (f"expected a folder holding {', '.join(FILES)} or a {src.name}/ folder with "
+                "them; nothing is downloaded instead")
+    if not base.exists():
+        raise _not_found(f"{origin} does not exist: {base}; {expected}")
+    if not base.is_dir():
+        raise _not_found(f"{origin} is a file, not a folder: {base}; {expected}",
+                         NotADirectoryError)
+    for folder in (base, base / src.name):
         if not _missing(folder):
             return folder
     notes = []
-    for origin, folder in dirs:
-        if not folder.is_dir():
-            why = "no such folder"
-        else:
+    for folder in (base, base / src.name):
+        if folder.is_dir():
             missing = _missing(folder)
-            why = "empty of them" if len(missing) == len(FILES) else \
-                f"missing {', '.join(missing)}"
-            if origin != "cache" and len(missing) < len(FILES):
-                log.warning("xpnet: %s holds only some %s files (%s)", folder, src.name, why)
-        notes.append(f"  {folder} ({origin}): {why}")
+            notes.append(f"{folder} has " + ("none of them" if len(missing) == len(FILES)
+                                             else f"no {', '.join(missing)}"))
+    if origin == "XPNET_DATA_DIR":
+        instead = "unset XPNET_DATA_DIR"
+    elif os.environ.get("XPNET_DATA_DIR"):
+        instead = f"omit {origin} to use XPNET_DATA_DIR"
+    else:
+        instead = f"omit {origin}"
+    raise _not_found(
+        f"{origin} {base} holds no complete {src.name} set ({'; '.join(notes)}): put "
+        f"{', '.join(FILES)} in it or in {base / src.name}, or {instead} to download them "
+        f"into {cache_dir() / src.name}")
+
+
+def _spelled(name: str) -> str:
+    """How to pass ``name`` in a hint: ``data_dir=`` for a keyword, a flag as it is."""
+    return f"{name}=" if name.isidentifier() else name
+
+
+def _not_found(message: str, kind: type[OSError] = FileNotFoundError) -> OSError:
+    """One argument, so str() is the message alone, without "[Errno 2]" (the path is in it)."""
+    return kind(message)
+
+
+def _cached_files(src: Source, download: bool, progress: bool | None,
+                  data_dir_name: str) -> Path:
+    """The cache folder, with any missing files downloaded into it if allowed."""
+    dest = cache_dir() / src.name
+    missing = _missing(dest)
+    if not missing:
+        return dest
     if not download:
         raise FileNotFoundError(
-            f"{src.name} files not found and download=False. Searched:\n" + "\n".join(notes)
-            + f"\nPut {', '.join(FILES)} in one folder and pass it as data_dir= (or set "
-            "XPNET_DATA_DIR), or call with download=True.")
-    dest = cache_dir() / src.name
+            f"{src.name} files not found and download=False: the cache {dest} lacks "
+            f"{', '.join(missing)}, and neither {data_dir_name} nor XPNET_DATA_DIR names a "
+            f"folder. Put {', '.join(FILES)} in one folder and pass it as "
+            f"{_spelled(data_dir_name)} (or set XPNET_DATA_DIR), or call with download=True.")
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise type(exc)(exc.errno, f"cannot create the download cache ({exc.strerror}); "
-                        "set XDG_CACHE_HOME or pass data_dir=", str(dest)) from exc
+                        f"set XDG_CACHE_HOME or give {data_dir_name}", str(dest)) from exc
+    _sweep_parts(dest)
     show = progress if progress is not None else bool(sys.stderr and sys.stderr.isatty())
-    for fname in _missing(dest):
-        _download(fname, dest, src, show)
+    for fname in missing:
+        _download(fname, dest, src, show, data_dir_name)
     return dest
 
 
-def _download(fname: str, dest: Path, src: Source, show: bool) -> None:
+def _sweep_parts(dest: Path) -> None:
+    """Delete ``.part`` files a killed download left in dest. A live download writes within
+    every read timeout and ends by its deadline, so an older one belongs to no process."""
+    stale = time.time() - (DEADLINE + 2 * TIMEOUT)
+    for part in dest.glob(".*.part"):
+        try:
+            if part.stat().st_mtime < stale:
+                part.unlink()
+                log.info("xpnet: removed %s, left by an interrupted download", part)
+        except OSError:  # gone already, or not ours to remove: the download still works
+            pass
+
+
+def _download(fname: str, dest: Path, src: Source, show: bool,
+              data_dir_name: str = "data_dir") -> None:
     """Fetch one file into dest, trying each mirror in turn; DownloadError if all fail."""
     failures = []
     for mirror in src.mirrors:
@@ -313,7 +362,8 @@ def _download(fname: str, dest: Path, src: Source, show: bool) -> None:
     raise DownloadError(
         f"could not download {fname} for {src.name}; every mirror failed:\n{tried}\n"
         f"To install the files by hand, download {', '.join(FILES)} from any mirror above into "
-        f"one folder and pass it as data_dir= (or set XPNET_DATA_DIR), or copy them into "
+        f"one folder and pass it as {_spelled(data_dir_name)} (or set XPNET_DATA_DIR), or copy "
+        f"them into "
         f"{dest}.")
 
 
@@ -343,25 +393,42 @@ def _local(exc: OSError, path: Path) -> _LocalWriteError:
 
 
 def _fetch(url: str, fname: str, dest: Path, src: Source, show: bool) -> None:
-    """Stream url to a temp file beside dest/fname, verify it, then rename it into place."""
+    """Stream url to a temp file beside dest/fname, verify it, then rename it into place.
+
+    The whole transfer has DEADLINE seconds and at most what the file can legitimately
+    compress to (:func:`_max_gz_bytes`); either exceeded is this mirror's failure.
+    """
+    deadline = time.monotonic() + DEADLINE
+    cap = _max_gz_bytes(fname, src)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".part", dir=dest)
     except OSError as exc:
         raise _local(exc, dest / fname) from exc
     try:
         with os.fdopen(fd, "wb") as out:
-            with urllib.request.urlopen(url, timeout=TIMEOUT) as resp:
+            with urllib.request.urlopen(url, timeout=min(TIMEOUT, DEADLINE)) as resp:
                 size = resp.headers.get("Content-Length")
+                if size and int(size) > cap:
+                    raise OSError(f"the mirror announces {int(size)} bytes, more than the "
+                                  f"{cap} a {src.name} {fname} can take")
+                # read1 returns what has arrived, so a trickle is seen between reads
+                read = getattr(resp, "read1", None) or resp.read
                 with tqdm(total=int(size) if size else None, desc=fname, unit="B",
                           unit_scale=True, unit_divisor=1024, disable=not show,
                           leave=False) as bar:
                     got = 0
-                    while chunk := resp.read(1 << 16):
+                    while chunk := read(CHUNK):
+                        got += len(chunk)
+                        if got > cap:
+                            raise OSError(f"the mirror sends more than the {cap} bytes a "
+                                          f"{src.name} {fname} can take")
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"deadline of {DEADLINE:g} s passed with "
+                                               f"{got} bytes received")
                         try:
                             out.write(chunk)
                         except OSError as exc:
                             raise _local(exc, dest / fname) from exc
-                        got += len(chunk)
                         bar.update(len(chunk))
             if size and got != int(size):  # http.client returns a short body without raising
                 raise OSError(f"incomplete download: got {got} of {size} bytes")
@@ -380,50 +447,88 @@ def _fetch(url: str, fname: str, dest: Path, src: Source, show: bool) -> None:
         raise
 
 
-def _read_idx(path: Path, fname: str, src: Source, shown: str | None = None) -> np.ndarray:
-    """Decompress and check one IDX file (as ``fname`` of ``src``); return its uint8 payload.
+def _layout(fname: str, src: Source) -> tuple[str, int, int, int]:
+    """(kind, number of dimensions, bytes per example, most examples) of one of the files."""
+    images = fname in (TRAIN_IMAGES, TEST_IMAGES)
+    most = src.max_train if fname in (TRAIN_IMAGES, TRAIN_LABELS) else src.max_test
+    return ("images", 3, ROWS * COLS, most) if images else ("labels", 1, 1, most)
 
-    Raises DataError naming the file (``shown``, default ``path``) for a bad gzip stream or CRC,
-    a wrong magic number or image size, a length that disagrees with the header, labels out of
-    range, or a digest mismatch.
+
+def _max_gz_bytes(fname: str, src: Source) -> int:
+    """The largest .gz a valid file can be: the IDX bytes plus deflate's worst-case overhead
+    for incompressible data (5 bytes per 16 KiB stored block) and the gzip header."""
+    _, ndim, item, most = _layout(fname, src)
+    raw = 4 + 4 * ndim + item * most
+    return raw + 5 * (raw // 16384 + 1) + 1024
+
+
+def _read_idx(path: Path, fname: str, src: Source, shown: str | None = None) -> np.ndarray:
+    """Stream-decompress and check one IDX file (as ``fname`` of ``src``); return its uint8
+    payload.
+
+    The header is read and checked first (magic, image size, example count within the set's
+    maximum), then exactly the payload it declares is inflated, plus one byte to detect trailing
+    data: memory is bounded by the set's size whatever the file holds. Raises DataError naming
+    the file (``shown``, default ``path``) for a bad gzip stream or CRC, a wrong header, a length
+    that disagrees with the header, labels out of range, or a digest mismatch.
     """
     where = shown or str(path)
-    raw = path.read_bytes()
+    kind, ndim, item, most = _layout(fname, src)
+    header = 4 + 4 * ndim
     try:
-        data = gzip.decompress(raw)
+        with gzip.open(path, "rb") as f:
+            # GzipFile.read(n) returns n bytes (fewer only at the end) and inflates no more
+            head = f.read(header)
+            if len(head) < header:
+                raise DataError(f"{where}: {len(head)} bytes uncompressed, shorter than the "
+                                f"{header}-byte IDX header of {kind}")
+            magic = int.from_bytes(head[:4], "big")
+            if magic != _MAGIC[kind]:
+                raise DataError(f"{where}: wrong IDX magic number 0x{magic:08x}, expected "
+                                f"0x{_MAGIC[kind]:08x} (unsigned-byte {ndim}-D {kind})")
+            dims = [int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+            if dims[1:] not in ([], [ROWS, COLS]):
+                raise DataError(f"{where}: images are {dims[1]}x{dims[2]}, expected "
+                                f"{ROWS}x{COLS}")
+            if dims[0] > most:
+                raise DataError(f"{where}: the IDX header declares {dims[0]} {kind}, more "
+                                f"than the {most} a {src.name} {fname} holds; refused before "
+                                "decompressing it")
+            size = dims[0] * item
+            data = f.read(size)
+            if len(data) < size:
+                raise DataError(f"{where}: truncated: the header announces {dims[0]} {kind} "
+                                f"({header + size} bytes uncompressed) but the file holds "
+                                f"{header + len(data)} bytes")
+            if f.read(1):
+                raise DataError(f"{where}: has trailing bytes: the header announces {dims[0]} "
+                                f"{kind} ({header + size} bytes uncompressed) but the file "
+                                "holds more")
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise DataError(f"{where}: corrupt or truncated gzip file ({type(exc).__name__}: {exc});"
                         " delete it and fetch it again") from exc
-    kind = "images" if fname in (TRAIN_IMAGES, TEST_IMAGES) else "labels"
-    ndim = 3 if kind == "images" else 1
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{where}: {len(data)} bytes uncompressed, shorter than the {header}-byte "
-                        f"IDX header of {kind}")
-    magic = int.from_bytes(data[:4], "big")
-    if magic != _MAGIC[kind]:
-        raise DataError(f"{where}: wrong IDX magic number 0x{magic:08x}, expected "
-                        f"0x{_MAGIC[kind]:08x} (unsigned-byte {ndim}-D {kind})")
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    if dims[1:] not in ([], [ROWS, COLS]):
-        raise DataError(f"{where}: images are {dims[1]}x{dims[2]}, expected {ROWS}x{COLS}")
-    expected = header + int(np.prod(dims))
-    if len(data) != expected:
-        what = "truncated" if len(data) < expected else "has trailing bytes"
-        raise DataError(f"{where}: {what}: the header announces {dims[0]} {kind} "
-                        f"({expected} bytes uncompressed) but the file holds {len(data)} bytes")
     if fname in src.sha256:
         what, want = "sha256 of the content", src.sha256[fname]
-        got = hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256(head)
+        digest.update(data)
+        got = digest.hexdigest()
     elif fname in src.gz_md5:
         what, want = "md5 of the .gz file", src.gz_md5[fname]
-        got = hashlib.md5(raw, usedforsecurity=False).hexdigest()
+        got = _file_md5(path)
     else:
         what = want = got = ""
     if got != want.lower():
         raise DataError(f"{where}: {what} is {got}, expected {want}: not the official {fname} "
                         f"of {src.name}")
-    arr = np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    arr = np.frombuffer(data, dtype=np.uint8).reshape(dims)
     if kind == "labels" and arr.size and int(arr.max()) >= src.n_classes:
         raise DataError(f"{where}: label {int(arr.max())} out of range 0..{src.n_classes - 1}")
     return arr
+
+
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
