@@ -26,7 +26,8 @@ __all__ = ["BACKENDS", "Backend", "BackendError", "available_backends", "current
 log = logging.getLogger("xpnet")
 
 BACKENDS = ("auto", "numpy", "cupy", "torch", "array_api_strict")
-TORCH_INSTALL = "pip install torch==2.13.0  (CPU build; see backends/torch.txt)"
+TORCH_INSTALL = ("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+                 "  (the CPU build; the default index gives the CUDA build)")
 STRICT_INSTALL = "pip install array-api-strict"
 
 
