@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Training throughput on a GPU, xpnet against PyTorch under one protocol (images/s, INFO only).
 
-    python3 release/gpu_bench.py --framework xpnet --backend cupy --model cnn --json --data-dir D
+    python3 release/gpu_bench.py --framework xpnet --backend cupy --model mlp cnn deep \
+        --batch-size 100 1000 --json --data-dir D
     python3 release/gpu_bench.py --framework torch --device cuda:0 --model cnn --json --data-dir D
 
 The protocol, the same for both frameworks (this file is its only copy):
@@ -9,6 +10,8 @@ The protocol, the same for both frameworks (this file is its only copy):
     device once; each step trains on the next ``--batch-size`` rows of that resident array (no
     host-to-device copy and no host sync inside the timed loop);
   * ``--warmup-steps`` steps first (kernel compilation, cuDNN autotuning), not timed;
+  * each model and batch size is a fresh model in the same process (one import, one copy of the
+    data on the device);
   * then ``--steps`` steps between two CUDA events (``time.perf_counter`` around a synchronised
     loop on a CPU device, for the self-test), reported as images per second;
   * models: mlp = TwoLayerNet (784-100-10), cnn = SimpleConvNet (conv30x5x5-relu-pool2-fc100-
@@ -35,31 +38,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", default="cupy", help="xpnet backend (default cupy)")
     p.add_argument("--device", default=None,
                    help="device: torch's (default cuda:0) or xpnet's (default the backend's)")
-    p.add_argument("--model", choices=MODELS, default="cnn")
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--model", choices=MODELS, nargs="+", default=["cnn"])
+    p.add_argument("--batch-size", type=int, nargs="+", default=[100])
     p.add_argument("--warmup-steps", type=int, default=20)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", required=True, help="folder holding mnist/ (or the .gz files)")
     p.add_argument("--json", action="store_true", help="print one line of JSON only")
     args = p.parse_args(argv)
-    for name in ("batch_size", "steps"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.steps < 1 or min(args.batch_size) < 1:
+        p.error(f"--steps and --batch-size must be at least 1, got {args.steps} and "
+                f"{args.batch_size}")
     if args.warmup_steps < 0:
         p.error(f"--warmup-steps must be at least 0, got {args.warmup_steps}")
     return args
 
 
 def host_data(args: argparse.Namespace):
-    """Shuffled float32 images and int64 labels: enough rows for one pass of warm-up + steps."""
+    """The shuffled training set: float32 images (N, 1, 28, 28), int64 labels."""
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
     from xpnet.data import load_mnist
 
-    x, y, _, _ = load_mnist(args.data_dir, flatten=args.model == "mlp", download=False,
-                            progress=False)
+    x, y, _, _ = load_mnist(args.data_dir, download=False, progress=False)
     order = np.random.default_rng(args.seed).permutation(len(x))
     return np.ascontiguousarray(x[order], dtype=np.float32), y[order].astype(np.int64)
 
@@ -89,9 +91,9 @@ class Timer:
             self.seconds = self._elapsed_ms(self._start, self._end) / 1000.0
 
 
-def measure(step, x, y, args: argparse.Namespace, timer: Timer) -> dict:
+def measure(step, x, y, args: argparse.Namespace, bs: int, timer: Timer) -> dict:
     """The protocol: warm-up steps, then ``args.steps`` timed steps over resident slices."""
-    bs, n = args.batch_size, int(x.shape[0])
+    n = int(x.shape[0])
     if n < bs:
         raise SystemExit(f"--batch-size {bs} is larger than the {n} training images")
     starts = [(i * bs) % (n - bs + 1) for i in range(args.warmup_steps + args.steps)]
@@ -106,7 +108,7 @@ def measure(step, x, y, args: argparse.Namespace, timer: Timer) -> dict:
             "images_per_s": round(args.steps * bs / timer.seconds, 1), "last_loss": loss}
 
 
-def run_xpnet(args: argparse.Namespace) -> dict:
+def run_xpnet(args: argparse.Namespace) -> list[dict]:
     sys.path.insert(0, str(ROOT))
     import xpnet
     from xpnet.models import DeepConvNet, SimpleConvNet, TwoLayerNet
@@ -114,17 +116,7 @@ def run_xpnet(args: argparse.Namespace) -> dict:
     b = xpnet.set_backend(args.backend, args.device)
     xh, yh = host_data(args)
     x, y = xpnet.to_device(xh), xpnet.to_device(yh)
-    model = {"mlp": TwoLayerNet, "cnn": SimpleConvNet, "deep": DeepConvNet}[args.model](
-        seed=args.seed)
-    opt = xpnet.Adam(model, lr=1e-3)
-    loss_fn = xpnet.SoftmaxCrossEntropy(check_range=False)  # no host sync on the labels
-
-    def step(xb, yb):
-        loss = loss_fn.forward(model.forward(xb), yb)
-        model.backward(loss_fn.backward(), input_grad=False)
-        opt.step()
-        return loss
-
+    flat = b.xp.reshape(x, (x.shape[0], 784))
     if b.name == "cupy":
         import cupy
         timer = Timer("cuda-event", cupy.cuda.Event, elapsed_ms=cupy.cuda.get_elapsed_time)
@@ -133,26 +125,34 @@ def run_xpnet(args: argparse.Namespace) -> dict:
     else:
         timer = Timer("perf_counter", sync=lambda: None)
         device = str(b.device)
-    out = measure(step, x, y, args, timer)
-    out["last_loss"] = float(xpnet.to_numpy(out["last_loss"]))
-    return {"framework": "xpnet", "backend": b.name, "backend_version": b.version,
-            "device": device, "xpnet_device": str(b.device), "model": args.model, **out}
+    runs = []
+    for name in args.model:
+        for bs in args.batch_size:
+            model = {"mlp": TwoLayerNet, "cnn": SimpleConvNet, "deep": DeepConvNet}[name](
+                seed=args.seed)
+            opt = xpnet.Adam(model, lr=1e-3)
+            loss_fn = xpnet.SoftmaxCrossEntropy(check_range=False)  # no host sync on labels
+
+            def step(xb, yb, model=model, opt=opt, loss_fn=loss_fn):
+                loss = loss_fn.forward(model.forward(xb), yb)
+                model.backward(loss_fn.backward(), input_grad=False)
+                opt.step()
+                return loss
+
+            out = measure(step, flat if name == "mlp" else x, y, args, bs, timer)
+            out["last_loss"] = float(xpnet.to_numpy(out["last_loss"]))
+            runs.append({"framework": "xpnet", "backend": b.name, "backend_version": b.version,
+                         "device": device, "xpnet_device": str(b.device), "model": name, **out})
+    return runs
 
 
-def run_torch(args: argparse.Namespace) -> dict:
-    import torch
-    import torch.nn.functional as F
+def torch_model(name: str):
+    """The three models in PyTorch, He-normal weights and zero biases as xpnet's."""
     from torch import nn
 
-    dev = torch.device(args.device or "cuda:0")
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    xh, yh = host_data(args)
-    x, y = torch.from_numpy(xh).to(dev), torch.from_numpy(yh).to(dev)
-    torch.manual_seed(args.seed)
-    if args.model == "mlp":
+    if name == "mlp":
         net = nn.Sequential(nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10))
-    elif args.model == "cnn":
+    elif name == "cnn":
         net = nn.Sequential(nn.Conv2d(1, 30, 5), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Flatten(),
                             nn.Linear(30 * 12 * 12, 100), nn.ReLU(), nn.Linear(100, 10))
     else:  # pools before the ReLUs, as xpnet's DeepConvNet (the same function)
@@ -167,36 +167,61 @@ def run_torch(args: argparse.Namespace) -> dict:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             nn.init.zeros_(m.bias)
-    net = net.to(dev)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    return net
 
-    def step(xb, yb):
-        loss = F.cross_entropy(net(xb), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
 
+def run_torch(args: argparse.Namespace) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+
+    dev = torch.device(args.device or "cuda:0")
     if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
         timer = Timer("cuda-event", lambda: torch.cuda.Event(enable_timing=True),
                       elapsed_ms=lambda a, b: a.elapsed_time(b))
         device = torch.cuda.get_device_name(dev)
     else:
         timer = Timer("perf_counter", sync=lambda: None)
         device = "cpu"
-    out = measure(step, x, y, args, timer)
-    out["last_loss"] = float(out["last_loss"].cpu())
-    return {"framework": "torch", "backend": f"torch-{dev.type}", "backend_version":
-            torch.__version__, "device": device, "model": args.model, **out}
+    xh, yh = host_data(args)
+    x, y = torch.from_numpy(xh).to(dev), torch.from_numpy(yh).to(dev)
+    flat = x.reshape(x.shape[0], 784)
+    runs = []
+    for name in args.model:
+        for bs in args.batch_size:
+            torch.manual_seed(args.seed)
+            net = torch_model(name).to(dev)
+            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+            def step(xb, yb, net=net, opt=opt):
+                loss = F.cross_entropy(net(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                return loss.detach()
+
+            out = measure(step, flat if name == "mlp" else x, y, args, bs, timer)
+            out["last_loss"] = float(out["last_loss"].cpu())
+            runs.append({"framework": "torch", "backend": f"torch-{dev.type}",
+                         "backend_version": torch.__version__, "device": device, "model": name,
+                         **out})
+    return runs
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = run_xpnet(args) if args.framework == "xpnet" else run_torch(args)
-    if not math.isfinite(out["last_loss"]):
-        print(f"gpu_bench: the loss is {out['last_loss']} after training", file=sys.stderr)
-        return 1
-    print(json.dumps(out) if args.json else "\n".join(f"{k:>16}: {v}" for k, v in out.items()))
+    runs = run_xpnet(args) if args.framework == "xpnet" else run_torch(args)
+    for r in runs:
+        if not math.isfinite(r["last_loss"]):
+            print(f"gpu_bench: {r['model']} at batch {r['batch_size']}: the loss is "
+                  f"{r['last_loss']} after training", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps({"runs": runs}))
+    else:
+        for r in runs:
+            print(f"{r['framework']} {r['model']} batch {r['batch_size']}: "
+                  f"{r['images_per_s']:,.0f} images/s ({r['timer']})")
     return 0
 
 

@@ -63,6 +63,7 @@ CUPY_TEST_FILES_QUICK = ("tests/test_backend.py", "tests/test_ops.py", "tests/te
                          "tests/test_device_discipline.py", "tests/test_data.py",
                          "tests/test_rng.py")
 NCCL_TESTS = ("tests/test_distributed.py", "nccl and not two_rank")  # file, pytest -k
+MODELS = ("mlp", "cnn", "deep")  # TwoLayerNet, SimpleConvNet, DeepConvNet
 UNUSABLE = re.compile(r"cupy backend unavailable|cupy is not installed|no usable cuda device|"
                       r"cupy unavailable", re.IGNORECASE)
 
@@ -520,27 +521,27 @@ def benchmark(c: Check):
     elif c.quick:
         sizes, warmup, steps = (100,), 10, 50
     else:
-        sizes, warmup, steps = (100, 1000), 20, 200
+        sizes, warmup, steps = (100, 1000), 20, 100
+    common = ["--model", *MODELS, "--batch-size", *map(str, sizes), "--warmup-steps",
+              str(warmup), "--steps", str(steps), "--data-dir", c.data_dir, "--json"]
+    # one process per framework, one after the other: they never share the GPU
+    ours = c.run_json([c.py, str(HERE / "gpu_bench.py"), "--framework", "xpnet", "--backend",
+                       c.backend, *(["--device", c.device] if c.device else []), *common],
+                      c.backend)["runs"]
+    ref = c.run_json([c.py, str(HERE / "gpu_bench.py"), "--framework", "torch", "--device",
+                      c.torch_device, *common])["runs"]
     data, lines = {}, []
-    for model in ("mlp", "cnn", "deep"):
-        for bs in sizes:
-            common = ["--model", model, "--batch-size", str(bs), "--warmup-steps", str(warmup),
-                      "--steps", str(steps), "--data-dir", c.data_dir, "--json"]
-            ours = c.run_json([c.py, str(HERE / "gpu_bench.py"), "--framework", "xpnet",
-                               "--backend", c.backend, *(["--device", c.device] if c.device
-                                                         else []), *common], c.backend)
-            ref = c.run_json([c.py, str(HERE / "gpu_bench.py"), "--framework", "torch",
-                              "--device", c.torch_device, *common])
-            ratio = ours["images_per_s"] / ref["images_per_s"]
-            data[f"{model}-bs{bs}"] = {"xpnet": ours, "torch": ref,
-                                       "xpnet_over_torch": round(ratio, 3)}
-            lines.append(f"{model}/{bs} {ours['images_per_s']:,.0f} vs "
-                         f"{ref['images_per_s']:,.0f} ({ratio:.2f}x)")
+    for a, b in zip(ours, ref):
+        ratio = a["images_per_s"] / b["images_per_s"]
+        key = f"{a['model']}-bs{a['batch_size']}"
+        data[key] = {"xpnet": a, "torch": b, "xpnet_over_torch": round(ratio, 3)}
+        lines.append(f"{a['model']}/{a['batch_size']} {a['images_per_s']:,.0f} vs "
+                     f"{b['images_per_s']:,.0f} ({ratio:.2f}x)")
     if c.backend == "cupy":  # the device dropout mask's cost per draw (xpnet/rng.py)
         data["dropout_mask"] = c.run_json([c.py, str(Path(__file__)), "--_dropout-timing"],
                                           "cupy")
         lines.append(f"dropout mask {data['dropout_mask']['xpnet_us']} us/draw")
-    timer = ours["timer"]
+    timer = ours[0]["timer"]
     return "INFO", (f"images/s xpnet-{c.backend} vs torch-{c.torch_device.split(':')[0]}, "
                     f"{timer}: " + "; ".join(lines)), data
 
