@@ -113,6 +113,7 @@ class Check:
         env["CUPY_CACHE_DIR"] = str(self.work / "cupy-cache")
         self.env = env
         self.deadline = float("inf")
+        self.partial = ""  # the output so far of a command cut at its budget
         self.started = time.time()
 
     # ------------------------------------------------------------------ plumbing
@@ -415,7 +416,8 @@ def _pair(c: Check, a: list[str], b: list[str], backends: tuple[str, str]) -> tu
         os.killpg(pb.pid, signal.SIGKILL)
         pb.communicate()
         raise
-    return c.json_of(ra), c.json_of(c.finish(pb))
+    rb = c.finish(pb)  # both ended before either is judged: nothing runs on into later items
+    return c.json_of(ra), c.json_of(rb)
 
 
 def accuracy(c: Check):
