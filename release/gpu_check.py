@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The GPU acceptance check: one command on a CUDA machine, PASS/FAIL/SKIP/INFO per item, a JSON
-report rewritten after every item, exit status 1 when any item failed.
+"""The GPU acceptance check: one command on a CUDA machine, exit status 1 when any item failed.
+
+Each item is PASS, FAIL, SKIP or INFO; the JSON report is rewritten after every item.
 
     python3 release/gpu_check.py --preinstalled --data-dir DATA --out OUT/gpu-check [--quick]
 
