@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import array_api_compat
 import numpy as np
 import pytest
 from conftest import dev as _dev  # a copy of host data on the current backend
+from conftest import use_backend
 
 import xpnet
 from xpnet import validate
@@ -71,6 +73,11 @@ def _freeze(value: Any) -> Any:
                 "history": copy.deepcopy(value.history.records), "lr": value.optimizer.lr}
     if isinstance(value, np.ndarray):
         return value.copy()
+    if array_api_compat.is_array_api_obj(value) and not isinstance(value, np.generic):
+        # a device array: its device and a host copy (CuPy, torch and array_api_strict's
+        # device1 arrays have no truth value and refuse an implicit conversion to NumPy)
+        return ("device array", str(array_api_compat.device(value)),
+                xpnet.to_numpy(value).copy())
     if isinstance(value, dict):
         return {k: _freeze(v) for k, v in value.items()}
     if hasattr(value, "__dict__"):
@@ -94,6 +101,10 @@ def _same(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
         return True
+    for x in (a, b):
+        if array_api_compat.is_array_api_obj(x) and not isinstance(x, np.generic):
+            raise TypeError(f"_same: a {type(x).__name__} reached the comparison; _freeze must "
+                            "turn every array into a host copy first")
     return a == b
 
 
@@ -713,6 +724,28 @@ def _write_then_fail(c: dict) -> None:
 def test_the_harness_detects_a_defective_error_path(case, tmp_path):
     with pytest.raises((AssertionError, pytest.fail.Exception, ValueError)):
         run_case(case, tmp_path)
+
+
+def test_the_harness_compares_device_arrays_through_host_copies():
+    """A device array, held directly or inside an object (a loss's cache), is compared by its
+    device and a host copy: on CuPy (and array_api_strict's device1 here) ``a == b`` is an
+    array with no truth value, and NumPy conversion must be explicit."""
+    pytest.importorskip("array_api_strict")
+    from types import SimpleNamespace
+
+    with use_backend("array_api_strict", "device1"):
+        z = _dev(np.arange(6.0).reshape(2, 3), "float32")
+
+        def ctx(arr):
+            return {"z": arr, "loss": SimpleNamespace(cache=arr)}
+
+        before = _freeze(ctx(z))
+        assert _same(before, _freeze(ctx(z)))
+        assert not _same(before, _freeze(ctx(z + 1)))  # changed values are seen
+    moved = _freeze(ctx(_dev(np.arange(6.0).reshape(2, 3), "float32")))  # same values, CPU
+    assert not _same(before, moved)
+    with pytest.raises(TypeError, match="_freeze must"):
+        _same(z, z)
 
 
 # ---------------------------------------------------------------------- CLIs

@@ -28,8 +28,9 @@ def _require(name: str, device: str) -> None:
     require_backend(name)
     if name == "cupy":
         import cupy
-        if cupy.cuda.runtime.getDeviceCount() < 2:
-            pytest.skip("needs two CUDA devices")
+        count = cupy.cuda.runtime.getDeviceCount()
+        if count < 2:
+            pytest.skip(f"{device} needs two CUDA devices, found {count}")
 
 
 def _model(rng):

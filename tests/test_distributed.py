@@ -168,7 +168,7 @@ def test_two_rank_collectives():
 @pytest.mark.gpu
 def test_two_rank_collectives_over_nccl():
     """The CuPy path (NCCL, one GPU per local rank): the same collectives scenario on cupy.
-    Needs two CUDA GPUs; run by benchmarks/gpu_check.py's `distributed` item."""
+    Needs two CUDA GPUs: skipped, with the count found, on a one-GPU machine."""
     mpiexec()
     if importlib.util.find_spec("cupy") is None:
         pytest.skip('CuPy is not installed (pip install "xpnet[cupy12]")')
