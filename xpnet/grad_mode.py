@@ -56,16 +56,17 @@ def forward_call() -> Iterator[int]:
         _STATE.depth = depth
 
 
-def backward_pass() -> int | None:
-    """The pass whose backward is running in this thread, or None outside a backward."""
+def backward_use() -> tuple[int, int] | None:
+    """(pass, call serial) of the backward call running in this thread, or None outside one."""
     return getattr(_STATE, "backward", None)
 
 
 @contextlib.contextmanager
-def backward_of(pass_id: int) -> Iterator[None]:
-    """Mark the backward of pass ``pass_id``: gradients written inside add up over uses."""
-    before = backward_pass()
-    _STATE.backward = pass_id
+def backward_of(pass_id: int, serial: int) -> Iterator[None]:
+    """Mark the backward of forward call ``serial`` of pass ``pass_id``: gradients written by
+    different calls of one pass add up."""
+    before = backward_use()
+    _STATE.backward = (pass_id, serial)
     try:
         yield
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,21 +32,22 @@ class Parameter:
 
     Gradients follow the textbook by default: each backward pass *assigns* ``grad``. Within
     one pass, a parameter used more than once (a module called twice, a Parameter shared by two
-    modules) gets the *sum* of its uses' gradients: the first write of the pass assigns, later
-    ones add. When ``accumulate`` is set (:meth:`Module.accumulate_grads`), every write *adds*
-    to a gradient already there (PyTorch's convention), so several backward passes sum up until
+    modules) gets the *sum* of its uses' gradients: the first use's write assigns, writes from
+    the backward of another forward call add (a backward that rewrites its own write assigns).
+    When ``accumulate`` is set (:meth:`Module.accumulate_grads`), every write *adds* to a
+    gradient already there (PyTorch's convention), so several backward passes sum up until
     ``grad`` is set to None (:meth:`Module.zero_grad`). Code that rewrites a finished gradient
     (clipping, averaging across processes) uses :meth:`replace_grad`, which always assigns.
 
     ``trainable = False`` freezes it: optimizers skip it (see :meth:`Module.freeze`).
     """
 
-    __slots__ = ("_grad", "_grad_pass", "accumulate", "data", "trainable")
+    __slots__ = ("_grad", "_grad_use", "accumulate", "data", "trainable")
 
     def __init__(self, data: Array, *, trainable: bool = True):
         self.data = data
         self._grad: Array | None = None
-        self._grad_pass: int | None = None  # the backward pass that last wrote grad
+        self._grad_use: tuple[int, int] | None = None  # (pass, call) that last wrote grad
         self.accumulate = False
         self.trainable = trainable
 
@@ -56,9 +58,9 @@ class Parameter:
     @grad.setter
     def grad(self, value: Array | None) -> None:
         old = self._grad
-        pass_id = grad_mode.backward_pass()
-        again = pass_id is not None and self._grad_pass == pass_id  # a second use this pass
-        self._grad_pass = pass_id
+        use, last = grad_mode.backward_use(), self._grad_use
+        again = use is not None and last is not None and last[0] == use[0] and last != use
+        self._grad_use = use  # `again`: another forward call's use, in the same pass
         # `p.grad += g` hands back the same object: that is an in-place update, not a second use
         if value is None or old is None or value is old or not (self.accumulate or again):
             self._grad = value
@@ -68,7 +70,7 @@ class Parameter:
     def replace_grad(self, value: Array | None) -> None:
         """Set ``grad`` to ``value`` whatever the accumulation mode (for gradient hooks)."""
         self._grad = value
-        self._grad_pass = None
+        self._grad_use = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -79,13 +81,17 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.data.dtype}{frozen})"
 
 
+_SERIALS = itertools.count()
+
+
 class _Call:
     """What one forward call of a module saved for its backward (see Module.save_for_backward)."""
 
-    __slots__ = ("attrs", "pass_id", "record")
+    __slots__ = ("attrs", "pass_id", "record", "serial")
 
     def __init__(self, pass_id: int):
         self.pass_id = pass_id
+        self.serial = next(_SERIALS)
         self.record: tuple = ()
         self.attrs: list[str] = []  # attributes the forward set on the module (not per call)
 
@@ -174,7 +180,7 @@ class Module:
                 self.__dict__["_saved"] = self._pop_call()
             call = self.__dict__["_saved"]
             try:
-                with grad_mode.backward_of(call.pass_id):
+                with grad_mode.backward_of(call.pass_id, call.serial):
                     if takes_flag:
                         return own(self, dout, input_grad=input_grad)
                     return own(self, dout)
@@ -206,11 +212,11 @@ class Module:
         """Take the latest forward call's record (the one this backward call belongs to)."""
         calls = self.__dict__.get("_calls")
         if not calls:
-            raise RuntimeError(f"{self!r}: backward was called before forward (or more often): "
-                               "each forward call serves one backward call. A forward under "
-                               "xpnet.no_grad() caches nothing, and a new outermost forward "
-                               "call (a new pass) drops what this module cached for an older "
-                               "one (make both calls inside one Module's forward instead)")
+            raise RuntimeError(f"{self!r}: backward was called before forward; call forward "
+                               "first (each forward call serves one backward call; a forward "
+                               "under xpnet.no_grad() caches nothing; a new outermost forward "
+                               "call, a new pass, drops what this module cached for an older "
+                               "one: make both calls inside one Module's forward instead)")
         return calls.pop()
 
     def save_for_backward(self, *values: Any) -> None:
