@@ -199,6 +199,17 @@ def test_conv2d_backward_without_input_grad(backend, path):
     assert_param_grads_without_input_grad(layer, x, dout, rtol=1e-13)
 
 
+@PATHS
+def test_conv2d_forward_saves_one_record_of_its_path_and_no_loose_attributes(backend, path):
+    layer = _conv(3, 1, 1, path=path)
+    before = set(vars(layer))
+    layer(dev(rand(X_SHAPE)))
+    assert set(vars(layer)) - before <= {"_calls", "_ws"}  # the record list and workspace
+    (call,) = layer._calls
+    (record,) = call.record
+    assert record.path.name == _ran(layer, backend.xp)
+
+
 def test_conv2d_auto_path_and_bad_path(backend):
     def mode(stride, padding, k=3):
         layer = xpnet.Conv2d(2, 3, k, stride=stride, padding=padding)
