@@ -93,12 +93,13 @@ def main() -> int:
         tw = torch.from_numpy(xpnet.to_numpy(layer.W.data)).requires_grad_(True)
         tb = torch.zeros(f, requires_grad=True)
         kk, m, m_in = c * k * k, n * oh * oh, n * h * h
-        lg = n * (h + pad) * (h + pad) if layer._use_grid() else m  # the grid's columns
+        path = layer._select_path(xpnet.backend.current().xp).name
+        lg = n * (h + pad) * (h + pad) if path == "grid" else m  # the grid's columns
         a_f, b_f = rng.standard_normal((f, kk + 1), dtype=np.float32), rng.standard_normal(
             (kk + 1, lg), dtype=np.float32)
         g_m = rng.standard_normal((f, lg), dtype=np.float32)
         w_t, d_c = rng.standard_normal((c, k * k * f), dtype=np.float32), rng.standard_normal(
-            (k * k * f, lg if layer._use_grid() else m_in), dtype=np.float32)
+            (k * k * f, lg if path == "grid" else m_in), dtype=np.float32)
 
         def run_xpnet():
             layer.forward(x)
@@ -119,7 +120,7 @@ def main() -> int:
         flop = 2 * f * kk * m * 2 + (2 * c * k * k * f * m_in if dx else 0)
         rows.append(dict(layer=label, kind="conv", input_grad=dx, gflop=flop / 1e9,
                          xpnet_ms=t["xpnet"], torch_ms=t["torch"], gemm_floor_ms=t["gemm"],
-                         mode=layer._mode))
+                         mode=path))
     for label, c, h in POOLS:
         pool = xpnet.MaxPool2d(2)
         x = rng.standard_normal((n, c, h, h)).astype(np.float32)

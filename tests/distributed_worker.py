@@ -283,7 +283,7 @@ def check_trainer(comm: distributed.Communicator, out: Path) -> dict[str, float]
     tr = fit(drop, comm, 1)
     drop.train()
     drop.forward(xpnet.to_device(x[:8]))  # the same rows on both ranks: one more draw each
-    masks = comm.allgather_object(np.array(to_numpy(drop[2]._scale)))
+    masks = comm.allgather_object(np.array(to_numpy(drop[2]._calls[-1].record[0])))
     assert masks[0].shape == masks[1].shape and not np.array_equal(masks[0], masks[1]), \
         "the ranks drew the same dropout masks"
     states = comm.allgather_object(drop[2].rng.get_state())

@@ -43,7 +43,7 @@ def _train(dtype, steps=2):
 
 
 def _arrays(obj, seen=None):
-    """Every array reachable from layers, parameters, caches, tuples, lists and dicts."""
+    """Every array reachable from layers, parameters, records, tuples, lists and dicts."""
     seen = set() if seen is None else seen
     if id(obj) in seen:
         return
@@ -56,6 +56,8 @@ def _arrays(obj, seen=None):
     elif isinstance(obj, dict):
         for item in obj.values():
             yield from _arrays(item, seen)
+    elif isinstance(obj, xpnet.module._Call):  # one forward call's record
+        yield from _arrays(obj.record, seen)
     elif isinstance(obj, xpnet.Parameter):
         yield from _arrays(obj.data, seen)
         yield from _arrays(obj.grad, seen)
@@ -78,7 +80,9 @@ def test_training_step_keeps_the_model_dtype_everywhere(backend, dtype):
     xp = backend.xp
     assert all(p.grad is not None for p in model.parameters().values())
     assert set(opt.state) == set(model.parameters())
-    assert model[6]._scale is not None and model[0]._cols is not None  # caches are walked
+    model(_data(dtype)[0])  # a forward without backward: its records are walked too
+    assert model[6]._calls[-1].record[0] is not None  # the dropout mask
+    assert model[0]._calls[-1].record[0] is not None  # the convolution's saved input
     # at least 6 params + 6 grads + 2 buffers + 12 Adam slots + 6 outputs, plus caches
     _assert_floats_are([model, opt.state, loss_fn, outputs], xp, getattr(xp, dtype), 32)
 

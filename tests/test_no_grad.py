@@ -10,7 +10,7 @@ import pytest
 from conftest import dev, to_np
 
 import xpnet
-from xpnet.module import grad_enabled
+from xpnet.grad_mode import grad_enabled
 from xpnet.train import evaluate, predict
 
 
@@ -26,9 +26,8 @@ def _net(seed=0):
 
 
 def _cached(model):
-    """(layer, attribute) for every listed cache that holds something."""
-    return [(layer, name) for layer in model.layers for name in type(layer)._all_caches
-            if layer.__dict__.get(name) is not None]
+    """Every layer that holds a forward call's record for a backward."""
+    return [layer for layer in model.layers if layer.__dict__.get("_calls")]
 
 
 def test_no_grad_forward_matches_and_keeps_nothing(backend):
@@ -82,21 +81,27 @@ def test_evaluate_and_predict_leave_no_caches(backend):
     assert _cached(model) == []
 
 
-def test_a_subclass_adds_caches_to_its_bases_and_names_are_checked(backend):
+def test_a_subclass_calling_its_bases_forward_keeps_one_record_and_none_under_no_grad(
+        backend):
     class Scaled(xpnet.Linear):
-        _caches = ("_y",)
-
         def forward(self, x):
-            self._y = super().forward(x)
-            return self._y * 2.0
+            return super().forward(x) * 2.0
+
+        def backward(self, dout, *, input_grad=True):
+            return super().backward(dout * 2.0, input_grad=input_grad)
 
     layer = Scaled(3, 2, dtype="float64", rng=xpnet.Generator(0))
-    assert Scaled._all_caches == ("_x", "_y")
+    x = dev(np.ones((4, 3)))
+    layer(x)
+    assert len(layer._calls) == 1  # the base's forward adds no second record
+    np.testing.assert_allclose(to_np(layer.backward(dev(np.ones((4, 2))))),
+                               np.ones((4, 2)) @ to_np(layer.W.data).T * 2.0)
+    layer(x)
     with xpnet.no_grad():
-        layer(dev(np.ones((4, 3))))
-    assert layer._x is None and layer._y is None  # the base's cache too
-    with pytest.raises(TypeError, match=r"_caches must be a tuple of attribute names, got '_x'"):
-        type("Bad", (xpnet.Module,), {"_caches": ("_x")})
+        layer(x)
+    assert not layer._calls  # the base's record too
+    with pytest.raises(RuntimeError, match=r"no_grad\(\) caches nothing"):
+        layer.backward(dev(np.ones((4, 2))))
 
 
 def test_summary_leaves_no_caches_behind(backend):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import dev, to_np
-from test_conv import _out, _ref_conv, _ref_maxpool_backward, _ref_pool  # the loop references
+from layer_refs import out_size, ref_conv, ref_maxpool_backward, ref_pool  # loop references
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
@@ -66,8 +66,8 @@ def test_conv2d_matches_the_loop_reference(backend, case):
     conv = xpnet.Conv2d(c, f, k, stride=s, padding=p, dtype="float64")
     conv.W.data, conv.b.data = dev(wt), dev(b)
     out = to_np(conv(dev(x)))
-    assert out.shape == (n, f, _out(h, k, s, p), _out(w, k, s, p))
-    np.testing.assert_allclose(out, _ref_conv(x, wt, b, s, p), rtol=1e-10, atol=1e-10)
+    assert out.shape == (n, f, out_size(h, k, s, p), out_size(w, k, s, p))
+    np.testing.assert_allclose(out, ref_conv(x, wt, b, s, p), rtol=1e-10, atol=1e-10)
 
 
 @SETTINGS
@@ -78,12 +78,12 @@ def test_pooling_matches_the_loop_reference(backend, case, kind):
     x = rng.standard_normal((n, c, h, w))
     layer = (xpnet.MaxPool2d if kind == "max" else xpnet.AvgPool2d)(k, s, p)
     out = to_np(layer(dev(x)))
-    assert out.shape == (n, c, _out(h, k, s, p), _out(w, k, s, p))
-    np.testing.assert_allclose(out, _ref_pool(x, k, s, p, kind), rtol=1e-12, atol=1e-12)
+    assert out.shape == (n, c, out_size(h, k, s, p), out_size(w, k, s, p))
+    np.testing.assert_allclose(out, ref_pool(x, k, s, p, kind), rtol=1e-12, atol=1e-12)
     if kind == "max":
         dout = rng.standard_normal(out.shape)
         dx = to_np(layer.backward(dev(dout)))
-        np.testing.assert_allclose(dx, _ref_maxpool_backward(x, dout, k, s, p),
+        np.testing.assert_allclose(dx, ref_maxpool_backward(x, dout, k, s, p),
                                    rtol=1e-12, atol=1e-12)
 
 

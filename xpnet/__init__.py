@@ -4,7 +4,7 @@ The backend (NumPy, CuPy, PyTorch, array_api_strict) is chosen at runtime by ``X
 :func:`set_backend`; every layer, loss and optimizer runs unchanged on each.
 """
 
-from .activations import ELU, GELU, Identity
+from . import layers
 from .backend import (
     Backend,
     BackendError,
@@ -15,23 +15,10 @@ from .backend import (
     to_device,
     to_numpy,
 )
-from .conv import AvgPool2d, Conv2d, ConvMaxPool2d, MaxPool2d
-from .global_pool import GlobalAvgPool2d
-from .layers import (
-    BatchNorm,
-    Dropout,
-    Flatten,
-    LeakyReLU,
-    Linear,
-    ReLU,
-    Sequential,
-    Sigmoid,
-    Softmax,
-    Tanh,
-)
+from .grad_mode import no_grad
+from .layers import *  # noqa: F403 (every layer, listed once in xpnet.layers.__all__)
 from .losses import MSE, SoftmaxCrossEntropy
-from .module import Module, Parameter, no_grad
-from .normalization import LayerNorm
+from .module import Module, Parameter
 from .optim import SGD, AdaGrad, Adam, AdamW, Momentum, Nesterov, RMSProp, clip_grad_norm
 from .rng import Generator, manual_seed
 from .schedules import CosineLR, ExponentialLR, StepLR
@@ -39,12 +26,10 @@ from .schedules import CosineLR, ExponentialLR, StepLR
 __version__ = "0.1.0"
 
 __all__ = [
-    "ELU", "GELU", "MSE", "AdaGrad", "Adam", "AdamW", "AvgPool2d", "Backend",
-    "BackendError", "BatchNorm", "Conv2d", "ConvMaxPool2d", "CosineLR", "DeviceMismatchError",
-    "Dropout", "ExponentialLR", "Flatten", "Generator", "GlobalAvgPool2d", "Identity",
-    "LayerNorm", "LeakyReLU", "Linear", "MaxPool2d", "Module", "Momentum", "Nesterov",
-    "Parameter", "RMSProp", "ReLU", "SGD", "Sequential", "Sigmoid", "Softmax",
-    "SoftmaxCrossEntropy", "StepLR", "Tanh", "available_backends", "clip_grad_norm", "current",
-    "manual_seed", "no_grad", "set_backend", "to_device", "to_numpy",
-    "__version__",
+    *layers.__all__,
+    "MSE", "AdaGrad", "Adam", "AdamW", "Backend", "BackendError", "CosineLR",
+    "DeviceMismatchError", "ExponentialLR", "Generator", "Module", "Momentum", "Nesterov",
+    "Parameter", "RMSProp", "SGD", "SoftmaxCrossEntropy", "StepLR", "available_backends",
+    "clip_grad_norm", "current", "manual_seed", "no_grad", "set_backend",
+    "to_device", "to_numpy", "__version__",
 ]

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .conv import Conv2d, ConvMaxPool2d, MaxPool2d
+from . import validate
 from .init import InitSpec
 from .layers import (
     BatchNorm,
+    Conv2d,
+    ConvMaxPool2d,
     Dropout,
     Flatten,
     Linear,
+    MaxPool2d,
     ReLU,
     Sequential,
     Sigmoid,
     Tanh,
-    _positive,
 )
 from .module import Module
 from .rng import Generator
@@ -64,7 +66,7 @@ class MultiLayerNet(Sequential):
         layers: list[Module] = []
         sizes = [input_size, *hidden_sizes]
         for i, size in enumerate(hidden_sizes):
-            _positive(f"hidden_sizes[{i}]", size, "MultiLayerNet")
+            validate.positive_int("MultiLayerNet", f"hidden_sizes[{i}]", size)
             layers.append(Linear(sizes[i], size, init=init, rng=rng, dtype=dtype))
             if batchnorm:
                 layers.append(BatchNorm(size, dtype=dtype))
@@ -80,7 +82,7 @@ class SimpleConvNet(Sequential):
     """conv(30 filters 5x5) -> ReLU -> maxpool 2 -> Linear(100) -> ReLU -> Linear(10)
     (the textbook's SimpleConvNet). Input (N, 1, 28, 28) by default.
 
-    The layers run as conv+maxpool (one fused :class:`~xpnet.conv.ConvMaxPool2d`) -> ReLU:
+    The layers run as conv+maxpool (one fused :class:`~xpnet.layers.ConvMaxPool2d`) -> ReLU:
     max-pooling commutes with ReLU (a non-decreasing function), so the output and every
     gradient are exactly those of conv -> ReLU -> maxpool, while the ReLU touches a 4x smaller
     array and the pool reads contiguous memory.

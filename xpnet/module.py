@@ -2,42 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-import threading
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
 import array_api_compat
 import numpy as np
 
-from .backend import Backend, check_same_device, current, to_device, to_numpy
+from . import grad_mode
+from .backend import Backend, current, to_device, to_numpy
+from .grad_mode import grad_enabled
 
-__all__ = ["Module", "Parameter", "StateDictError", "check_input", "grad_enabled", "no_grad"]
-
-_GRAD = threading.local()
-
-
-def grad_enabled() -> bool:
-    """False inside :func:`no_grad` (in this thread)."""
-    return getattr(_GRAD, "enabled", True)
-
-
-@contextlib.contextmanager
-def no_grad() -> Iterator[None]:
-    """Forward passes inside keep nothing for backward (PyTorch's ``torch.no_grad``, Chainer's
-    ``no_backprop_mode``): each layer drops the arrays it lists in ``_caches`` as soon as its
-    forward returns, so evaluating a batch holds about two activations at a time instead of
-    every layer's mask and input. :func:`xpnet.train.evaluate`, :func:`xpnet.train.predict`
-    and :meth:`Module.summary` run inside it. A backward after such a forward raises a
-    RuntimeError."""
-    before = grad_enabled()
-    _GRAD.enabled = False
-    try:
-        yield
-    finally:
-        _GRAD.enabled = before
+__all__ = ["Module", "Parameter", "StateDictError"]
 
 
 class StateDictError(ValueError, KeyError):
@@ -52,20 +30,24 @@ Array = Any
 class Parameter:
     """A trainable array and its gradient.
 
-    Gradients follow the textbook by default: each ``backward`` *assigns* ``grad``. When
-    ``accumulate`` is set (:meth:`Module.accumulate_grads`), an assignment *adds* to a gradient
-    already there (PyTorch's convention), so several backward passes sum up until ``grad`` is
-    set to None (:meth:`Module.zero_grad`). Code that rewrites a finished gradient (clipping,
-    averaging across processes) uses :meth:`replace_grad`, which always assigns.
+    Gradients follow the textbook by default: each backward pass *assigns* ``grad``. Within
+    one pass, a parameter used more than once (a module called twice, a Parameter shared by two
+    modules) gets the *sum* of its uses' gradients: the first use's write assigns, writes from
+    the backward of another forward call add (a backward that rewrites its own write assigns).
+    When ``accumulate`` is set (:meth:`Module.accumulate_grads`), every write *adds* to a
+    gradient already there (PyTorch's convention), so several backward passes sum up until
+    ``grad`` is set to None (:meth:`Module.zero_grad`). Code that rewrites a finished gradient
+    (clipping, averaging across processes) uses :meth:`replace_grad`, which always assigns.
 
     ``trainable = False`` freezes it: optimizers skip it (see :meth:`Module.freeze`).
     """
 
-    __slots__ = ("_grad", "accumulate", "data", "trainable")
+    __slots__ = ("_grad", "_grad_use", "accumulate", "data", "trainable")
 
     def __init__(self, data: Array, *, trainable: bool = True):
         self.data = data
         self._grad: Array | None = None
+        self._grad_use: tuple[int, int] | None = None  # (pass, call) that last wrote grad
         self.accumulate = False
         self.trainable = trainable
 
@@ -76,8 +58,11 @@ class Parameter:
     @grad.setter
     def grad(self, value: Array | None) -> None:
         old = self._grad
+        use, last = grad_mode.backward_use(), self._grad_use
+        again = use is not None and last is not None and last[0] == use[0] and last != use
+        self._grad_use = use  # `again`: another forward call's use, in the same pass
         # `p.grad += g` hands back the same object: that is an in-place update, not a second use
-        if value is None or old is None or not self.accumulate or value is old:
+        if value is None or old is None or value is old or not (self.accumulate or again):
             self._grad = value
         else:
             self._grad = old + value
@@ -85,6 +70,7 @@ class Parameter:
     def replace_grad(self, value: Array | None) -> None:
         """Set ``grad`` to ``value`` whatever the accumulation mode (for gradient hooks)."""
         self._grad = value
+        self._grad_use = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -95,31 +81,19 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.data.dtype}{frozen})"
 
 
-def _shape(x: Any) -> tuple | str:
-    return tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
+_SERIALS = itertools.count()
 
 
-def check_input(layer: Module, x: Any, ndim: int, expect: str, like: Array | None = None) -> Any:
-    """Validate a layer input where the user called in; return its namespace.
+class _Call:
+    """What one forward call of a module saved for its backward (see Module.save_for_backward)."""
 
-    Raises ValueError naming the layer, the shape given and the shape expected; TypeError for a
-    non-floating input; DeviceMismatchError when x and the layer's parameters cannot be combined.
-    """
-    if not array_api_compat.is_array_api_obj(x):
-        raise TypeError(f"{layer!r}: input x must be an array, got {type(x).__name__}; "
-                        "move host data with xpnet.to_device(x)")
-    if x.ndim != ndim:
-        raise ValueError(f"{layer!r}: input x has shape {_shape(x)}; expected {expect}")
-    xp = array_api_compat.array_namespace(x)
-    if not xp.isdtype(x.dtype, "real floating"):
-        raise TypeError(f"{layer!r}: input x has dtype {x.dtype}; expected a floating dtype "
-                        "(float32 or float64)")
-    if like is not None:
-        check_same_device(x, like, "input x", f"{layer!r} parameters")
-        if x.dtype != like.dtype:
-            raise TypeError(f"{layer!r}: input x has dtype {x.dtype} but the parameters are "
-                            f"{like.dtype}; cast the input or build the layer with that dtype")
-    return xp
+    __slots__ = ("attrs", "pass_id", "record", "serial")
+
+    def __init__(self, pass_id: int):
+        self.pass_id = pass_id
+        self.serial = next(_SERIALS)
+        self.record: tuple = ()
+        self.attrs: list[str] = []  # attributes the forward set on the module (not per call)
 
 
 class Module:
@@ -132,16 +106,25 @@ class Module:
     Non-trainable state that checkpoints must keep (running statistics) is registered with
     :meth:`add_buffer`.
 
-    The backward contract: ``forward(x)`` caches what ``backward`` needs;
-    ``backward(dout, *, input_grad=True)`` writes every parameter's gradient to
-    ``param.grad`` and returns the gradient with respect to ``x`` (or None when
-    ``input_grad=False``: the caller does not need it, as for a model's first layer).
-    A subclass may define ``backward(self, dout)`` without the keyword; it is then always
-    computed. Gradients are assigned by default (the textbook's convention); after
-    :meth:`accumulate_grads` they add up over backward passes until :meth:`zero_grad`.
+    The backward contract: ``forward(x)`` keeps what ``backward`` needs with
+    :meth:`save_for_backward`; ``backward(dout, *, input_grad=True)`` reads it with
+    :meth:`saved`, writes every parameter's gradient to ``param.grad`` and returns the
+    gradient with respect to ``x`` (or None when ``input_grad=False``: the caller does not
+    need it, as for a model's first layer). A subclass may define ``backward(self, dout)``
+    without the keyword; it is then always computed.
 
-    One module object may appear only once in a model: its caches hold one input, so a
-    second use would give wrong gradients. Build a second layer instead.
+    One module object may be used any number of times (one activation after two layers, a
+    shared convolution in two branches, tied weights): each forward call saves its own record,
+    and each backward call takes the most recent one, so backward calls must come in the
+    reverse order of the forward calls (as a chain rule written by hand does). The gradients of
+    a shared parameter are summed over its uses. Records are kept for the latest forward pass
+    only (the outermost forward call starts a pass), and under :func:`no_grad` for none.
+    Gradients are assigned by each backward pass (the textbook's convention); after
+    :meth:`accumulate_grads` they add up over passes until :meth:`zero_grad`.
+
+    A module whose forward keeps values as attributes (``self._x = x``) instead of saving
+    them is still fine when called once per pass; a second call in one pass is refused,
+    because it would overwrite what the first call's backward needs.
     """
 
     def __init__(self) -> None:
@@ -150,36 +133,36 @@ class Module:
         object.__setattr__(self, "_buffer_names", [])
         self.training = True
 
-    #: the attributes a forward caches for backward, dropped after a forward under
-    #: :func:`no_grad`; a subclass lists the ones it adds (its bases' are dropped too), and
-    #: unlisted caches are simply kept
-    _caches: tuple[str, ...] = ()
-    _all_caches: tuple[str, ...] = ()  # _caches over the class hierarchy (set per subclass)
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Wrap a subclass's own ``forward`` and ``backward``: ``forward`` notes that it ran,
-        ``backward`` refuses to run before it (a named RuntimeError instead of an
-        AttributeError on an empty cache) and accepts ``input_grad`` even when written as
-        ``backward(self, dout)``."""
+        """Wrap a subclass's own ``forward`` and ``backward``: each forward call gets its own
+        record (none under :func:`no_grad`); ``backward`` takes the latest one, refuses to
+        run without one (a named RuntimeError instead of an AttributeError on an empty cache)
+        and accepts ``input_grad`` even when written as ``backward(self, dout)``."""
         super().__init_subclass__(**kwargs)
-        own_caches = cls.__dict__.get("_caches", ())
-        if isinstance(own_caches, str) or not all(isinstance(n, str) for n in own_caches):
-            raise TypeError(f"{cls.__name__}._caches must be a tuple of attribute names, got "
-                            f"{own_caches!r}")
-        cls._all_caches = tuple(dict.fromkeys(
-            n for klass in reversed(cls.__mro__) for n in klass.__dict__.get("_caches", ())))
         own_forward = cls.__dict__.get("forward")
         if own_forward is not None and not getattr(own_forward, "_xpnet_wrapped", False):
             @functools.wraps(own_forward)
             def forward(self: Module, *args: Any, **kw: Any) -> Any:
-                if grad_enabled():
-                    self.__dict__["_forwarded"] = True
+                if "_call" in self.__dict__:  # a subclass's forward calling its base's
                     return own_forward(self, *args, **kw)
-                self.__dict__.pop("_forwarded", None)
-                out = own_forward(self, *args, **kw)
-                for name in type(self)._all_caches:  # keep nothing for a backward
-                    self.__dict__[name] = None
-                return out
+                if not grad_enabled():  # keep nothing, and free what an older pass kept
+                    with grad_mode.forward_call() as pass_id:
+                        calls = self.__dict__.get("_calls")
+                        if calls and calls[-1].pass_id != pass_id:
+                            calls.clear()
+                        return own_forward(self, *args, **kw)
+                with grad_mode.forward_call() as pass_id:
+                    call = self._push_call(pass_id)
+                    self.__dict__["_call"] = call
+                    try:
+                        return own_forward(self, *args, **kw)
+                    except BaseException:  # a refused input leaves no record behind
+                        calls = self.__dict__["_calls"]
+                        if calls and calls[-1] is call:
+                            calls.pop()
+                        raise
+                    finally:
+                        del self.__dict__["_call"]
 
             forward._xpnet_wrapped = True
             cls.forward = forward
@@ -191,17 +174,63 @@ class Module:
             q.kind is inspect.Parameter.VAR_KEYWORD for q in sig.parameters.values())
 
         @functools.wraps(own)
-        def backward(self: Module, dout: Array, *, input_grad: bool = True) -> Array:
-            if "_forwarded" not in self.__dict__:
-                raise RuntimeError(f"{self!r}: backward was called before forward; call "
-                                   "forward first (backward uses what forward cached; a "
-                                   "forward under xpnet.no_grad() caches nothing)")
-            if takes_flag:
-                return own(self, dout, input_grad=input_grad)
-            return own(self, dout)
+        def backward(self: Module, dout: Array, *, input_grad: bool = True) -> Array | None:
+            nested = "_saved" in self.__dict__  # a subclass's backward calling its base's
+            if not nested:
+                self.__dict__["_saved"] = self._pop_call()
+            call = self.__dict__["_saved"]
+            try:
+                with grad_mode.backward_of(call.pass_id, call.serial):
+                    if takes_flag:
+                        return own(self, dout, input_grad=input_grad)
+                    return own(self, dout)
+            finally:
+                if not nested:
+                    del self.__dict__["_saved"]
 
         backward._xpnet_wrapped = True
         cls.backward = backward
+
+    # ------------------------------------------------------------------ per-call records
+    def _push_call(self, pass_id: int) -> _Call:
+        """Open this forward call's record; drop records left from an older pass."""
+        calls = self.__dict__.get("_calls")
+        if calls is None or (calls and calls[-1].pass_id != pass_id):
+            calls = self.__dict__["_calls"] = []
+        if calls and calls[-1].attrs:
+            raise RuntimeError(
+                f"{self!r} is called a second time in one forward pass, but its forward keeps "
+                f"{', '.join(calls[-1].attrs)} as attributes, which this call would overwrite "
+                "before the first call's backward reads them; keep them with "
+                "self.save_for_backward(...) and read them with self.saved(), or build a "
+                "second module")
+        call = _Call(pass_id)
+        calls.append(call)
+        return call
+
+    def _pop_call(self) -> _Call:
+        """Take the latest forward call's record (the one this backward call belongs to)."""
+        calls = self.__dict__.get("_calls")
+        if not calls:
+            raise RuntimeError(f"{self!r}: backward was called before forward; call forward "
+                               "first (each forward call serves one backward call; a forward "
+                               "under xpnet.no_grad() caches nothing; a new outermost forward "
+                               "call, a new pass, drops what this module cached for an older "
+                               "one: make both calls inside one Module's forward instead)")
+        return calls.pop()
+
+    def save_for_backward(self, *values: Any) -> None:
+        """Keep ``values`` for the backward of this forward call (nothing under no_grad)."""
+        call = self.__dict__.get("_call")
+        if call is not None:
+            call.record = values
+
+    def saved(self) -> tuple:
+        """In ``backward``: the values its forward call passed to :meth:`save_for_backward`."""
+        call = self.__dict__.get("_saved")
+        if call is None:
+            raise RuntimeError(f"{type(self).__name__}.saved() is only valid inside backward")
+        return call.record
 
     def __getattr__(self, name: str) -> Any:
         # only reached when normal lookup fails: name the usual cause for the registries
@@ -217,11 +246,6 @@ class Module:
             raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() "
                                f"before setting attributes (while setting {name!r})")
         if isinstance(value, Module):
-            for other, child in registry.items():
-                if child is value and other != name:
-                    raise ValueError(f"{type(self).__name__}: the same {value!r} is assigned "
-                                     f"as {other!r} and {name!r}; a module can be used once "
-                                     "in a model (its cache holds one input): build another")
             registry[name] = value
         else:
             registry.pop(name, None)
@@ -235,6 +259,10 @@ class Module:
                 and value is not None:
             raise TypeError(f"{type(self).__name__}.{name} is a parameter; assign a Parameter "
                             f"(or change its .data), not {type(value).__name__}")
+        call = self.__dict__.get("_call")
+        if call is not None and name not in self._buffer_names and name not in registry \
+                and name not in self._param_names and name not in call.attrs:
+            call.attrs.append(name)  # a value kept outside the call's record
         object.__setattr__(self, name, value)
 
     def add_param(self, name: str, data: Array) -> Parameter:
@@ -255,42 +283,45 @@ class Module:
 
     # ------------------------------------------------------------------ traversal
     def modules(self, prefix: str = "") -> dict[str, Module]:
-        """This module and every sub-module, keyed by dotted path ('' for this one).
+        """This module and every sub-module, keyed by dotted path ('' for this one). A module
+        used at several places is listed once, at the first path it is reached by.
 
-        Raises ValueError when one module object appears twice (see the class docstring).
+        Raises ValueError when a module contains itself (its forward would never end).
         """
         found: dict[str, Module] = {}
-        seen: dict[int, str] = {}
+        seen: set[int] = set()
+        above: dict[int, str] = {}
 
         def walk(m: Module, path: str) -> None:
+            if id(m) in above:
+                raise ValueError(f"a {type(m).__name__} contains itself: it is at "
+                                 f"{above[id(m)] or '.'!r} "
+                                 f"and again below it at {path!r}")
             if id(m) in seen:
-                raise ValueError(f"{m!r} is used twice in one model, as {seen[id(m)] or '.'!r} "
-                                 f"and {path or '.'!r}; a module can be used once (its cache "
-                                 "holds one input): build a second layer instead")
-            seen[id(m)] = path
+                return
+            seen.add(id(m))
             found[path] = m
+            above[id(m)] = path
             for name, child in m.children():
                 walk(child, f"{path}.{name}" if path else name)
+            del above[id(m)]
 
         walk(self, prefix.rstrip("."))
         return found
 
     def parameters(self, prefix: str = "") -> dict[str, Parameter]:
-        """All parameters, keyed by stable dotted names such as '0.W' or '3.gamma'."""
+        """All parameters, keyed by stable dotted names such as '0.W' or '3.gamma'. A shared
+        module's parameters, or a Parameter assigned to two modules (tied weights), appear
+        once, under the first name they are reached by."""
         out: dict[str, Parameter] = {}
-        names: dict[int, str] = {}
+        seen: set[int] = set()
         for path, m in self.modules(prefix).items():
             for n in m._param_names:
                 p = getattr(m, n)
-                if p is None:
+                if p is None or id(p) in seen:
                     continue
-                key = f"{path}.{n}" if path else n
-                if id(p) in names:
-                    raise ValueError(f"one Parameter is registered twice, as {names[id(p)]!r} "
-                                     f"and {key!r}; tied weights are not supported (each use "
-                                     "would overwrite the other's gradient)")
-                names[id(p)] = key
-                out[key] = p
+                seen.add(id(p))
+                out[f"{path}.{n}" if path else n] = p
         return out
 
     def buffers(self, prefix: str = "") -> dict[str, Array]:
@@ -353,13 +384,8 @@ class Module:
         return self
 
     def has_trainable(self) -> bool:
-        """True when some parameter here or below is trainable (called every backward: a
-        plain walk, without the checks of :meth:`modules`)."""
-        for n in self._param_names:
-            p = getattr(self, n)
-            if p is not None and p.trainable:
-                return True
-        return any(child.has_trainable() for _, child in self.children())
+        """True when some parameter here or below is trainable."""
+        return any(p.trainable for p in self.parameters().values())
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameter scalars (only the trainable ones if ``trainable_only``)."""

@@ -246,7 +246,7 @@ def im2col(x: Array, kh: int, kw: int, stride: int = 1, pad: int = 0, *, ones_ro
     With ``ones_row`` a last row of ones is appended, so a bias column in W rides along in the
     same matmul (and its gradient comes out of the weight-gradient matmul).
     With ``pool=P`` the columns come in pool-blocked order (P, P, N, OH//P, OW//P) for a
-    following P x P max-pool with stride P: see :class:`xpnet.ConvMaxPool2d`. Output
+    following P x P max-pool with stride P: see :class:`xpnet.layers.ConvMaxPool2d`. Output
     rows or columns that such a pool would drop (OH or OW not a multiple of P) are left out.
     """
     xp = xp or array_namespace(x)

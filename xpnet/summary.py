@@ -13,7 +13,8 @@ import numpy as np
 from array_api_compat import array_namespace, device
 
 from .backend import current
-from .module import Module, no_grad
+from .grad_mode import no_grad
+from .module import Module
 
 __all__ = ["summarize"]
 

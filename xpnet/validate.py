@@ -22,9 +22,10 @@ import numbers
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["ArgumentTypeError", "choice", "env_choice", "finite_float", "int_at_least",
-           "non_negative_float", "non_negative_int", "positive_float", "positive_int",
-           "probability", "real_in_range"]
+__all__ = ["ArgumentTypeError", "choice", "env_choice", "finite_float", "flag",
+           "int_at_least", "layer_input", "non_negative_float", "non_negative_int",
+           "positive_float", "positive_int", "positive_int_shape", "probability",
+           "real_in_range", "shape_of"]
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -118,3 +119,56 @@ def env_choice(variable: str, value: str, options: dict[str, str]) -> str:
         expected = ", ".join(said[:-1]) + f" or {said[-1]}" if len(said) > 1 else said[0]
         raise ValueError(f"{variable}={value!r}: expected {expected}")
     return value
+
+
+def flag(owner: str, name: str, value: Any) -> bool:
+    """``value`` itself, which must be ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        _fail(owner, name, "True or False", value, ArgumentTypeError)
+    return value
+
+
+def positive_int_shape(owner: str, name: str, value: Any) -> tuple[int, ...]:
+    """``value`` (a positive integer or a non-empty tuple of them) as a tuple of ``int``."""
+    shape = (value,) if _is_int(value) else value
+    expected = "a positive integer or a tuple of them"
+    if not isinstance(shape, (tuple, list)) or not shape or not all(_is_int(d) for d in shape):
+        _fail(owner, name, expected, value, ArgumentTypeError)
+    if not all(d > 0 for d in shape):
+        _fail(owner, name, expected, value)
+    return tuple(int(d) for d in shape)
+
+
+def shape_of(x: Any) -> tuple | str:
+    """x's shape as a tuple, or its type's name when it has none (for messages)."""
+    return tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
+
+
+def layer_input(layer: Any, x: Any, ndim: int | None, expect: str, like: Any = None) -> Any:
+    """Check a layer's input where the user called in; return its array namespace.
+
+    ``ndim`` None accepts any rank. Raises ValueError naming the layer, the shape given and
+    ``expect``; TypeError for a non-array or non-floating input, or a dtype other than
+    ``like``'s; DeviceMismatchError when x and ``like`` (the layer's parameters) cannot be
+    combined.
+    """
+    import array_api_compat
+
+    from .backend import check_same_device
+
+    if not array_api_compat.is_array_api_obj(x):
+        raise TypeError(f"{layer!r}: input x must be an array, got {type(x).__name__}; "
+                        "move host data with xpnet.to_device(x)")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{layer!r}: input x has shape {shape_of(x)}; expected {expect}")
+    xp = array_api_compat.array_namespace(x)
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"{layer!r}: input x has dtype {x.dtype}; expected a floating dtype "
+                        "(float32 or float64)")
+    if like is not None:
+        check_same_device(x, like, "input x", f"{layer!r} parameters")
+        if x.dtype != like.dtype:
+            raise TypeError(f"{layer!r}: input x has dtype {x.dtype}; expected {like.dtype}, "
+                            "the parameters' dtype (cast the input or build the layer with "
+                            "that dtype)")
+    return xp

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..layers import _positive
+from .. import validate
 
 __all__ = ["Callback", "EarlyStopping", "KeepBest"]
 
@@ -74,7 +74,7 @@ class EarlyStopping(_Monitor):
     def __init__(self, monitor: str = "test_loss", patience: int = 3, *, mode: str = "auto",
                  min_delta: float = 0.0):
         super().__init__(monitor, mode, min_delta)
-        self.patience = _positive("patience", patience, "EarlyStopping")
+        self.patience = validate.positive_int("EarlyStopping", "patience", patience)
         self.wait = 0
 
     def on_epoch_end(self, trainer: Any, record: dict[str, float]) -> bool:

@@ -14,8 +14,9 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from ..backend import Backend, current, to_device, to_numpy
+from ..grad_mode import no_grad
 from ..losses import SoftmaxCrossEntropy
-from ..module import Module, no_grad
+from ..module import Module
 from .guard import check_finite, check_targets, num_examples
 from .metrics import Metric, Totals, default_metrics
 

@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import validate
 from ..backend import Backend, as_host, current, to_device
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.loader import BatchLoader
 from ..distributed import Communicator
-from ..layers import BatchNorm, _positive
+from ..layers import BatchNorm
 from ..losses import SoftmaxCrossEntropy
 from ..module import Module, Parameter
 from ..optim import Optimizer
@@ -129,9 +130,10 @@ class Trainer:
                  divergence_factor: float | None = 1e3, comm: Communicator | None = None,
                  bucket_bytes: int | None = None):
         check_trainer_args(model, optimizer, schedule, log_interval, checkpoint)
-        self.batch_size = _positive("batch_size", batch_size, "Trainer")
-        self.eval_batch_size = _positive("eval_batch_size", eval_batch_size, "Trainer")
-        self.accumulate = _positive("accumulate", accumulate, "Trainer")
+        self.batch_size = validate.positive_int("Trainer", "batch_size", batch_size)
+        self.eval_batch_size = validate.positive_int("Trainer", "eval_batch_size",
+                                                     eval_batch_size)
+        self.accumulate = validate.positive_int("Trainer", "accumulate", accumulate)
         self.drop_last = bool(drop_last)
         if keep_best is not None and not isinstance(keep_best, KeepBest):
             keep_best = KeepBest(keep_best)
