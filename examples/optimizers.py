@@ -58,7 +58,6 @@ def main(argv=None):
                         help="comma-separated subset to run "
                              "(default: SGD,Momentum,Nesterov,AdaGrad,RMSProp,Adam)")
     args = parser.parse_args(argv)
-    common.check_positive(parser, args, "epochs", "batch_size", "train_limit")
     names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
     unknown = [n for n in names if n not in OPTIMIZERS]
     if unknown or not names:

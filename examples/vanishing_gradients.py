@@ -66,7 +66,6 @@ def evaluate(trainer, x, y):
 def main(argv=None):
     parser = common.make_parser(__file__, __doc__, epochs=5, lr=0.1, batch_size=100)
     args = parser.parse_args(argv)
-    common.check_positive(parser, args, "epochs", "batch_size", "train_limit")
     if args.dry_run:
         args.epochs = 1
 
