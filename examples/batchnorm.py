@@ -14,7 +14,7 @@ by, so it no longer rescales the tiny pre-activations. The curves (every other s
 legible) are the running training accuracy per epoch; the table adds the test accuracy on the
 10,000 test images. About 6 s on NumPy.
 
-    python examples/batchnorm.py --data-dir ../shared/data --plot batchnorm.png
+    python examples/batchnorm.py --plot batchnorm.png
 """
 
 from __future__ import annotations

@@ -6,12 +6,11 @@ rate warms up linearly to 3e-3 over the first 10% of all steps, then follows a c
 at the last step of ``--epochs``, updated after every step. Because the schedule spans the run,
 ``--epochs 1`` anneals within its one epoch: test accuracy 0.9873 (seeds 1 and 2: 0.9860,
 0.9856), where a constant 1e-3 (the PyTorch reference's recipe) gives 0.980. The default 8
-epochs give 0.9905 (seeds 1 and 2: 0.9912, 0.9910), at about 8 s per epoch on NumPy with 2 CPU
-cores. L2 weight decay (``--weight-decay 5e-4``) ends 8 epochs at 0.9913 but lowers the
-one-epoch run (0.9848-0.9871 over seeds 0-2), so it is off by default. ``--model deep`` trains
-the book's DeepConvNet (six 3x3 convs, dropout) with the same recipe: 0.9944 after 8 epochs
-(0.9908 after 5), 744 s of training at 645 images/s, about 12 times slower than SimpleConvNet on
-a CPU.
+epochs give 0.9905 (seeds 1 and 2: 0.9912, 0.9910). L2 weight decay (``--weight-decay 5e-4``)
+ends 8 epochs at 0.9913 but lowers the one-epoch run (0.9848-0.9871 over seeds 0-2), so it is
+off by default. ``--model deep`` trains the book's DeepConvNet (six 3x3 convs, dropout) with the
+same recipe: 0.9944 after 8 epochs (0.9908 after 5), several times slower than SimpleConvNet on
+a CPU. Timings: the README's "Examples" table and BENCHMARKS.md.
 
 ``--checkpoint PATH`` saves model, optimizer, schedule, RNG states and history after every
 epoch; ``--resume`` loads PATH first and continues to ``--epochs`` epochs in total, with exactly
@@ -22,7 +21,7 @@ they were (the schedule depends on them; a checkpoint with another schedule is r
 ``--batch-size 50 --accumulate 2`` one epoch on 6000 images gives the test accuracy of batches
 of 100 (0.9285), with half the activation memory.
 
-    python examples/mnist_cnn.py --data-dir ../shared/data
+    python examples/mnist_cnn.py
     python examples/mnist_cnn.py --checkpoint cnn.npz            # interrupted? then:
     python examples/mnist_cnn.py --checkpoint cnn.npz --resume   # goes on from the last epoch
     python examples/mnist_cnn.py --epochs 1 --json               # one annealed epoch

@@ -10,7 +10,7 @@ on NumPy.
 early on purpose; keep ``--epochs`` and ``--batch-size``: the schedule depends on them). The
 JSON summary has the same keys as ``mnist_cnn.py``'s.
 
-    python examples/mnist_mlp.py --data-dir ../shared/data --plot mlp.png
+    python examples/mnist_mlp.py --plot mlp.png
     python examples/mnist_mlp.py --epochs 3 --checkpoint mlp.npz --json
 """
 

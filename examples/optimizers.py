@@ -9,7 +9,7 @@ Expected ("Deep Learning from Scratch", ch. 6.1): plain SGD lags far behind (tes
 about 0.93 after 3 epochs, training loss about 0.25); the momentum and adaptive methods reach
 about 0.97 (loss about 0.08-0.11). About 15 s on NumPy.
 
-    python examples/optimizers.py --data-dir ../shared/data --plot optimizers.png
+    python examples/optimizers.py --plot optimizers.png
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ each epoch (dropout on). About 30 s on NumPy, most of it testing on 10,000 image
 the 1000 epochs (``--test-limit 2000`` makes that faster). ("Deep Learning from Scratch",
 ch. 6.4.)
 
-    python examples/overfitting.py --data-dir ../shared/data --plot overfitting.png
+    python examples/overfitting.py --plot overfitting.png
 """
 
 from __future__ import annotations

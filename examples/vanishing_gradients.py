@@ -14,7 +14,7 @@ most frequent digit); sigmoid with Xavier or He 0.90; ReLU with std 0.01 starts 
 reaches 0.93; ReLU with Xavier or He 0.96. The six runs take about 15 s on NumPy. ("Deep
 Learning from Scratch", ch. 6.2; Glorot & Bengio 2010; He et al. 2015.)
 
-    python examples/vanishing_gradients.py --data-dir ../shared/data --plot vanishing.png
+    python examples/vanishing_gradients.py --plot vanishing.png
 """
 
 from __future__ import annotations
