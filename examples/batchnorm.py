@@ -14,7 +14,7 @@ by, so it no longer rescales the tiny pre-activations. The curves (every other s
 legible) are the running training accuracy per epoch; the table adds the test accuracy on the
 10,000 test images. About 6 s on NumPy.
 
-    python examples/batchnorm.py --data-dir ../shared/data --plot batchnorm.png
+    python examples/batchnorm.py --plot batchnorm.png
 """
 
 from __future__ import annotations
@@ -54,11 +54,10 @@ def evaluate(trainer, x, y):
 def main(argv=None):
     parser = common.make_parser(__file__, __doc__, epochs=20, lr=0.01, batch_size=100,
                                 train_limit=1000)
-    parser.add_argument("--scales", type=int, default=8, metavar="N",
+    parser.add_argument("--scales", type=common.positive_int, default=8, metavar="N",
                         help="number of initial weight stds, log-spaced from 1 to 1e-4 "
                              "(default: 8)")
     args = parser.parse_args(argv)
-    common.check_positive(parser, args, "epochs", "batch_size", "train_limit", "scales")
     if args.dry_run:
         args.epochs, args.scales = 1, 2
 

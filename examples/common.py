@@ -1,10 +1,12 @@
-"""CLI plumbing shared by the example scripts, kept out of them so each reads as a tutorial.
+"""Flags and output shared by the example scripts, kept out of them so each reads as a tutorial.
 
-Not part of xpnet, and no recipe: models, optimizers, schedules, flags that shape training and
-training loops live in each script. This holds the argument parser with the flags every
-example has, the clean one-line exit for expected errors (unknown backend, missing library,
-corrupt data file), MNIST loading with ``--dry-run`` / ``--train-limit``, a stopwatch, a text
-table, the MNIST scripts' report and ``--json`` output.
+Not part of xpnet, and no recipe: the model, optimizer, schedule, Trainer set-up and training
+call, and the flags that shape them, live in each script (``train()``, ``evaluate()``,
+``main()``, as in pytorch/examples). This holds the flags every example has and their argparse
+types (built on :mod:`xpnet.validate`), what those flags do before training starts (``--backend``,
+``--data-dir`` / ``--train-limit`` / ``--dry-run``, ``--plot``, ``--checkpoint`` / ``--resume``),
+the clean one-line exit for expected errors, and the output: progress lines, a stopwatch, a text
+table, ``--json``.
 
 Convention: progress and tables are human output and go to stderr while ``--json`` is on, so the
 last line on stdout is exactly one JSON object.
@@ -31,10 +33,10 @@ try:
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import xpnet
-from xpnet import distributed
+from xpnet import distributed, validate
 from xpnet.checkpoint import load_checkpoint
 from xpnet.data import load_mnist as _load_mnist
-from xpnet.train import Trainer, TrainingDiverged
+from xpnet.train import TrainingDiverged
 
 # What a user can cause and fix without reading a traceback: a backend that cannot run here
 # (BackendError), a bad backend name, argument, data file or checkpoint (ValueError, which
@@ -50,37 +52,39 @@ def prog(file: str) -> str:
     return f"examples/{Path(file).name}"
 
 
-# Exit codes of every example (README, "Errors and exit codes"):
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+EXIT_USAGE = 2  # usage errors; expected run-time errors exit 1 (README, "Errors and exit codes")
 
 # what matplotlib writes (Figure.savefig's formats, the raw ones left out)
 PLOT_FORMATS = ("png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp",
                 "pgf")
 
 
-def finite_float(text: str) -> float:
-    """argparse type: a finite number >= 0 (refuses inf and nan)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}") \
-            from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
+# ---------------------------------------------------------------------------- flag types
+def _flag_type(check: Callable[[str, str, Any], Any], parse: Callable[[str], Any],
+               expected: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` that parses the text, then lets the ``xpnet.validate`` function
+    ``check`` decide; a refusal reads ``argument --flag: expected <expected>, got <text>``."""
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        try:
+            return check("argument", "value", value)
+        except ValueError:  # validate's ArgumentTypeError is a ValueError too
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}") from None
+
+    convert.__name__ = check.__name__
+    return convert
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (a seed)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
+positive_int = _flag_type(validate.positive_int, int, "a positive integer")
+non_negative_int = _flag_type(validate.non_negative_int, int, "an integer >= 0")
+non_negative_float = _flag_type(validate.non_negative_float, float, "a finite number >= 0")
+fraction = _flag_type(validate.probability, float, "a fraction in [0, 1)")
 
 
+# ---------------------------------------------------------------------------- parser and flags
 class Parser(argparse.ArgumentParser):
     """argparse with the examples' conventions: a usage error is one line on stderr,
     ``examples/<name>.py: error: <message> (see --help)``, exit 2; after parsing, the output
@@ -137,7 +141,8 @@ def check_plot_path(parser: argparse.ArgumentParser, plot: str) -> Path:
 
 
 def make_parser(file: str, doc: str, *, epochs: int, lr: float | None, batch_size: int = 100,
-                seed: int = 0, mnist: bool = True, train_limit: int | None = None,
+                full_batch: bool = False, seed: int = 0, mnist: bool = True,
+                train_limit: int | None = None,
                 epochs_help: str = "number of epochs to train",
                 batch_help: str = "input batch size for training",
                 lr_help: str = "learning rate", lr_shown: str | None = None
@@ -145,8 +150,8 @@ def make_parser(file: str, doc: str, *, epochs: int, lr: float | None, batch_siz
     """An argument parser with the flags every example has, each help ending "(default: N)".
 
     ``mnist`` adds ``--data-dir`` and ``--train-limit``; the synthetic examples (spiral, moons)
-    make their own data and leave those out. ``lr_shown`` replaces the default in the help text
-    when it is not a single number.
+    make their own data and leave those out. ``full_batch`` lets ``--batch-size`` be 0.
+    ``lr_shown`` replaces the default in the help text when it is not a single number.
     """
     parser = Parser(prog=prog(file), description=doc.split("\n\n")[0],
                                      epilog=f"What it reproduces and the results to expect: "
@@ -154,11 +159,12 @@ def make_parser(file: str, doc: str, *, epochs: int, lr: float | None, batch_siz
     parser.add_argument("--backend", default=None, metavar="NAME",
                         help="numpy, torch, array_api_strict, cupy or auto; overrides "
                              "XPNET_BACKEND (default: XPNET_BACKEND, else auto)")
-    parser.add_argument("--epochs", type=int, default=epochs, metavar="N",
+    parser.add_argument("--epochs", type=positive_int, default=epochs, metavar="N",
                         help=f"{epochs_help} (default: {epochs})")
-    parser.add_argument("--batch-size", type=int, default=batch_size, metavar="N",
+    parser.add_argument("--batch-size", type=non_negative_int if full_batch else positive_int,
+                        default=batch_size, metavar="N",
                         help=f"{batch_help} (default: {batch_size})")
-    parser.add_argument("--lr", type=finite_float, default=lr, metavar="LR",
+    parser.add_argument("--lr", type=non_negative_float, default=lr, metavar="LR",
                         help=f"{lr_help} (default: {lr_shown or lr})")
     parser.add_argument("--seed", type=non_negative_int, default=seed, metavar="S",
                         help=f"random seed of data, weights and batch order (default: {seed})")
@@ -168,7 +174,7 @@ def make_parser(file: str, doc: str, *, epochs: int, lr: float | None, batch_siz
                                  "with them; downloads into ~/.cache/xpnet when no folder has "
                                  "them (default: $XPNET_DATA_DIR, then ~/.cache/xpnet)")
         shown = "all 60000" if train_limit is None else train_limit
-        parser.add_argument("--train-limit", type=int, default=train_limit, metavar="N",
+        parser.add_argument("--train-limit", type=positive_int, default=train_limit, metavar="N",
                             help=f"use only the first N training images (default: {shown})")
     parser.add_argument("--dry-run", action="store_true",
                         help="a few steps on tiny data, to check that the script runs "
@@ -186,15 +192,72 @@ def make_parser(file: str, doc: str, *, epochs: int, lr: float | None, batch_siz
     return parser
 
 
-def check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                   *names: str) -> None:
-    """parser.error() unless every named integer flag is at least 1 (or None)."""
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
+def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint``, ``--resume``, ``--overwrite`` and ``--stop-after`` (the MNIST scripts);
+    ``check_resume`` checks them together after parsing."""
+    parser.add_argument("--checkpoint", default=None, metavar="PATH",
+                        help="save a checkpoint to PATH after every epoch (default: none)")
+    parser.add_argument("--resume", action="store_true",
+                        help="load --checkpoint PATH first and continue to --epochs in total; "
+                             "every setting must match the saved run's, except --lr, which "
+                             "replaces the saved rate when given (default: False)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh even though --checkpoint PATH exists, replacing it "
+                             "after the first epoch (default: False: refused)")
+    parser.add_argument("--stop-after", type=positive_int, default=None, metavar="N",
+                        help="stop after N epochs in this run, the schedule still planned for "
+                             "--epochs; --resume finishes the run later exactly as if it had "
+                             "not stopped (default: run to --epochs)")
 
 
+def check_resume(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--checkpoint / --resume / --overwrite make sense together (usage errors, exit 2):
+    --resume needs an existing --checkpoint file; an existing one without --resume needs
+    --overwrite, so an earlier run's work is never replaced by accident."""
+    if args.resume and not args.checkpoint:
+        parser.error("--resume needs --checkpoint PATH")
+    if args.overwrite and not args.checkpoint:
+        parser.error("--overwrite needs --checkpoint PATH")
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other: continue the saved run, "
+                     "or replace it")
+    if not args.checkpoint:
+        return
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        parser.error(f"--checkpoint: {path} is a folder; expected a file path such as "
+                     f"{path / 'run.npz'}")
+    if args.resume and not path.exists():
+        parser.error(f"--resume: the checkpoint {path} does not exist; run without --resume "
+                     "to start one")
+    if path.exists() and not args.resume and not args.overwrite:
+        parser.error(f"--checkpoint: {path} already exists (an earlier run's); pass --resume "
+                     "to continue it or --overwrite to start afresh and replace it")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        parser.error(f"--checkpoint: cannot write {path}: {parent} is not a writable folder")
+
+
+def use_saved_lr(args: argparse.Namespace) -> dict[str, float] | None:
+    """The learning rate on --resume: without --lr the saved run's rate (``args.lr`` is set
+    to it), with --lr the new rate, returned as ``Trainer.resume``'s ``override``.
+
+    Every other setting must match the saved run's (a mismatch is named, exit 1); ``args.lr``
+    and the JSON summary hold the rate actually used.
+    """
+    if not args.resume:
+        return None
+    if "lr" in getattr(args, "explicit", {"lr"}):
+        return {"lr": args.lr}
+    saved = load_checkpoint(args.checkpoint).meta.get("optimizer_config", {}).get("lr")
+    if saved is not None:
+        args.lr = saved
+    return None
+
+
+# ---------------------------------------------------------------------------- running
 def cli(main: Callable[..., int]) -> Callable[..., int]:
     """Decorate an example's ``main``: an expected error becomes one line on stderr, exit 1.
 
@@ -220,20 +283,6 @@ def cli(main: Callable[..., int]) -> Callable[..., int]:
     return wrapper
 
 
-# ---------------------------------------------------------------------------- output
-def log(*parts: Any) -> None:
-    """Progress: always to stderr, so stdout stays clean for ``--json``; rank 0 only."""
-    if distributed.world().is_root:
-        print(*parts, file=sys.stderr, flush=True)
-
-
-def show(args: argparse.Namespace, text: str) -> None:
-    """Final human-readable results: stdout normally, stderr when ``--json`` is on; rank 0
-    only."""
-    if distributed.world().is_root:
-        print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
-
-
 def set_backend(name: str | None) -> xpnet.Backend:
     """``xpnet.set_backend(name)``; on several ranks with a GPU backend and no
     ``XPNET_DEVICE``, each rank takes GPU ``local_rank`` of its node."""
@@ -247,6 +296,35 @@ def set_backend(name: str | None) -> xpnet.Backend:
         log(f"data parallel: {comm.size} ranks (MPI), global batch split across them"
             + (f", {threads} thread(s) per rank" if threads else ""))
     return backend
+
+
+def load_mnist(args: argparse.Namespace, *, flatten: bool
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST as host arrays, honouring ``--data-dir``, ``--train-limit`` and ``--dry-run``
+    (which keeps 200 training and 200 test images)."""
+    limit = args.train_limit
+    if args.dry_run:
+        limit = min(limit or DRY_RUN_IMAGES, DRY_RUN_IMAGES)
+    x_train, y_train, x_test, y_test = _load_mnist(args.data_dir, flatten=flatten,
+                                                   train_limit=limit, data_dir_name="--data-dir")
+    if args.dry_run:
+        x_test, y_test = x_test[:DRY_RUN_IMAGES], y_test[:DRY_RUN_IMAGES]
+    log(f"MNIST: {len(x_train)} training and {len(x_test)} test images")
+    return x_train, y_train, x_test, y_test
+
+
+# ---------------------------------------------------------------------------- output
+def log(*parts: Any) -> None:
+    """Progress: always to stderr, so stdout stays clean for ``--json``; rank 0 only."""
+    if distributed.world().is_root:
+        print(*parts, file=sys.stderr, flush=True)
+
+
+def show(args: argparse.Namespace, text: str) -> None:
+    """Final human-readable results: stdout normally, stderr when ``--json`` is on; rank 0
+    only."""
+    if distributed.world().is_root:
+        print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
 
 
 def _plain(value: Any) -> Any:
@@ -308,22 +386,6 @@ class Stopwatch:
         self.seconds = time.perf_counter() - self.start
 
 
-# ---------------------------------------------------------------------------- data and reports
-def load_mnist(args: argparse.Namespace, *, flatten: bool
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """MNIST as host arrays, honouring ``--data-dir``, ``--train-limit`` and ``--dry-run``
-    (which keeps 200 training and 200 test images)."""
-    limit = args.train_limit
-    if args.dry_run:
-        limit = min(limit or DRY_RUN_IMAGES, DRY_RUN_IMAGES)
-    x_train, y_train, x_test, y_test = _load_mnist(args.data_dir, flatten=flatten,
-                                                   train_limit=limit, data_dir_name="--data-dir")
-    if args.dry_run:
-        x_test, y_test = x_test[:DRY_RUN_IMAGES], y_test[:DRY_RUN_IMAGES]
-    log(f"MNIST: {len(x_train)} training and {len(x_test)} test images")
-    return x_train, y_train, x_test, y_test
-
-
 def report_mnist_run(args: argparse.Namespace, backend: xpnet.Backend, history: Any,
                      data: tuple, test: tuple[float, float], *, example: str, model: str,
                      label: str, resumed_at: int) -> None:
@@ -359,65 +421,3 @@ def report_mnist_run(args: argparse.Namespace, backend: xpnet.Backend, history: 
         from xpnet.plot import learning_curves
         saved = learning_curves(history, args.plot, title=f"{label}, MNIST")
         log(f"saved {saved}")
-
-
-def fraction(text: str) -> float:
-    """argparse type: a float in [0, 1)."""
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text}")
-    return value
-
-
-def last_epoch(args: argparse.Namespace, trainer: Trainer) -> int:
-    """The epoch count this run trains to: --epochs, or fewer with --stop-after."""
-    if args.stop_after is None:
-        return args.epochs
-    return min(args.epochs, trainer.epoch + args.stop_after)
-
-
-def check_resume(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """--checkpoint / --resume / --overwrite make sense together (usage errors, exit 2):
-    --resume needs an existing --checkpoint file; an existing one without --resume needs
-    --overwrite, so an earlier run's work is never replaced by accident."""
-    if args.resume and not args.checkpoint:
-        parser.error("--resume needs --checkpoint PATH")
-    if args.overwrite and not args.checkpoint:
-        parser.error("--overwrite needs --checkpoint PATH")
-    if args.resume and args.overwrite:
-        parser.error("--resume and --overwrite exclude each other: continue the saved run, "
-                     "or replace it")
-    if not args.checkpoint:
-        return
-    path = Path(args.checkpoint)
-    if path.is_dir():
-        parser.error(f"--checkpoint: {path} is a folder; expected a file path such as "
-                     f"{path / 'run.npz'}")
-    if args.resume and not path.exists():
-        parser.error(f"--resume: the checkpoint {path} does not exist; run without --resume "
-                     "to start one")
-    if path.exists() and not args.resume and not args.overwrite:
-        parser.error(f"--checkpoint: {path} already exists (an earlier run's); pass --resume "
-                     "to continue it or --overwrite to start afresh and replace it")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        parser.error(f"--checkpoint: cannot write {path}: {parent} is not a writable folder")
-
-
-def use_saved_lr(args: argparse.Namespace) -> dict[str, float] | None:
-    """The learning rate on --resume: without --lr the saved run's rate (``args.lr`` is set
-    to it), with --lr the new rate, returned as ``Trainer.resume``'s ``override``.
-
-    Every other setting must match the saved run's (a mismatch is named, exit 1); ``args.lr``
-    and the JSON summary hold the rate actually used.
-    """
-    if not args.resume:
-        return None
-    if "lr" in getattr(args, "explicit", {"lr"}):
-        return {"lr": args.lr}
-    saved = load_checkpoint(args.checkpoint).meta.get("optimizer_config", {}).get("lr")
-    if saved is not None:
-        args.lr = saved
-    return None

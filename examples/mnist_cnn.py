@@ -6,12 +6,11 @@ rate warms up linearly to 3e-3 over the first 10% of all steps, then follows a c
 at the last step of ``--epochs``, updated after every step. Because the schedule spans the run,
 ``--epochs 1`` anneals within its one epoch: test accuracy 0.9873 (seeds 1 and 2: 0.9860,
 0.9856), where a constant 1e-3 (the PyTorch reference's recipe) gives 0.980. The default 8
-epochs give 0.9905 (seeds 1 and 2: 0.9912, 0.9910), at about 8 s per epoch on NumPy with 2 CPU
-cores. L2 weight decay (``--weight-decay 5e-4``) ends 8 epochs at 0.9913 but lowers the
-one-epoch run (0.9848-0.9871 over seeds 0-2), so it is off by default. ``--model deep`` trains
-the book's DeepConvNet (six 3x3 convs, dropout) with the same recipe: 0.9944 after 8 epochs
-(0.9908 after 5), 744 s of training at 645 images/s, about 12 times slower than SimpleConvNet on
-a CPU.
+epochs give 0.9905 (seeds 1 and 2: 0.9912, 0.9910). L2 weight decay (``--weight-decay 5e-4``)
+ends 8 epochs at 0.9913 but lowers the one-epoch run (0.9848-0.9871 over seeds 0-2), so it is
+off by default. ``--model deep`` trains the book's DeepConvNet (six 3x3 convs, dropout) with the
+same recipe: 0.9944 after 8 epochs (0.9908 after 5), several times slower than SimpleConvNet on
+a CPU. Timings: the README's "Examples" table and BENCHMARKS.md.
 
 ``--checkpoint PATH`` saves model, optimizer, schedule, RNG states and history after every
 epoch; ``--resume`` loads PATH first and continues to ``--epochs`` epochs in total, with exactly
@@ -22,7 +21,7 @@ they were (the schedule depends on them; a checkpoint with another schedule is r
 ``--batch-size 50 --accumulate 2`` one epoch on 6000 images gives the test accuracy of batches
 of 100 (0.9285), with half the activation memory.
 
-    python examples/mnist_cnn.py --data-dir ../shared/data
+    python examples/mnist_cnn.py
     python examples/mnist_cnn.py --checkpoint cnn.npz            # interrupted? then:
     python examples/mnist_cnn.py --checkpoint cnn.npz --resume   # goes on from the last epoch
     python examples/mnist_cnn.py --epochs 1 --json               # one annealed epoch
@@ -92,7 +91,7 @@ def main(argv=None):
     parser = common.make_parser(__file__, __doc__, epochs=8, lr=3e-3, batch_size=100)
     parser.add_argument("--model", choices=sorted(MODELS), default="simple",
                         help="SimpleConvNet or the deeper DeepConvNet (default: simple)")
-    # the recipe: schedule, warm-up, weight decay, gradient accumulation, checkpoints
+    # the recipe: schedule, warm-up, weight decay, gradient accumulation
     parser.add_argument("--schedule", choices=("cosine", "none"), default="cosine",
                         help="learning-rate schedule: linear warm-up, then cosine decay to 0 "
                              "at the last step of --epochs, updated every step; or a constant "
@@ -100,28 +99,14 @@ def main(argv=None):
     parser.add_argument("--warmup", type=common.fraction, default=WARMUP, metavar="F",
                         help=f"fraction of all steps spent warming the rate up linearly "
                              f"from 0 (default: {WARMUP})")
-    parser.add_argument("--weight-decay", type=common.finite_float, default=0.0, metavar="WD",
+    parser.add_argument("--weight-decay", type=common.non_negative_float, default=0.0, metavar="WD",
                         help="L2 weight decay of the weights (default: 0.0)")
-    parser.add_argument("--accumulate", type=int, default=1, metavar="K",
+    parser.add_argument("--accumulate", type=common.positive_int, default=1, metavar="K",
                         help="step the optimizer every K batches on the mean of their "
                              "gradients: K batches of --batch-size update like one batch of "
                              "K times the size (default: 1)")
-    parser.add_argument("--checkpoint", default=None, metavar="PATH",
-                        help="save a checkpoint to PATH after every epoch (default: none)")
-    parser.add_argument("--resume", action="store_true",
-                        help="load --checkpoint PATH first and continue to --epochs in total; "
-                             "every setting must match the saved run's, except --lr, which "
-                             "replaces the saved rate when given (default: False)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh even though --checkpoint PATH exists, replacing it "
-                             "after the first epoch (default: False: refused)")
-    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
-                        help="stop after N epochs in this run, the schedule still planned for "
-                             "--epochs; --resume finishes the run later exactly as if it had "
-                             "not stopped (default: run to --epochs)")
+    common.add_checkpoint_flags(parser)  # --checkpoint, --resume, --overwrite, --stop-after
     args = parser.parse_args(argv)
-    common.check_positive(parser, args, "epochs", "batch_size", "train_limit", "stop_after",
-                          "accumulate")
     common.check_resume(parser, args)
     if args.dry_run:
         args.epochs = 1
@@ -135,7 +120,10 @@ def main(argv=None):
     common.log(f"{type(model).__name__}: {model.num_parameters():,} parameters")
     trainer, resumed_at = make_trainer(args, model, len(data[0]))
 
-    history = train(trainer, data, common.last_epoch(args, trainer))
+    epochs = args.epochs  # in total; --stop-after ends this run sooner
+    if args.stop_after is not None:
+        epochs = min(epochs, trainer.epoch + args.stop_after)
+    history = train(trainer, data, epochs)
     test = evaluate(trainer, x_test, y_test)
     common.report_mnist_run(args, backend, history, data, test, example="mnist_cnn",
                             model=args.model, label=type(model).__name__, resumed_at=resumed_at)

@@ -10,7 +10,7 @@ on NumPy.
 early on purpose; keep ``--epochs`` and ``--batch-size``: the schedule depends on them). The
 JSON summary has the same keys as ``mnist_cnn.py``'s.
 
-    python examples/mnist_mlp.py --data-dir ../shared/data --plot mlp.png
+    python examples/mnist_mlp.py --plot mlp.png
     python examples/mnist_mlp.py --epochs 3 --checkpoint mlp.npz --json
 """
 
@@ -74,9 +74,9 @@ def make_trainer(args, model, train_size):
 @common.cli
 def main(argv=None):
     parser = common.make_parser(__file__, __doc__, epochs=10, lr=1e-3, batch_size=100)
-    parser.add_argument("--hidden", type=int, default=100, metavar="N",
+    parser.add_argument("--hidden", type=common.positive_int, default=100, metavar="N",
                         help="hidden layer size (default: 100)")
-    # the recipe: schedule, warm-up, weight decay, gradient accumulation, checkpoints
+    # the recipe: schedule, warm-up, weight decay, gradient accumulation
     parser.add_argument("--schedule", choices=("cosine", "none"), default="cosine",
                         help="learning-rate schedule: linear warm-up, then cosine decay to 0 "
                              "at the last step of --epochs, updated every step; or a constant "
@@ -84,28 +84,14 @@ def main(argv=None):
     parser.add_argument("--warmup", type=common.fraction, default=WARMUP, metavar="F",
                         help=f"fraction of all steps spent warming the rate up linearly "
                              f"from 0 (default: {WARMUP})")
-    parser.add_argument("--weight-decay", type=common.finite_float, default=0.0, metavar="WD",
+    parser.add_argument("--weight-decay", type=common.non_negative_float, default=0.0, metavar="WD",
                         help="L2 weight decay of the weights (default: 0.0)")
-    parser.add_argument("--accumulate", type=int, default=1, metavar="K",
+    parser.add_argument("--accumulate", type=common.positive_int, default=1, metavar="K",
                         help="step the optimizer every K batches on the mean of their "
                              "gradients: K batches of --batch-size update like one batch of "
                              "K times the size (default: 1)")
-    parser.add_argument("--checkpoint", default=None, metavar="PATH",
-                        help="save a checkpoint to PATH after every epoch (default: none)")
-    parser.add_argument("--resume", action="store_true",
-                        help="load --checkpoint PATH first and continue to --epochs in total; "
-                             "every setting must match the saved run's, except --lr, which "
-                             "replaces the saved rate when given (default: False)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh even though --checkpoint PATH exists, replacing it "
-                             "after the first epoch (default: False: refused)")
-    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
-                        help="stop after N epochs in this run, the schedule still planned for "
-                             "--epochs; --resume finishes the run later exactly as if it had "
-                             "not stopped (default: run to --epochs)")
+    common.add_checkpoint_flags(parser)  # --checkpoint, --resume, --overwrite, --stop-after
     args = parser.parse_args(argv)
-    common.check_positive(parser, args, "epochs", "batch_size", "train_limit", "hidden",
-                          "stop_after", "accumulate")
     common.check_resume(parser, args)
     if args.dry_run:
         args.epochs = 1
@@ -118,7 +104,10 @@ def main(argv=None):
     model = TwoLayerNet(784, args.hidden, 10, seed=args.seed)
     trainer, resumed_at = make_trainer(args, model, len(data[0]))
 
-    history = train(trainer, data, common.last_epoch(args, trainer))
+    epochs = args.epochs  # in total; --stop-after ends this run sooner
+    if args.stop_after is not None:
+        epochs = min(epochs, trainer.epoch + args.stop_after)
+    history = train(trainer, data, epochs)
     test = evaluate(trainer, x_test, y_test)
     common.report_mnist_run(args, backend, history, data, test, example="mnist_mlp",
                             model="two_layer", label=f"TwoLayerNet 784-{args.hidden}-10",

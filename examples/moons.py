@@ -85,7 +85,7 @@ def hidden_sizes(text):
 @common.cli
 def main(argv=None):
     parser = common.make_parser(
-        __file__, __doc__, epochs=20000, lr=0.01, batch_size=0, mnist=False,
+        __file__, __doc__, epochs=20000, lr=0.01, batch_size=0, full_batch=True, mnist=False,
         epochs_help="passes over the points, per net",
         batch_help="points per step, 0 for full batch",
         lr_help="learning rate on the summed loss, as in the tutorial")
@@ -94,17 +94,14 @@ def main(argv=None):
     parser.add_argument("--hidden-sizes", type=hidden_sizes, default=[1, 2, 3, 4, 5, 20, 50],
                         metavar="H,H,...", help="hidden layer sizes to compare, comma-separated "
                                                 "(default: 1,2,3,4,5,20,50)")
-    parser.add_argument("--reg", type=common.finite_float, default=0.01, metavar="R",
+    parser.add_argument("--reg", type=common.non_negative_float, default=0.01, metavar="R",
                         help="L2 regularisation on the summed loss, as in the tutorial "
                              "(default: 0.01)")
-    parser.add_argument("--points", type=int, default=200, metavar="N",
+    parser.add_argument("--points", type=common.positive_int, default=200, metavar="N",
                         help="number of points (default: 200)")
-    parser.add_argument("--noise", type=common.finite_float, default=None, metavar="S",
+    parser.add_argument("--noise", type=common.non_negative_float, default=None, metavar="S",
                         help="noise std (default: 0.2 for moons, 0.1 for circles)")
     args = parser.parse_args(argv)
-    common.check_positive(parser, args, "epochs", "points")
-    if args.batch_size < 0:
-        parser.error(f"--batch-size: expected 0 (full batch) or more, got {args.batch_size}")
     if args.dry_run:
         args.epochs = min(args.epochs, 200)
 

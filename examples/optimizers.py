@@ -9,7 +9,7 @@ Expected ("Deep Learning from Scratch", ch. 6.1): plain SGD lags far behind (tes
 about 0.93 after 3 epochs, training loss about 0.25); the momentum and adaptive methods reach
 about 0.97 (loss about 0.08-0.11). About 15 s on NumPy.
 
-    python examples/optimizers.py --data-dir ../shared/data --plot optimizers.png
+    python examples/optimizers.py --plot optimizers.png
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ def main(argv=None):
                         help="comma-separated subset to run "
                              "(default: SGD,Momentum,Nesterov,AdaGrad,RMSProp,Adam)")
     args = parser.parse_args(argv)
-    common.check_positive(parser, args, "epochs", "batch_size", "train_limit")
     names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
     unknown = [n for n in names if n not in OPTIMIZERS]
     if unknown or not names:

@@ -22,7 +22,7 @@ each epoch (dropout on). About 30 s on NumPy, most of it testing on 10,000 image
 the 1000 epochs (``--test-limit 2000`` makes that faster). ("Deep Learning from Scratch",
 ch. 6.4.)
 
-    python examples/overfitting.py --data-dir ../shared/data --plot overfitting.png
+    python examples/overfitting.py --plot overfitting.png
 """
 
 from __future__ import annotations
@@ -68,20 +68,19 @@ def evaluate(trainer, x, y):
 def main(argv=None):
     parser = common.make_parser(__file__, __doc__, epochs=EPOCHS, lr=LR, batch_size=100,
                                 train_limit=300)
-    parser.add_argument("--weight-decay", type=common.finite_float, default=WEIGHT_DECAY,
+    parser.add_argument("--weight-decay", type=common.non_negative_float, default=WEIGHT_DECAY,
                         metavar="WD",
                         help=f"L2 strength of the l2 variants (default: {WEIGHT_DECAY})")
-    parser.add_argument("--l1", type=common.finite_float, default=L1, metavar="L1",
+    parser.add_argument("--l1", type=common.non_negative_float, default=L1, metavar="L1",
                         help=f"L1 strength of the l1 variant (default: {L1})")
     parser.add_argument("--dropout", type=float, default=DROPOUT, metavar="P",
                         help=f"dropout ratio of the dropout variants (default: {DROPOUT})")
-    parser.add_argument("--test-limit", type=int, default=None, metavar="N",
+    parser.add_argument("--test-limit", type=common.positive_int, default=None, metavar="N",
                         help="test on the first N test images only (default: all 10000)")
     parser.add_argument("--variants", default="none,l2,l1,dropout,dropout+l2", metavar="NAMES",
                         help="comma-separated subset to run (default: none,l2,l1,dropout,"
                              "dropout+l2)")
     args = parser.parse_args(argv)
-    common.check_positive(parser, args, "epochs", "batch_size", "train_limit", "test_limit")
     runs = variants(args)
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     if not names or any(n not in runs for n in names):

@@ -80,19 +80,16 @@ def evaluate(model, x, y, reg):
 @common.cli
 def main(argv=None):
     parser = common.make_parser(
-        __file__, __doc__, epochs=10000, lr=1.0, batch_size=0, mnist=False,
+        __file__, __doc__, epochs=10000, lr=1.0, batch_size=0, full_batch=True, mnist=False,
         epochs_help="epochs (full-batch iterations) of the two-layer net",
         batch_help="points per step, 0 for full batch")
-    parser.add_argument("--linear-epochs", type=int, default=200, metavar="N",
+    parser.add_argument("--linear-epochs", type=common.positive_int, default=200, metavar="N",
                         help="full-batch iterations of the linear classifier (default: 200)")
-    parser.add_argument("--reg", type=common.finite_float, default=1e-3, metavar="R",
+    parser.add_argument("--reg", type=common.non_negative_float, default=1e-3, metavar="R",
                         help="L2 regularisation strength, as weight decay (default: 0.001)")
-    parser.add_argument("--points", type=int, default=100, metavar="N",
+    parser.add_argument("--points", type=common.positive_int, default=100, metavar="N",
                         help="points per class (default: 100)")
     args = parser.parse_args(argv)
-    common.check_positive(parser, args, "epochs", "linear_epochs", "points")
-    if args.batch_size < 0:
-        parser.error(f"--batch-size: expected 0 (full batch) or more, got {args.batch_size}")
     if args.dry_run:
         args.epochs, args.linear_epochs = min(args.epochs, 200), min(args.linear_epochs, 20)
 

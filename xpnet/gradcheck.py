@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, to_device, to_numpy
-from .module import Module
+from .module import Module, Parameter
 
 __all__ = ["GradCheck", "GradientCheckError", "check_loss", "check_module",
            "numerical_gradient"]
@@ -22,7 +22,7 @@ class GradientCheckError(AssertionError):
     """An analytic gradient disagrees with its central-difference estimate."""
 
 
-class GradCheck(dict):
+class GradCheck(dict[str, tuple[np.ndarray, np.ndarray]]):
     """The result of :func:`check_module`: ``{name: (analytic, numeric)}`` plus a verdict.
 
     ``ok`` is True when every analytic gradient is finite and within ``atol + rtol*|numeric|``
@@ -122,7 +122,7 @@ def check_module(module: Module, x: Any, *, seed: int = 0, eps: float = 1e-6,
         original = p.data
         host = to_numpy(original).astype(np.float64)
 
-        def with_param(h: np.ndarray, p=p, dtype=original.dtype) -> float:
+        def with_param(h: np.ndarray, p: Parameter = p, dtype: Any = original.dtype) -> float:
             p.data = to_device(h, dtype=dtype, backend=backend)
             return objective(x)
 

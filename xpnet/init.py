@@ -57,9 +57,10 @@ def zeros(rng: Generator, shape: tuple[int, ...], **_: Any) -> np.ndarray:
     return np.zeros(shape)
 
 
-_NAMED = {"he": he_normal, "he_normal": he_normal, "he_uniform": he_uniform,
-          "xavier": xavier_normal, "xavier_normal": xavier_normal, "glorot": xavier_normal,
-          "xavier_uniform": xavier_uniform, "zeros": zeros}
+_NAMED: dict[str, Callable[..., np.ndarray]] = {
+    "he": he_normal, "he_normal": he_normal, "he_uniform": he_uniform,
+    "xavier": xavier_normal, "xavier_normal": xavier_normal, "glorot": xavier_normal,
+    "xavier_uniform": xavier_uniform, "zeros": zeros}
 
 
 def init_array(spec: InitSpec, rng: Generator, shape: tuple[int, ...], fan_in: int,
@@ -75,8 +76,7 @@ def init_array(spec: InitSpec, rng: Generator, shape: tuple[int, ...], fan_in: i
         if key not in _NAMED:
             raise ValueError(f"init: unknown initialiser {spec!r}; expected a float std or one of "
                              f"{sorted(_NAMED)}")
-        fn: Callable[..., np.ndarray] = _NAMED[key]
-        host = fn(rng, shape, fan_in=fan_in, fan_out=fan_out)
+        host = _NAMED[key](rng, shape, fan_in=fan_in, fan_out=fan_out)
     elif isinstance(spec, (int, float)) and not isinstance(spec, bool):
         host = normal(rng, shape, float(spec))
     elif callable(spec):

@@ -217,7 +217,8 @@ class Module:
                                "under xpnet.no_grad() caches nothing; a new outermost forward "
                                "call, a new pass, drops what this module cached for an older "
                                "one: make both calls inside one Module's forward instead)")
-        return calls.pop()
+        call: _Call = calls.pop()
+        return call
 
     def save_for_backward(self, *values: Any) -> None:
         """Keep ``values`` for the backward of this forward call (nothing under no_grad)."""
@@ -225,12 +226,13 @@ class Module:
         if call is not None:
             call.record = values
 
-    def saved(self) -> tuple:
+    def saved(self) -> tuple[Any, ...]:
         """In ``backward``: the values its forward call passed to :meth:`save_for_backward`."""
         call = self.__dict__.get("_saved")
         if call is None:
             raise RuntimeError(f"{type(self).__name__}.saved() is only valid inside backward")
-        return call.record
+        record: tuple[Any, ...] = call.record
+        return record
 
     def __getattr__(self, name: str) -> Any:
         # only reached when normal lookup fails: name the usual cause for the registries

@@ -75,7 +75,8 @@ def learning_curves(histories: Mapping[str, Any] | Any, path: str | Path,
 
     runs = histories if isinstance(histories, Mapping) else {"": histories}
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
-    last_epoch, lowest = 1, 1.0
+    last_epoch: float = 1
+    lowest = 1.0
     for i, (label, hist) in enumerate(runs.items()):
         recs = _records(hist)
         epochs = [r["epoch"] for r in recs]

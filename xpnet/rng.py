@@ -13,6 +13,7 @@ process-wide Generator that advances with every draw, so two same-shaped layers 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ def device_uniform(seed: int, shape: tuple[int, ...], dtype: Any, *, xp: Any,
     has a device kernel the numbers are drawn there (no host transfer); the fallback draws on
     the host with NumPy and transfers once.
     """
-    kernel = UNIFORM.get(ops.fast_path_kind(xp), _uniform_host)
+    kernel: Callable[..., Any] = UNIFORM.get(ops.fast_path_kind(xp), _uniform_host)
     return kernel(xp, seed, tuple(shape), dtype, device)
 
 

@@ -7,6 +7,7 @@ imports it when called, so ``import xpnet.module`` does not load it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ def _leaves(model: Module) -> list[tuple[str, Module]]:
             if not path or not (list(m.children()) and not _own_params(m)[0])]
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], footer: str) -> str:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], footer: str) -> str:
     """Left-aligned text columns, right-aligned counts (the last two), a rule under the
     header and the footer line."""
     cells = [header, *rows]

@@ -125,7 +125,7 @@ def flag(owner: str, name: str, value: Any) -> bool:
     """``value`` itself, which must be ``True`` or ``False``."""
     if not isinstance(value, bool):
         _fail(owner, name, "True or False", value, ArgumentTypeError)
-    return value
+    return bool(value)
 
 
 def positive_int_shape(owner: str, name: str, value: Any) -> tuple[int, ...]:
@@ -139,7 +139,7 @@ def positive_int_shape(owner: str, name: str, value: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
-def shape_of(x: Any) -> tuple | str:
+def shape_of(x: Any) -> tuple[int, ...] | str:
     """x's shape as a tuple, or its type's name when it has none (for messages)."""
     return tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
 

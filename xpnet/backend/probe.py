@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 from .hints import cupy_cuda_major, install_command
@@ -84,7 +85,7 @@ def _probe(cupy: Any, index: int) -> str:
     """'' when a kernel, a cuRAND draw and a cuBLAS matmul run on device ``index``, else why."""
     if index in _PROBE:
         return _PROBE[index]
-    stages = (
+    stages: tuple[tuple[str, Callable[[], float]], ...] = (
         ("kernel", lambda: float((cupy.arange(4, dtype=cupy.float32) * 2).sum())),
         ("cuRAND", lambda: float(cupy.random.RandomState(0).random_sample(
             (4,), dtype=cupy.float32).sum())),

@@ -101,7 +101,7 @@ def grid_geometry(h: int, w: int, k: int, p: int) -> tuple[int, int, int]:
     return hg, wg, (k - 1) * (wg + 1)
 
 
-def _grid_input_grad(layer: Conv2d, xp: Any, dout: Array, x_shape: tuple,
+def _grid_input_grad(layer: Conv2d, xp: Any, dout: Array, x_shape: tuple[int, ...],
                      dflat: Array | None = None) -> Array:
     """dL/dx of a stride-1 convolution: the convolution of dout, padded by k - 1 - p, with
     the flipped kernel, channels swapped. Computed over the forward's grid: dout padded by
@@ -118,7 +118,7 @@ def _grid_input_grad(layer: Conv2d, xp: Any, dout: Array, x_shape: tuple,
     return xp.permute_dims(dx[:, :, :h, :w], (1, 0, 2, 3))
 
 
-def _dout_grid(layer: Conv2d, xp: Any, dout: Array, x_shape: tuple) -> Array:
+def _dout_grid(layer: Conv2d, xp: Any, dout: Array, x_shape: tuple[int, ...]) -> Array:
     """dout padded by k - 1 - p on the forward's grid (a transient workspace array)."""
     _, _, h, w = x_shape
     k, p = layer.k, layer.padding
@@ -361,7 +361,7 @@ class ConvMaxPool2d(Conv2d):
                              "pooling window")
         return a, b
 
-    def _pool_slices(self, a: int, b: int) -> list[tuple]:
+    def _pool_slices(self, a: int, b: int) -> list[tuple[slice, ...]]:
         """The pool*pool window offsets of the (N, F, OH, OW) output, row-major (the order
         MaxPool2d takes them in: ties go to the same, first, maximum)."""
         q = self.pool

@@ -85,7 +85,7 @@ class _Pool2d(Module):
     def extra_repr(self) -> str:
         return f"k={self.k}, stride={self.stride}, padding={self.padding}"
 
-    def _slices(self, oh: int, ow: int) -> Iterator[tuple]:
+    def _slices(self, oh: int, ow: int) -> Iterator[tuple[slice, ...]]:
         return (index for _, _, index in ops.offset_slices(self.k, self.k, self.stride, oh, ow))
 
     def _prepare(self, x: Array, pad_value: float) -> tuple[Any, Array, int, int]:
@@ -139,7 +139,7 @@ class AvgPool2d(_Pool2d):
     def forward(self, x: Array) -> Array:
         xp, xpad, oh, ow = self._prepare(x, 0.0)
         self.save_for_backward(tuple(x.shape))
-        total = None
+        total: Array = None
         for sl in self._slices(oh, ow):
             total = xpad[sl] if total is None else total + xpad[sl]
         return total * (1.0 / self.k ** 2)
