@@ -18,6 +18,7 @@ from .backend import (
 )
 from .conv import AvgPool2d, Conv2d, ConvMaxPool2d, MaxPool2d
 from .global_pool import GlobalAvgPool2d
+from .io import load_weights, save_weights
 from .layers import (
     BatchNorm,
     Dropout,
@@ -47,6 +48,7 @@ __all__ = [
     "LayerNorm", "LeakyReLU", "Linear", "MaxPool2d", "Module", "Momentum", "Nesterov",
     "Parameter", "RMSProp", "ReLU", "SGD", "Sequential", "Sigmoid", "Softmax",
     "SoftmaxCrossEntropy", "StepLR", "Tanh", "available_backends", "clip_grad_norm", "current",
-    "get_backend", "manual_seed", "no_grad", "set_backend", "to_device", "to_numpy",
+    "get_backend", "load_weights", "manual_seed", "no_grad", "save_weights", "set_backend",
+    "to_device", "to_numpy",
     "__version__",
 ]
