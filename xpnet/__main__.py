@@ -137,6 +137,15 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shape_arg(text: str) -> tuple[int, ...]:
+    """'1,28,28' as (1, 28, 28); ValueError naming the flag otherwise."""
+    try:
+        return tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise ValueError(f"--input-shape must be sizes separated by commas, such as 1,28,28; "
+                         f"got {text!r}") from None
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .io import export_onnx, load_weights, save_weights
     from .io.textbook import TEXTBOOK, build_textbook
@@ -159,7 +168,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                           f"arrays): give --model, one of {', '.join(TEXTBOOK)}")
         model, input_shape = build_textbook(name, state, overrides)
         if args.input_shape:
-            input_shape = tuple(int(d) for d in args.input_shape.split(","))
+            input_shape = _shape_arg(args.input_shape)
         load_weights(model, args.source)
         written = []
         if args.safetensors:

@@ -98,7 +98,7 @@ class _XpnetEstimator(BaseEstimator):
             if not isinstance(net, Module):
                 raise TypeError(f"{type(self).__name__}: the model factory returned "
                                 f"{type(net).__name__}; expected an xpnet Module")
-            return net
+            return net.to_dtype(self.dtype)
         common = {"seed": int(self.random_state), "dtype": self.dtype}
         if self.model == "TwoLayerNet":
             return models.TwoLayerNet(n_features, args.pop("hidden_size", 100), n_outputs,
@@ -163,8 +163,9 @@ class XpnetClassifier(ClassifierMixin, _XpnetEstimator):
     factory ``model(n_features, n_classes, **model_args) -> Module`` returning logits);
     ``model_args`` (the textbook model's keyword arguments, e.g. ``{"hidden_sizes": (64, 64)}``);
     ``optimizer`` (a name of :data:`OPTIMIZERS`), ``lr``, ``weight_decay``, ``batch_size``,
-    ``epochs``, ``random_state`` (weights and shuffling), ``dtype``, ``verbose``: the
-    Trainer's settings.
+    ``epochs``, ``random_state`` (weights and shuffling), ``verbose``: the Trainer's settings;
+    ``dtype``: the network's ('float64' by default, as scikit-learn computes; a factory's
+    model is cast to it).
     """
 
     def fit(self, X: Any, y: Any) -> XpnetClassifier:

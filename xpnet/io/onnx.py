@@ -48,24 +48,33 @@ def _require() -> tuple[Any, Any]:
 
 
 class _on_ndonnx:
-    """Context manager: the model's parameters and buffers as ndonnx constants and evaluation
-    mode inside; everything as it was afterwards (also after an error)."""
+    """Context manager: the model's parameters and buffers as ndonnx arguments (named by their
+    state-dict keys) and evaluation mode inside; everything as it was afterwards (also after an
+    error). Arguments, not constants: ndonnx would fold every operation on a constant by
+    running it while tracing, which is slow; the values become initializers afterwards."""
 
     def __init__(self, model: Module, ndx: Any):
         self.model, self.ndx = model, ndx
 
-    def __enter__(self) -> Module:
+    def __enter__(self) -> tuple[Module, dict[str, Any], dict[str, np.ndarray]]:
         m = self.model
         self.modes = {path: sub.training for path, sub in m.modules().items()}
         self.params = {k: p.data for k, p in m.parameters().items()}
         self.buffers = m.buffers()
-        for p in m.parameters().values():
-            p.data = self.ndx.asarray(np.asarray(to_numpy(p.data)))
-        for k, v in self.buffers.items():
-            owner, leaf = m._owner(k)
-            setattr(owner, leaf, self.ndx.asarray(np.asarray(to_numpy(v))))
+        args, values = {}, {}
+        for k, data in [*self.params.items(), *self.buffers.items()]:
+            values[k] = np.asarray(to_numpy(data))
+            args[k] = self.ndx.argument(shape=values[k].shape,
+                                        dtype=getattr(self.ndx, str(values[k].dtype)))
+        params = m.parameters()
+        for k, arg in args.items():
+            if k in params:
+                params[k].data = arg
+            else:
+                owner, leaf = m._owner(k)
+                setattr(owner, leaf, arg)
         m.eval()
-        return m
+        return m, args, values
 
     def __exit__(self, *exc: Any) -> None:
         m = self.model
@@ -79,11 +88,34 @@ class _on_ndonnx:
             sub.training = self.modes[path]
 
 
-def _trace(model: Module, ndx: Any, shape: tuple, dtype: Any, names: tuple[str, str]) -> Any:
+def _constant_folding() -> Any:
+    """Fold ndonnx's own constants (indices, shapes) with onnx's reference evaluator: ndonnx
+    selects onnxruntime, which builds one session per folded operation (several times slower
+    for the hundreds of small index constants of a sliced convolution)."""
+    import contextlib
+
+    try:
+        from spox._future import ValuePropBackend, value_prop_backend
+    except ImportError:  # another spox: keep ndonnx's choice
+        return contextlib.nullcontext()
+    return value_prop_backend(ValuePropBackend.REFERENCE)
+
+
+def _trace(model: Module, ndx: Any, shape: tuple, dtype: Any, names: tuple[str, str],
+           params: dict[str, Any], values: dict[str, np.ndarray]) -> Any:
+    """The ONNX model of one forward on an argument of ``shape``, parameters as initializers."""
+    from onnx import numpy_helper
+
     x = ndx.argument(shape=shape, dtype=dtype)
-    with no_grad():
+    with no_grad(), _constant_folding():
         y = model(x)
-    return ndx.build({names[0]: x}, {names[1]: y})
+    proto = ndx.build({names[0]: x, **params}, {names[1]: y})
+    graph_inputs = list(proto.graph.input)
+    del proto.graph.input[:]
+    proto.graph.input.extend(i for i in graph_inputs if i.name not in values)
+    proto.graph.initializer.extend(numpy_helper.from_array(values[i.name], i.name)
+                                   for i in graph_inputs if i.name in values)
+    return proto
 
 
 def _scan(onnx: Any, one: Any, input_shape: tuple[int, ...]) -> Any:
@@ -133,12 +165,13 @@ def export_onnx(model: Module, path: str | os.PathLike, input_shape: tuple[int, 
     ndx, onnx = _require()
     params = list(model.state_dict().values())
     dtype = getattr(ndx, str(params[0].dtype)) if params else ndx.float32
-    with _on_ndonnx(model, ndx) as m:
+    with _on_ndonnx(model, ndx) as (m, args, values):
         try:
             proto, route = _trace(m, ndx, ("batch", *input_shape), dtype,
-                                  ("input", "output")), "direct"
+                                  ("input", "output"), args, values), "direct"
         except Exception:  # a layer needs the batch size: trace one example, then Scan
-            one = _trace(m, ndx, (1, *input_shape), dtype, ("xpnet_x", "xpnet_y"))
+            one = _trace(m, ndx, (1, *input_shape), dtype, ("xpnet_x", "xpnet_y"), args,
+                         values)
             proto, route = _scan(onnx, one, input_shape), "scan"
     onnx.helper.set_model_props(proto, {"xpnet.route": route,
                                         "xpnet.model": type(model).__name__})
