@@ -94,8 +94,7 @@ def test_the_model_is_left_as_it_was(tmp_path):
     model = multilayer()
     params = {k: p.data for k, p in model.parameters().items()}
     buffers = model.buffers()
-    path = export_onnx(model.train(), tmp_path / "m.onnx", (30,))
-    assert route(path) == "scan"  # BatchNorm needs the batch size: one example at a time
+    export_onnx(model.train(), tmp_path / "m.onnx", (30,))
     assert all(m.training for m in model.modules().values())
     assert all(p.data is params[k] for k, p in model.parameters().items())
     assert all(v is buffers[k] for k, v in model.buffers().items())

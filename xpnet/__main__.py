@@ -1,4 +1,6 @@
-"""Command line: ``python -m xpnet info [--json]``, ``python -m xpnet smoke [--steps N]`` and
+"""Command line: python -m xpnet info | smoke | export.
+
+``python -m xpnet info [--json]``, ``python -m xpnet smoke [--steps N]`` and
 ``python -m xpnet export WEIGHTS_OR_CHECKPOINT --onnx OUT``.
 
 ``info`` reports the xpnet and Python versions, every backend (available or why not), the devices

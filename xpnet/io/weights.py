@@ -232,7 +232,7 @@ def _read_any(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """A safetensors file's tensors and metadata, or a checkpoint's model state."""
     if path.is_file():
         with open(path, "rb") as f:
-            if f.read(2) == b"PK":  # a zip: an .npz training checkpoint
+            if f.read(4) == b"PK\x03\x04":  # a zip: an .npz training checkpoint
                 from ..checkpoint import load_checkpoint
 
                 return load_checkpoint(path).model, {"layout": "xpnet"}
