@@ -16,10 +16,15 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.preprocessing import LabelEncoder
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.preprocessing import LabelEncoder
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import check_is_fitted, validate_data
+except ImportError as exc:  # validate_data is scikit-learn 1.6's
+    raise ImportError(f'xpnet.sklearn needs scikit-learn 1.6 or later: pip install '
+                      f'"xpnet[sklearn]" ({exc})') from None
 
 from . import models
 from .io.weights import decode, encode
