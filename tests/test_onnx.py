@@ -116,7 +116,7 @@ def test_readme_module_matches_onnxruntime(tmp_path):
 def test_bad_arguments_are_refused_before_tracing(tmp_path):
     with pytest.raises(TypeError, match="model must be an xpnet Module, got dict"):
         export_onnx({}, tmp_path / "m.onnx", (3,))
-    for shape in (3, (), (0, 2), (2.5,)):
+    for shape in (3, None, (), (0, 2), (2.5,), "784"):
         with pytest.raises(ValueError, match="input_shape must be one example's shape"):
             export_onnx(TwoLayerNet(3, 2, 2), tmp_path / "m.onnx", shape)
     assert not list(tmp_path.iterdir())

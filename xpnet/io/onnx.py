@@ -155,9 +155,9 @@ def export_onnx(model: Module, path: str | os.PathLike, input_shape: tuple[int, 
     if not isinstance(model, Module):
         raise TypeError(f"export_onnx: model must be an xpnet Module, got "
                         f"{type(model).__name__}")
-    if isinstance(input_shape, int) or not all(
+    if not isinstance(input_shape, (tuple, list)) or not input_shape or not all(
             isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0
-            for d in tuple(input_shape)) or not tuple(input_shape):
+            for d in input_shape):
         raise ValueError(f"export_onnx: input_shape must be one example's shape without the "
                          f"batch axis, a tuple of positive ints such as (784,) or (1, 28, 28); "
                          f"got {input_shape!r}")
