@@ -16,6 +16,7 @@ from .backend import (
     to_numpy,
 )
 from .grad_mode import no_grad
+from .io import load_weights, save_weights
 from .layers import *  # noqa: F403 (every layer, listed once in xpnet.layers.__all__)
 from .losses import MSE, SoftmaxCrossEntropy
 from .module import Module, Parameter
@@ -30,6 +31,7 @@ __all__ = [
     "MSE", "AdaGrad", "Adam", "AdamW", "Backend", "BackendError", "CosineLR",
     "DeviceMismatchError", "ExponentialLR", "Generator", "Module", "Momentum", "Nesterov",
     "Parameter", "RMSProp", "SGD", "SoftmaxCrossEntropy", "StepLR", "available_backends",
-    "clip_grad_norm", "current", "manual_seed", "no_grad", "set_backend",
+    "clip_grad_norm", "current", "load_weights", "manual_seed", "no_grad", "save_weights",
+    "set_backend",
     "to_device", "to_numpy", "__version__",
 ]

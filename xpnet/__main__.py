@@ -1,9 +1,13 @@
-"""Command line: ``python -m xpnet info [--json]`` and ``python -m xpnet smoke [--steps N]``.
+"""Command line: python -m xpnet info | smoke | export.
+
+``python -m xpnet info [--json]``, ``python -m xpnet smoke [--steps N]`` and
+``python -m xpnet export WEIGHTS_OR_CHECKPOINT --onnx OUT``.
 
 ``info`` reports the xpnet and Python versions, every backend (available or why not), the devices
 and the backend ``XPNET_BACKEND``/``XPNET_DEVICE`` select; it exits non-zero when that selection
 fails. ``smoke`` trains a tiny MLP on synthetic data and exits 0 only when the loss went down; it
-is the Docker images' default command.
+is the Docker images' default command. ``export`` rebuilds a textbook model from a weights file
+or checkpoint (see :mod:`xpnet.io.textbook`) and writes ONNX and/or safetensors.
 
 Errors are one line on stderr (``xpnet: error: ...``), never a traceback. Exit status: 0 success;
 2 a usage error (bad option, unknown backend name, malformed device: ValueError/TypeError);
@@ -18,6 +22,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -134,10 +139,59 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shape_arg(text: str) -> tuple[int, ...]:
+    """'1,28,28' as (1, 28, 28); ValueError naming the flag otherwise."""
+    try:
+        return tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise ValueError(f"--input-shape must be sizes separated by commas, such as 1,28,28; "
+                         f"got {text!r}") from None
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .io import export_onnx, load_weights, save_weights
+    from .io.textbook import TEXTBOOK, build_textbook
+    from .io.weights import _read_any
+
+    if not (args.onnx or args.safetensors):
+        return _error("nothing to write: give --onnx OUT.onnx and/or --safetensors OUT")
+    try:
+        overrides = json.loads(args.model_args) if args.model_args else {}
+    except json.JSONDecodeError as exc:
+        return _error(f"--model-args must be a JSON object such as '{{\"hidden_size\": 50}}' "
+                      f"({exc}), got {args.model_args!r}")
+    if not isinstance(overrides, dict):
+        return _error(f"--model-args must be a JSON object, got {args.model_args!r}")
+    try:
+        state, meta = _read_any(Path(args.source))
+        name = args.model or meta.get("model")
+        if name is None:
+            return _error(f"{args.source} does not name its model (a checkpoint holds only "
+                          f"arrays): give --model, one of {', '.join(TEXTBOOK)}")
+        model, input_shape = build_textbook(name, state, overrides)
+        if args.input_shape:
+            input_shape = _shape_arg(args.input_shape)
+        load_weights(model, args.source)
+        written = []
+        if args.safetensors:
+            written.append(save_weights(model, args.safetensors))
+        if args.onnx:
+            written.append(export_onnx(model, args.onnx, input_shape))
+    except ImportError as exc:
+        return _error(str(exc), 1)
+    except (OSError, ValueError, TypeError) as exc:
+        return _error(str(exc), 2)
+    for path in written:
+        print(f"xpnet export: {name} (input (batch, {', '.join(map(str, input_shape))})) -> "
+              f"{path} ({path.stat().st_size} bytes)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``xpnet`` argument parser with its ``info`` and ``smoke`` sub-commands."""
+    """The ``xpnet`` argument parser with its ``info``, ``smoke`` and ``export`` sub-commands."""
     parser = argparse.ArgumentParser(prog="xpnet", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,smoke}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{info,smoke,export}")
     info = sub.add_parser("info", help="show versions, backends, devices and the selection")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(func=_cmd_info)
@@ -149,6 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
     smk.add_argument("--device", default=None,
                      help="device, e.g. cuda:1, cpu, device1 (default: XPNET_DEVICE)")
     smk.set_defaults(func=_cmd_smoke)
+    exp = sub.add_parser("export", help="write a textbook model's weights as ONNX or "
+                                        "safetensors")
+    exp.add_argument("source", help="a weights file (.safetensors) or a checkpoint (.npz)")
+    exp.add_argument("--onnx", default=None, help="ONNX file to write (needs xpnet[export])")
+    exp.add_argument("--safetensors", default=None, help="safetensors weights file to write")
+    exp.add_argument("--model", default=None,
+                     help="TwoLayerNet, MultiLayerNet, SimpleConvNet or DeepConvNet (default: "
+                          "the name a weights file records; sizes come from the weights)")
+    exp.add_argument("--model-args", default=None,
+                     help="JSON object of constructor arguments overriding the inferred ones")
+    exp.add_argument("--input-shape", default=None,
+                     help="one example's shape without the batch axis, e.g. 1,28,28")
+    exp.set_defaults(func=_cmd_export)
     return parser
 
 

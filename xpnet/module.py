@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -404,8 +405,16 @@ class Module:
     def load_state_dict(self, state: dict[str, Any], backend: Backend | None = None) -> None:
         """Load arrays from :meth:`state_dict` (any backend's) onto the current backend.
 
-        Every key must be present with the same shape; the first mismatch is named.
+        Every key must be present with the same shape; the first mismatch is named. A file
+        path or a Checkpoint is refused with a TypeError pointing to ``xpnet.load_weights``.
         """
+        if not isinstance(state, dict):
+            hint = ("; to load a weights file or checkpoint use xpnet.load_weights(model, path)"
+                    if isinstance(state, (str, os.PathLike)) or hasattr(state, "model")
+                    else "")
+            raise TypeError(f"{type(self).__name__}.load_state_dict: state must be a dict of "
+                            f"arrays (from model.state_dict()), got {type(state).__name__}"
+                            f"{hint}")
         expected = {k: p.shape for k, p in self.parameters().items()}
         expected.update({k: tuple(v.shape) for k, v in self.buffers().items()})
         missing = [k for k in expected if k not in state]
