@@ -358,7 +358,7 @@ def placement(backend: str, device: str) -> dict:
     host = np.random.default_rng(0)
     x = host.standard_normal((20, 1, 8, 8)).astype(np.float32)
     y = host.integers(0, 3, 20)
-    trainer = Trainer(model, opt, batch_size=10, progress=False)
+    trainer = Trainer(model, opt, batch_size=10)
     trainer.fit(x, y, epochs=1)
     arrays = {}
     for name, p in model.parameters().items():

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
-__all__ = ["ArgumentTypeError", "choice", "finite_float", "int_at_least", "non_negative_float",
-           "non_negative_int", "positive_float", "positive_int", "probability", "real_in_range"]
+__all__ = ["ArgumentTypeError", "choice", "file_path", "finite_float", "instance", "int_at_least",
+           "non_negative_float", "non_negative_int", "not_nan", "positive_float", "positive_int",
+           "probability", "real_in_range"]
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -104,3 +107,27 @@ def choice(owner: str, name: str, value: Any, options: Iterable[Any]) -> Any:
     if isinstance(value, bool) or value not in options:
         _fail(owner, name, "one of " + ", ".join(repr(o) for o in options), value)
     return value
+
+
+def not_nan(owner: str, name: str, value: Any) -> float:
+    """``value`` as a ``float`` that may be infinite but not NaN (a running best starts at
+    ``inf``)."""
+    if not _is_real(value):
+        _fail(owner, name, "a number", value, ArgumentTypeError)
+    if math.isnan(value):
+        _fail(owner, name, "a number", value)
+    return float(value)
+
+
+def instance(owner: str, name: str, value: Any, cls: type | tuple[type, ...],
+             expected: str) -> Any:
+    """``value`` itself, which must be an instance of ``cls`` (``expected`` words it)."""
+    if not isinstance(value, cls):
+        raise TypeError(f"{owner}: {name} must be {expected}, got {value!r}")
+    return value
+
+
+def file_path(owner: str, name: str, value: Any) -> Path:
+    """``value`` (a ``str`` or ``os.PathLike``) as a :class:`~pathlib.Path`."""
+    instance(owner, name, value, (str, os.PathLike), "a file path (str or Path)")
+    return Path(value)

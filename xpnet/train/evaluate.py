@@ -16,7 +16,7 @@ from array_api_compat import array_namespace
 from ..backend import Backend, current, to_device, to_numpy
 from ..losses import SoftmaxCrossEntropy
 from ..module import Module, no_grad
-from .guard import check_finite, check_targets, num_examples
+from .checks import check_finite, check_targets, num_examples
 from .metrics import Metric, Totals, default_metrics
 
 __all__ = ["evaluate", "predict"]
