@@ -183,3 +183,64 @@ def test_resume_with_an_explicit_new_rate(tmp_path):
         0.05 * 0.5 * (1 + np.cos(np.pi * 2 / 10)))
     resumed.fit(x, y, 3)
     assert resumed.history.records[-1]["lr"] == pytest.approx(sched2.rate(2))
+
+
+def _snapshot(trainer):
+    """Everything a resume may change: arrays, counters, Generators, history, callbacks."""
+    opt = trainer.optimizer
+    return {
+        "model": {k: v.copy() for k, v in trainer.model.state_dict().items()},
+        "opt": (opt.t, opt.lr, {n: {k: xpnet.to_numpy(v).copy() for k, v in s.items()}
+                                for n, s in opt.state.items()}),
+        "sched": trainer.schedule.state_dict(), "run": (trainer.epoch, trainer.step_count),
+        "rng": trainer.rng.get_state(), "history": list(trainer.history.records),
+        "callbacks": [c.state_dict() for c in trainer.callbacks],
+    }
+
+
+def _assert_same(a, b):
+    for k in a["model"]:
+        np.testing.assert_array_equal(a["model"][k], b["model"][k], err_msg=k)
+    assert a["opt"][:2] == b["opt"][:2] and a["opt"][2].keys() == b["opt"][2].keys()
+    for n, slots in a["opt"][2].items():
+        for k, v in slots.items():
+            np.testing.assert_array_equal(v, b["opt"][2][n][k], err_msg=f"{n}/{k}")
+    assert {k: v for k, v in a.items() if k not in ("model", "opt")} == \
+        {k: v for k, v in b.items() if k not in ("model", "opt")}
+
+
+@pytest.mark.parametrize("spoil,match", [
+    (lambda m: m.update(history=3), "saved history must be a dict"),
+    (lambda m: m.update(rng={"state": "garbage"}), "saved rng is not a Generator state"),
+    (lambda m: m["callbacks"]["EarlyStopping(loss)"].update(wait=-2), "saved wait"),
+    (lambda m: m.update(step=-1), "saved step must be a non-negative integer"),
+    (lambda m: m["layer_rngs"].clear(), "saved layer Generators"),
+], ids=["history", "rng", "early-stopping", "step", "layer-rngs"])
+def test_a_resume_failing_late_changes_nothing(tmp_path, spoil, match):
+    """Model, optimizer and schedule pass their checks; a later part of the file does not:
+    resume checks every part before loading any, so the trainer is exactly as it was."""
+    from xpnet.checkpoint import ResumeMismatchError, load_checkpoint, save_checkpoint
+    from xpnet.train import EarlyStopping
+
+    x, y = _data()
+    model, opt, sched = _setup()
+    saver = Trainer(model, opt, batch_size=40,
+                    callbacks=[LRSchedule(sched), EarlyStopping("loss", patience=5)])
+    saver.fit(x, y, 2)
+    saver.save(tmp_path / "good.npz")
+    ck = load_checkpoint(tmp_path / "good.npz")
+    spoil(ck.meta)
+    meta = {k: v for k, v in ck.meta.items() if k not in ("format", "optimizer",
+                                                          "optimizer_params")}
+    save_checkpoint(tmp_path / "bad.npz", ck.model, ck.optimizer, meta)
+
+    m2, o2, s2 = _setup(seed=7)
+    trainer = Trainer(m2, o2, batch_size=40,
+                      callbacks=[LRSchedule(s2), EarlyStopping("loss", patience=5)])
+    trainer.fit(x, y, 1)  # a run with state of its own: every part differs from the file's
+    before = _snapshot(trainer)
+    with pytest.raises(ResumeMismatchError, match=f"bad.npz: .*{match}"):
+        trainer.resume(tmp_path / "bad.npz")
+    _assert_same(before, _snapshot(trainer))
+    trainer.resume(tmp_path / "good.npz")  # the same trainer still resumes a good file
+    assert trainer.epoch == 2 and trainer.history.records == saver.history.records
