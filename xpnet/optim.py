@@ -125,9 +125,7 @@ class Optimizer:
         l1 = validate.non_negative_float(owner, "l1", l1)
         if clip_norm is not None:
             clip_norm = validate.positive_float(owner, "clip_norm", clip_norm)
-        if not callable(decay_filter):
-            raise TypeError(f"{owner}: decay_filter must be a callable (name, param) -> bool, "
-                            f"got {decay_filter!r}")
+        validate.function(owner, "decay_filter", decay_filter, "a callable (name, param) -> bool")
         self.lr, self.weight_decay, self.l1, self.clip_norm = lr, weight_decay, l1, clip_norm
         self.decay_filter = decay_filter
         self.t = 0
@@ -138,9 +136,7 @@ class Optimizer:
     def _make_groups(self, specs: list[dict[str, Any]]) -> list[ParamGroup]:
         """Validate ``groups=`` and build the groups, the remaining parameters last."""
         owner = type(self).__name__
-        if not isinstance(specs, (list, tuple)):
-            raise TypeError(f"{owner}: groups must be a list of dicts, got "
-                            f"{type(specs).__name__}")
+        validate.instance(owner, "groups", specs, (list, tuple), "a list of dicts")
         name_of = {id(p): n for n, p in self.params.items()}
         taken: dict[str, int] = {}
         out = []
@@ -196,9 +192,8 @@ class Optimizer:
         accumulated micro-batches or over processes. Hooks run in registration order and are
         not saved in checkpoints. Returns a function that removes the hook.
         """
-        if not callable(hook):
-            raise TypeError(f"{type(self).__name__}.register_grad_hook: expected a callable "
-                            f"taking the parameter dict, got {type(hook).__name__}")
+        validate.function(f"{type(self).__name__}.register_grad_hook", "hook", hook,
+                          "a callable taking the parameter dict")
         self._grad_hooks.append(hook)
 
         def remove() -> None:
@@ -402,8 +397,7 @@ class Adam(Optimizer):
                  eps: float = 1e-8, **kw: Any):
         super().__init__(params, lr, **kw)
         owner = type(self).__name__
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+        betas = validate.pair(owner, "betas", betas, "a pair (beta1, beta2)")
         b1 = validate.probability(owner, "betas[0]", betas[0])
         b2 = validate.probability(owner, "betas[1]", betas[1])
         self.beta1, self.beta2 = b1, b2

@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ArgumentTypeError", "choice", "file_path", "finite_float", "instance", "int_at_least",
-           "non_negative_float", "non_negative_int", "not_nan", "positive_float", "positive_int",
-           "probability", "real_in_range"]
+__all__ = ["ArgumentTypeError", "choice", "file_path", "finite_float", "function", "instance",
+           "int_at_least", "non_negative_float", "non_negative_int", "not_nan", "pair",
+           "positive_float", "positive_int", "probability", "real_in_range"]
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -131,3 +131,17 @@ def file_path(owner: str, name: str, value: Any) -> Path:
     """``value`` (a ``str`` or ``os.PathLike``) as a :class:`~pathlib.Path`."""
     instance(owner, name, value, (str, os.PathLike), "a file path (str or Path)")
     return Path(value)
+
+
+def function(owner: str, name: str, value: Any, expected: str) -> Any:
+    """``value`` itself, which must be callable (``expected`` words its signature)."""
+    if not callable(value):
+        raise TypeError(f"{owner}: {name} must be {expected}, got {value!r}")
+    return value
+
+
+def pair(owner: str, name: str, value: Any, expected: str) -> tuple[Any, Any]:
+    """``value`` (a tuple or list of two items) as a tuple."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{owner}: {name} must be {expected}, got {value!r}")
+    return tuple(value)

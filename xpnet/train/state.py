@@ -1,21 +1,25 @@
-"""Run state: what a checkpoint holds besides the model, the optimizer and the callbacks.
+"""Run state and resume: what a checkpoint holds besides the model, optimizer and callbacks.
 
 :class:`RunState` owns the counters (epoch, step), the batch-order Generator, the history and
 the layers' Generators (dropout masks). Like every other object a run saves, it has
 ``state_dict``, ``check_state_dict`` (refuses, changing nothing) and ``load_state_dict``.
+A resume is two steps: :func:`check_resume` hands each part of the file to its owner's
+``check_state_dict``, and only when all pass does :func:`apply_resume` load them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from .. import validate
+from ..checkpoint import Checkpoint, ResumeMismatchError
 from ..module import Module, StateDictError
 from ..rng import Generator
-from ..validate import non_negative_int
 
-__all__ = ["History", "RunState"]
+__all__ = ["History", "RunState", "apply_resume", "check_override", "check_resume"]
 
 
 @dataclass
@@ -82,7 +86,7 @@ class RunState:
 
     def __init__(self, seed: int | None = 0):
         if seed is not None:
-            seed = non_negative_int("Trainer", "seed", seed)
+            seed = validate.non_negative_int("Trainer", "seed", seed)
         self.epoch = 0
         self.step = 0
         self.rng = Generator(seed)
@@ -101,8 +105,8 @@ class RunState:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise StateDictError(f"RunState: a saved run state must hold {list(self.KEYS)}, "
                                  f"got {got}")
-        non_negative_int("RunState", "saved epoch", state["epoch"])
-        non_negative_int("RunState", "saved step", state["step"])
+        validate.non_negative_int("RunState", "saved epoch", state["epoch"])
+        validate.non_negative_int("RunState", "saved step", state["step"])
         _check_generator_state("rng", state["rng"])
         gens, saved = layer_generators(model), state["layer_rngs"]
         if not isinstance(saved, dict) or sorted(saved) != sorted(gens):
@@ -122,3 +126,98 @@ class RunState:
         history = History()
         history.load_state_dict(state["history"])
         self.history = history  # a new object: a History returned by an earlier fit stays
+
+
+# ---------------------------------------------------------------------- resume
+OVERRIDABLE = ("lr",)
+
+
+def check_override(override: dict[str, Any] | None) -> dict[str, Any]:
+    """``override`` checked: a dict whose keys are among :data:`OVERRIDABLE`."""
+    if override is None:
+        return {}
+    if not isinstance(override, dict):
+        raise TypeError(f"resume: override must be a dict such as {{'lr': 0.01}}, "
+                        f"got {override!r}")
+    unknown = sorted(set(override) - set(OVERRIDABLE))
+    if unknown:
+        raise ValueError(f"resume: override may change only {', '.join(OVERRIDABLE)}; got "
+                         f"{unknown}: every other setting must match the saved run")
+    out = dict(override)
+    if "lr" in out:
+        out["lr"] = validate.non_negative_float("resume", "override['lr']", out["lr"])
+    return out
+
+
+def check_resume(trainer: Any, ck: Checkpoint, path: str | Path,
+                 override: dict[str, Any]) -> None:
+    """Every check of ``Trainer.resume``, before anything changes: each part of the file goes
+    to its owner's ``check_state_dict``; a misfit is a :class:`ResumeMismatchError` naming
+    ``path``."""
+    meta = ck.meta
+    missing = [k for k in ("epoch", "step", "rng") if k not in meta]
+    if missing:
+        raise ResumeMismatchError(
+            f"{path}: not written by Trainer.save (no {', '.join(missing)} in its "
+            "metadata), so there is no run to resume; expected a Trainer checkpoint (to "
+            "load only the weights: model.load_state_dict(load_checkpoint(path).model))")
+
+    def fits(check: Any, *args: Any, fix: str = "", **kw: Any) -> None:
+        try:
+            check(*args, **kw)
+        except ValueError as exc:  # StateDictError and the validators' errors
+            raise ResumeMismatchError(f"{path}: {exc}{fix}") from None
+
+    fits(trainer.model.check_state_dict, ck.model, dtypes=True,
+         fix="; resume with the architecture and dtype the run started with")
+    if ck.optimizer is None:
+        raise ResumeMismatchError(f"{path}: holds no optimizer state; expected a Trainer "
+                                  "checkpoint")
+    fits(trainer.optimizer.check_state_dict, ck.optimizer)
+    saved_lr = meta.get("base_lr")
+    fits(validate.non_negative_float, "checkpoint", "base_lr", saved_lr)
+    if "lr" not in override and not math.isclose(saved_lr, trainer.lr, rel_tol=1e-12,
+                                                  abs_tol=0.0):
+        raise ResumeMismatchError(
+            f"{path}: the run was saved with lr={saved_lr!r}, this optimizer has "
+            f"lr={trainer.lr!r}; resume with the saved rate, or change it explicitly "
+            "with Trainer.resume(path, override={'lr': ...}) (for the examples: --lr)")
+    if meta.get("batch_size") != trainer.batch_size:
+        raise ResumeMismatchError(
+            f"{path}: the run was saved with batch_size={meta.get('batch_size')}, this "
+            f"trainer has batch_size={trainer.batch_size}; resume with the saved batch size "
+            f"(for the examples: --batch-size {meta.get('batch_size')})")
+    saved = meta.get("callbacks")
+    if not isinstance(saved, dict):
+        raise ResumeMismatchError(f"{path}: its callbacks entry must be a dict of states, "
+                                  f"got {type(saved).__name__}")
+    schedule = trainer.schedule
+    if (schedule is None) != ("schedule" not in saved):
+        ours = "none" if schedule is None else type(schedule).__name__
+        raise ResumeMismatchError(
+            f"{path}: saved {'with' if 'schedule' in saved else 'without'} a "
+            f"learning-rate schedule, but this trainer's schedule is {ours}; resume with "
+            "the schedule the run started with (for the examples: the same --schedule)")
+    for c in trainer.callbacks:
+        if c.key in saved:
+            fits(c.check_state_dict, saved[c.key])
+    fits(trainer.state.check_state_dict, meta, trainer.model)
+
+
+def apply_resume(trainer: Any, ck: Checkpoint, override: dict[str, Any]) -> None:
+    """Load a checkpoint that :func:`check_resume` accepted into every part of the run."""
+    trainer.model.load_state_dict(ck.model, backend=trainer.backend)
+    # the optimizer holds the same Parameter objects, whose data was just replaced
+    trainer.optimizer.load_state_dict(ck.optimizer)
+    saved = ck.meta["callbacks"]
+    for c in trainer.callbacks:
+        if c.key in saved:
+            c.load_state_dict(saved[c.key])
+    trainer.state.load_state_dict(ck.meta, trainer.model)
+    if "lr" in override:
+        schedule = trainer.schedule
+        if schedule is not None:
+            schedule.base_lr = override["lr"]
+            trainer.optimizer.lr = schedule.rate(schedule.epoch)
+        else:
+            trainer.optimizer.lr = override["lr"]

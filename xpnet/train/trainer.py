@@ -8,7 +8,6 @@ learning-rate schedule, checkpoints, early stopping, keep-best) is a
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from .. import validate
 from ..backend import Backend, as_host, current, to_device
-from ..checkpoint import ResumeMismatchError, load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.loader import BatchLoader
 from ..distributed import Communicator
 from ..layers import BatchNorm
@@ -34,7 +33,7 @@ from .guard import DivergenceGuard
 from .metrics import Metric, Totals, default_metrics
 from .parallel import DataParallel
 from .progress import Progress
-from .state import History, RunState
+from .state import History, RunState, apply_resume, check_override, check_resume
 from .step import train_step
 
 __all__ = ["Trainer"]
@@ -91,7 +90,8 @@ class Trainer:
 
     Examples
     --------
-    >>> trainer = Trainer(model, xpnet.Adam(model), batch_size=64,
+    >>> opt = xpnet.Adam(model)
+    >>> trainer = Trainer(model, opt, batch_size=64,
     ...                   callbacks=[LRSchedule(xpnet.StepLR(opt, 5)), SaveCheckpoint("run.npz")])
     >>> history = trainer.fit(x_train, y_train, 10, x_test=x_test, y_test=y_test)
     """
@@ -358,94 +358,7 @@ class Trainer:
         deliberate change allowed: the run goes on with base rate ``x`` (the schedule keeps its
         position and shape). A callback whose state the file lacks starts afresh.
         """
-        override = _check_override(override)
+        override = check_override(override)
         ck = load_checkpoint(path)
-        saved = self._check_resume(ck, path, override)
-        self.model.load_state_dict(ck.model, backend=self.backend)
-        # the optimizer holds the same Parameter objects, whose data was just replaced
-        self.optimizer.load_state_dict(ck.optimizer)
-        for c in self.callbacks:
-            if c.key in saved:
-                c.load_state_dict(saved[c.key])
-        self.state.load_state_dict(ck.meta, self.model)
-        if "lr" in override:
-            schedule = self.schedule
-            if schedule is not None:
-                schedule.base_lr = override["lr"]
-                self.optimizer.lr = schedule.rate(schedule.epoch)
-            else:
-                self.optimizer.lr = override["lr"]
-
-    def _check_resume(self, ck: Any, path: str | Path, override: dict[str, Any]
-                      ) -> dict[str, Any]:
-        """Every check of :meth:`resume`, before anything changes; returns the callbacks'
-        saved states by key."""
-        meta = ck.meta
-        missing = [k for k in ("epoch", "step", "rng") if k not in meta]
-        if missing:
-            raise ResumeMismatchError(
-                f"{path}: not written by Trainer.save (no {', '.join(missing)} in its "
-                "metadata), so there is no run to resume; expected a Trainer checkpoint (to "
-                "load only the weights: model.load_state_dict(load_checkpoint(path).model))")
-
-        def fits(check: Any, *args: Any, fix: str = "", **kw: Any) -> None:
-            try:
-                check(*args, **kw)
-            except ValueError as exc:  # StateDictError and the validators' errors
-                raise ResumeMismatchError(f"{path}: {exc}{fix}") from None
-
-        fits(self.model.check_state_dict, ck.model, dtypes=True,
-             fix="; resume with the architecture and dtype the run started with")
-        if ck.optimizer is None:
-            raise ResumeMismatchError(f"{path}: holds no optimizer state; expected a Trainer "
-                                      "checkpoint")
-        fits(self.optimizer.check_state_dict, ck.optimizer)
-        saved_lr = meta.get("base_lr")
-        fits(validate.non_negative_float, "checkpoint", "base_lr", saved_lr)
-        if "lr" not in override and not math.isclose(saved_lr, self.lr, rel_tol=1e-12,
-                                                      abs_tol=0.0):
-            raise ResumeMismatchError(
-                f"{path}: the run was saved with lr={saved_lr!r}, this optimizer has "
-                f"lr={self.lr!r}; resume with the saved rate, or change it explicitly "
-                "with Trainer.resume(path, override={'lr': ...}) (for the examples: --lr)")
-        if meta.get("batch_size") != self.batch_size:
-            raise ResumeMismatchError(
-                f"{path}: the run was saved with batch_size={meta.get('batch_size')}, this "
-                f"trainer has batch_size={self.batch_size}; resume with the saved batch size "
-                f"(for the examples: --batch-size {meta.get('batch_size')})")
-        saved = meta.get("callbacks")
-        if not isinstance(saved, dict):
-            raise ResumeMismatchError(f"{path}: its callbacks entry must be a dict of states, "
-                                      f"got {type(saved).__name__}")
-        schedule = self.schedule
-        if (schedule is None) != ("schedule" not in saved):
-            ours = "none" if schedule is None else type(schedule).__name__
-            raise ResumeMismatchError(
-                f"{path}: saved {'with' if 'schedule' in saved else 'without'} a "
-                f"learning-rate schedule, but this trainer's schedule is {ours}; resume with "
-                "the schedule the run started with (for the examples: the same --schedule)")
-        for c in self.callbacks:
-            if c.key in saved:
-                fits(c.check_state_dict, saved[c.key])
-        fits(self.state.check_state_dict, meta, self.model)
-        return saved
-
-
-OVERRIDABLE = ("lr",)
-
-
-def _check_override(override: dict[str, Any] | None) -> dict[str, Any]:
-    """``override`` checked: a dict whose keys are among :data:`OVERRIDABLE`."""
-    if override is None:
-        return {}
-    if not isinstance(override, dict):
-        raise TypeError(f"resume: override must be a dict such as {{'lr': 0.01}}, "
-                        f"got {override!r}")
-    unknown = sorted(set(override) - set(OVERRIDABLE))
-    if unknown:
-        raise ValueError(f"resume: override may change only {', '.join(OVERRIDABLE)}; got "
-                         f"{unknown}: every other setting must match the saved run")
-    out = dict(override)
-    if "lr" in out:
-        out["lr"] = validate.non_negative_float("resume", "override['lr']", out["lr"])
-    return out
+        check_resume(self, ck, path, override)
+        apply_resume(self, ck, override)
