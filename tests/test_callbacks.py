@@ -130,7 +130,7 @@ def test_callbacks_of_the_wrong_kind_or_sharing_a_key_are_refused():
     with pytest.raises(ValueError, match=r"two callbacks save their state as \['schedule'\]"):
         Trainer(model, opt, callbacks=[LRSchedule(xpnet.StepLR(opt, 1)),
                                        LRSchedule(xpnet.StepLR(opt, 2))])
-    with pytest.raises(ValueError, match="KeepBest"):
+    with pytest.raises(ValueError, match=r"\['KeepBest\(test_loss\)'\]"):
         Trainer(model, opt, callbacks=[KeepBest("a.npz"), KeepBest("b.npz")])
     Trainer(model, opt, callbacks=[KeepBest("a.npz"), KeepBest("b.npz", "test_acc")])
     with pytest.raises(TypeError, match="LRSchedule: schedule must be an xpnet Schedule"):

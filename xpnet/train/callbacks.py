@@ -147,6 +147,7 @@ class _Monitor(Callback):
 
     def __init__(self, monitor: str, mode: str, min_delta: float = 0.0):
         owner = type(self).__name__
+        validate.instance(owner, "monitor", monitor, str, "a history key such as 'test_loss'")
         mode = validate.choice(owner, "mode", mode, ("min", "max", "auto"))
         if mode == "auto":
             mode = "max" if monitor.endswith(("acc", "accuracy")) else "min"
@@ -154,7 +155,7 @@ class _Monitor(Callback):
         self.min_delta = validate.non_negative_float(owner, "min_delta", min_delta)
         self.best = math.inf if mode == "min" else -math.inf
         self.best_epoch = 0
-        self.key = owner if monitor == "test_loss" else f"{owner}({monitor})"
+        self.key = f"{owner}({monitor})"
 
     def _improved(self, record: dict[str, float]) -> bool:
         if self.monitor not in record:

@@ -175,7 +175,7 @@ class Trainer:
             getattr(c, event)(self, *args)
 
     # ------------------------------------------------------------------ one epoch
-    def train_epoch(self, loader: Iterable[tuple[Any, Any]]) -> dict[str, float]:
+    def train_epoch(self, loader: Any) -> dict[str, float]:
         """One pass over ``loader``; returns ``{"loss": mean loss, <metric>: value, "lr": mean
         learning rate}`` and appends the per-step records to the history.
 
@@ -193,7 +193,7 @@ class Trainer:
         and the epoch's loss, metrics and per-step losses are reduced to global values.
         """
         self.model.train()
-        k, total = self.accumulate, self.batches_per_epoch
+        k, total = self.accumulate, len(loader)
         if k > 1:
             self.model.zero_grad()  # nothing from before this epoch may be added in
         totals = Totals(self.metrics, keep_steps=True)
