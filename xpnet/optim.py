@@ -296,6 +296,10 @@ class Optimizer:
                     f"has {key}={current.get(key)!r}; resume with the saved settings")
         validate.non_negative_int(ours, "saved state's t", state["t"])
         validate.non_negative_float(ours, "saved state's lr", state["lr"])
+        if not isinstance(state["groups"], list) or not isinstance(state["state"], dict):
+            raise StateDictError(f"{ours}: a saved state's groups must be a list and its state "
+                                 f"a dict, got {type(state['groups']).__name__} and "
+                                 f"{type(state['state']).__name__}")
         groups = [g.get("params") if isinstance(g, dict) else g for g in state["groups"]]
         own = [g["params"] for g in self._groups_state()]
         if groups != own:
@@ -309,6 +313,9 @@ class Optimizer:
                                  "this optimizer does not have")
         for n, s in slots.items():
             shape = tuple(self.params[n].shape)
+            if not isinstance(s, dict):
+                raise StateDictError(f"{ours}: the saved state of {n!r} must be a dict of "
+                                     f"slots, got {type(s).__name__}")
             for k, v in s.items():
                 if tuple(np.shape(v)) != shape:
                     raise StateDictError(f"{ours}: state {n}/{k} was saved with shape "
