@@ -101,8 +101,8 @@ class LRSchedule(Callback):
     key = "schedule"
 
     def __init__(self, schedule: Schedule):
-        self.schedule = validate.instance("LRSchedule", "schedule", schedule, Schedule,
-                                          "an xpnet Schedule")
+        self.schedule: Schedule = validate.instance("LRSchedule", "schedule", schedule,
+                                                    Schedule, "an xpnet Schedule")
 
     def on_step_end(self, trainer: Any, step: int) -> None:
         if self.schedule.per_step:

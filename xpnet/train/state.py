@@ -162,9 +162,9 @@ def check_resume(trainer: Any, ck: Checkpoint, path: str | Path,
             "metadata), so there is no run to resume; expected a Trainer checkpoint (to "
             "load only the weights: model.load_state_dict(load_checkpoint(path).model))")
 
-    def fits(check: Any, *args: Any, fix: str = "", **kw: Any) -> None:
+    def fits(check: Any, *args: Any, fix: str = "", **kw: Any) -> Any:
         try:
-            check(*args, **kw)
+            return check(*args, **kw)
         except ValueError as exc:  # StateDictError and the validators' errors
             raise ResumeMismatchError(f"{path}: {exc}{fix}") from None
 
@@ -174,8 +174,7 @@ def check_resume(trainer: Any, ck: Checkpoint, path: str | Path,
         raise ResumeMismatchError(f"{path}: holds no optimizer state; expected a Trainer "
                                   "checkpoint")
     fits(trainer.optimizer.check_state_dict, ck.optimizer)
-    saved_lr = meta.get("base_lr")
-    fits(validate.non_negative_float, "checkpoint", "base_lr", saved_lr)
+    saved_lr = fits(validate.non_negative_float, "checkpoint", "base_lr", meta.get("base_lr"))
     if "lr" not in override and not math.isclose(saved_lr, trainer.lr, rel_tol=1e-12,
                                                   abs_tol=0.0):
         raise ResumeMismatchError(
