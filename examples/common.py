@@ -251,7 +251,7 @@ def use_saved_lr(args: argparse.Namespace) -> dict[str, float] | None:
         return None
     if "lr" in getattr(args, "explicit", {"lr"}):
         return {"lr": args.lr}
-    saved = load_checkpoint(args.checkpoint).meta.get("optimizer_config", {}).get("lr")
+    saved = load_checkpoint(args.checkpoint).meta.get("base_lr")
     if saved is not None:
         args.lr = saved
     return None

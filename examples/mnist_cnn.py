@@ -37,7 +37,7 @@ import common
 
 import xpnet
 from xpnet.models import DeepConvNet, SimpleConvNet
-from xpnet.train import Trainer
+from xpnet.train import LRSchedule, Progress, SaveCheckpoint, Trainer
 
 WARMUP = 0.1  # fraction of all steps spent warming up
 MODELS = {"simple": SimpleConvNet, "deep": DeepConvNet}
@@ -75,9 +75,10 @@ def make_trainer(args, model, train_size):
         steps = args.epochs * math.ceil(batches / args.accumulate)
         schedule = xpnet.CosineLR(optimizer, steps, warmup=int(args.warmup * steps),
                                   per_step=True)
-    trainer = Trainer(model, optimizer, schedule=schedule, batch_size=args.batch_size,
-                      accumulate=args.accumulate, seed=args.seed, verbose=True,
-                      checkpoint=args.checkpoint)
+    callbacks = [Progress(verbose=True), *([LRSchedule(schedule)] if schedule else []),
+                 *([SaveCheckpoint(args.checkpoint)] if args.checkpoint else [])]
+    trainer = Trainer(model, optimizer, batch_size=args.batch_size, accumulate=args.accumulate,
+                      seed=args.seed, callbacks=callbacks)
     if args.resume:
         trainer.resume(args.checkpoint, override=override)
         args.lr = trainer.lr

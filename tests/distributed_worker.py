@@ -196,12 +196,13 @@ def small_net(bn: bool = False, sync: bool = True) -> xpnet.Module:
 
 def trainer(model: xpnet.Module, comm: distributed.Communicator | None, batch: int = 100,
             checkpoint: str | None = None, accumulate: int = 1):
-    from xpnet.train import Trainer
+    from xpnet.train import SaveCheckpoint, Trainer
     frozen = getattr(model, "frozen", ())
     trained = {k: p for k, p in model.parameters().items() if k not in frozen}
     adam = getattr(model, "adam", {"lr": 1e-2})
     return Trainer(model, xpnet.Adam(trained, **adam), batch_size=batch, seed=3, comm=comm,
-                   checkpoint=checkpoint, eval_batch_size=64, accumulate=accumulate)
+                   eval_batch_size=64, accumulate=accumulate,
+                   callbacks=[SaveCheckpoint(checkpoint)] if checkpoint else [])
 
 
 def fit(model, comm, epochs: int, batch: int = 100, checkpoint=None, resume=False,

@@ -34,7 +34,7 @@ from xpnet.data import BatchLoader, load_mnist
 from xpnet.data.synthetic import circles, moons, spiral
 from xpnet.models import TwoLayerNet
 from xpnet.module import StateDictError
-from xpnet.train import Trainer, evaluate
+from xpnet.train import DivergenceGuard, LRSchedule, Trainer, evaluate
 
 
 # ---------------------------------------------------------------------- the machinery
@@ -204,7 +204,8 @@ def _trainer(opt: str = "adam", hidden: int = 3, lr: float = 0.01, batch_size: i
                  "momentum": lambda: xpnet.Momentum(model, lr=lr, **kw),
                  "sgd": lambda: xpnet.SGD(model, lr=lr)}[opt]()
     sched = xpnet.CosineLR(optimizer, 9) if schedule else None
-    return Trainer(model, optimizer, schedule=sched, batch_size=batch_size, progress=False)
+    return Trainer(model, optimizer, batch_size=batch_size,
+                   callbacks=[LRSchedule(sched)] if sched else [])
 
 
 def _saved_run(tmp: Path, **kw: Any) -> dict:
@@ -354,7 +355,7 @@ CASES = [
          ("SGD.step", "['w', 'b']", "no gradient", "call backward() before step()"),
          lambda t: _opt()),
     Case("optim-hook-not-callable", lambda c: c["opt"].register_grad_hook(3), TypeError,
-         ("register_grad_hook", "expected a callable", "int"), lambda t: _opt()),
+         ("register_grad_hook", "hook must be a callable", "got 3"), lambda t: _opt()),
     Case("optim-clip-grad-norm-negative", lambda c: xpnet.clip_grad_norm(c["params"], -1.0),
          ValueError, ("clip_grad_norm", "max_norm", "finite number > 0", "got -1.0"),
          lambda t: _params()),
@@ -490,8 +491,8 @@ CASES = [
     # ------------------------------------------------------------------ trainer
     Case("trainer-batch-size-zero", lambda c: _trainer(batch_size=0), ValueError,
          ("batch_size", "positive integer", "got 0")),
-    Case("trainer-divergence-factor", lambda c: Trainer(
-        c["model"], xpnet.SGD(c["model"]), divergence_factor=0.5),
+    Case("trainer-divergence-factor", lambda c: Trainer(c["model"], xpnet.SGD(c["model"]),
+                                                        callbacks=[DivergenceGuard(factor=0.5)]),
         ValueError, ("DivergenceGuard", "factor", "> 1", "got 0.5"), _model_ctx),
     Case("trainer-optimizer-string", lambda c: Trainer(c["model"], "adam"), TypeError,
          ("Trainer", "optimizer", "xpnet Optimizer", "'adam'"), _model_ctx),
@@ -502,7 +503,8 @@ CASES = [
          ("Trainer", "log_interval", "positive integer", "got 0"), _model_ctx),
     Case("trainer-schedule-of-another-optimizer",
          lambda c: Trainer(c["model"], xpnet.SGD(c["model"]),
-                           schedule=xpnet.StepLR(xpnet.SGD(c["model"]), 2)), ValueError,
+                           callbacks=[LRSchedule(xpnet.StepLR(xpnet.SGD(c["model"]), 2))]),
+         ValueError,
          ("Trainer", "schedule drives another optimizer", "expected a schedule built on this"),
          _model_ctx),
     Case("trainer-epochs-negative", lambda c: c["trainer"].fit(*_xy(), -1), ValueError,
@@ -536,11 +538,11 @@ CASES = [
          _fresh_trainer),
     Case("trainer-resume-adam-into-momentum", lambda c: c["trainer"].resume(c["tmp"] / "run.npz"),
          xpnet.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "optimizer Adam",
-                                                "this trainer has Momentum", "resume with Adam"),
+                                                "this one is Momentum", "resume with Adam"),
          lambda t: _saved_run(t, opt="momentum")),
     Case("trainer-resume-model-shape", lambda c: c["trainer"].resume(c["tmp"] / "run.npz"),
          xpnet.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "parameter '0.W'",
-                                                "shape (4, 3)", "this model's is (4, 5)"),
+                                                "shape (4, 3)", "the model's (4, 5)"),
          lambda t: _saved_run(t, hidden=5)),
     Case("trainer-resume-dtype", lambda c: c["trainer"].resume(c["tmp"] / "run.npz"),
          xpnet.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "saved as float32",
@@ -772,8 +774,8 @@ def _mlp_checkpoint(tmp: Path) -> None:
     """A checkpoint the MNIST MLP example would write (784-100-10, Adam 1e-3, cosine)."""
     model = TwoLayerNet(784, 100, 10, seed=0)
     opt = xpnet.Adam(model, lr=1e-3)
-    trainer = Trainer(model, opt, schedule=xpnet.CosineLR(opt, 2, per_step=True),
-                      batch_size=100, progress=False)
+    trainer = Trainer(model, opt, batch_size=100,
+                      callbacks=[LRSchedule(xpnet.CosineLR(opt, 2, per_step=True))])
     trainer.save(tmp / "ck.npz")
 
 

@@ -119,17 +119,16 @@ def test_stale_temp_files_of_dead_writers_are_cleaned(tmp_path):
     live_proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         live = tmp_path / f".ck.npz.pid{live_proc.pid}.xyz789.tmp"
-        old_style = tmp_path / ".ck.npz.k3j4h5g6.tmp"
-        young_old_style = tmp_path / ".ck.npz.a1b2c3d4.tmp"
+        pidless = tmp_path / ".ck.npz.k3j4h5g6.tmp"  # not a writer's name: never touched
         other_target = tmp_path / f".other.npz.pid{_dead_pid()}.abc.tmp"
         unrelated = tmp_path / "notes.tmp"
-        for p in (dead, live, old_style, young_old_style, other_target, unrelated):
+        for p in (dead, live, pidless, other_target, unrelated):
             p.write_bytes(b"x" * 100)
-        hour_ago = time.time() - 2 * checkpoint.STALE_AGE_S
-        os.utime(old_style, (hour_ago, hour_ago))
+        hour_ago = time.time() - 7200
+        os.utime(pidless, (hour_ago, hour_ago))
         save_checkpoint(target, {"w": np.zeros(2)})
         left = sorted(p.name for p in tmp_path.iterdir())
-        assert left == sorted(["ck.npz", live.name, young_old_style.name, other_target.name,
+        assert left == sorted(["ck.npz", live.name, pidless.name, other_target.name,
                                unrelated.name])
     finally:
         live_proc.kill()

@@ -55,7 +55,7 @@ def test_everything_lands_on_the_selected_device(monkeypatch, tmp_path, name, de
         host = np.random.default_rng(0)
         x = host.standard_normal((20, 1, 8, 8)).astype(np.float32)
         y = host.integers(0, 3, 20)
-        trainer = Trainer(model, opt, batch_size=10, progress=False)
+        trainer = Trainer(model, opt, batch_size=10)
         trainer.fit(x, y, epochs=1)
         arrays = {f"param {k}": p.data for k, p in model.parameters().items()}
         arrays |= {f"grad {k}": p.grad for k, p in model.parameters().items()
@@ -141,7 +141,7 @@ def test_trainer_accepts_device_arrays(monkeypatch, method):
     require_backend("array_api_strict")
     with use_backend("array_api_strict", "device1") as b:
         model = xpnet.Sequential(xpnet.Linear(4, 3, rng=xpnet.Generator(0)))
-        trainer = Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=5, progress=False)
+        trainer = Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=5)
         host = np.random.default_rng(0)
         x_host, y_host = host.standard_normal((10, 4)).astype(np.float32), host.integers(0, 3, 10)
         x, y = xpnet.to_device(x_host), xpnet.to_device(y_host)

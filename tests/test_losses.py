@@ -262,7 +262,8 @@ def test_trainer_with_default_loss_refuses_regression_targets(backend):
     x = rng.standard_normal((16, 3)).astype(np.float32)
     y = rng.standard_normal((16, 1)).astype(np.float32)
     model = xpnet.Sequential(xpnet.Linear(3, 1))
-    trainer = Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=8, progress=False)
+    trainer = Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=8,
+                      callbacks=[xpnet.train.Progress(enabled=False)])
     with pytest.raises(ValueError, match="single output.*use MSE"):
         trainer.fit(x, y, epochs=1)
 

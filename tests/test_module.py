@@ -8,6 +8,7 @@ import pytest
 from conftest import dev, to_np, use_backend
 
 import xpnet
+from xpnet.module import StateDictError
 
 
 def _model(dtype="float32", seed=0):
@@ -103,9 +104,9 @@ def test_load_state_dict_errors_name_the_key(backend):
     model = _model()
     state = model.state_dict()
     missing = {k: v for k, v in state.items() if k != "2.b"}
-    with pytest.raises(KeyError, match=r"missing \['2.b'\]"):
+    with pytest.raises(StateDictError, match=r"missing \['2.b'\]"):
         model.load_state_dict(missing)
-    with pytest.raises(KeyError, match=r"unexpected \['3.W'\]"):
+    with pytest.raises(StateDictError, match=r"unexpected \['3.W'\]"):
         model.load_state_dict({**state, "3.W": np.zeros(2)})
     with pytest.raises(ValueError, match=r"'0.W'.*\(4, 3\).*\(3, 4\)"):
         model.load_state_dict({**state, "0.W": np.zeros((4, 3))})
@@ -121,3 +122,17 @@ def test_to_device_with_an_explicit_backend(backend):
         assert p.data.dtype == backend.xp.float32
     model.to_device(numpy_backend)
     assert all(isinstance(p.data, np.ndarray) for p in model.parameters().values())
+
+
+def test_check_state_dict_compares_dtypes_on_request_and_changes_nothing(backend):
+    model = _model("float32")
+    before = model.state_dict()
+    state = _model("float64", seed=3).state_dict()
+    model.check_state_dict(state)  # load_state_dict casts to the model's dtype
+    with pytest.raises(StateDictError, match="parameter '0.W' was saved as float64, this "
+                                             "model's is float32"):
+        model.check_state_dict(state, dtypes=True)
+    with pytest.raises(StateDictError, match="must be a dict of arrays.*got list"):
+        model.load_state_dict([])
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)

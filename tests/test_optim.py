@@ -9,7 +9,7 @@ import pytest
 from conftest import dev, require_backend, to_np, use_backend
 
 import xpnet
-from xpnet.module import Parameter
+from xpnet.module import Parameter, StateDictError
 
 HYPER = {
     "SGD": dict(lr=0.1),
@@ -323,9 +323,32 @@ def test_load_state_dict_errors(backend):
     _run(opt, params, _grads(1))
     state = opt.state_dict()
     other = xpnet.Momentum({"W": Parameter(dev(np.zeros((3, 4))))})
-    with pytest.raises(KeyError, match="'b'"):
+    with pytest.raises(StateDictError, match="'b'"):
         other.load_state_dict(state)
     wrong = xpnet.Momentum({"W": Parameter(dev(np.zeros((4, 3)))),
                             "b": Parameter(dev(np.zeros(4)))})
     with pytest.raises(ValueError, match=r"W/v.*\(3, 4\).*\(4, 3\)"):
         wrong.load_state_dict(state)
+
+
+def test_check_state_dict_refuses_another_optimizer_or_settings_and_changes_nothing(backend):
+    params = _params(_initial())
+    opt = xpnet.Adam(params, lr=1e-2)
+    _run(opt, params, _grads(2))
+    state = opt.state_dict()
+    assert state["class"] == "Adam" and state["settings"]["beta1"] == 0.9
+    other = xpnet.Momentum(params, lr=1e-2)
+    with pytest.raises(StateDictError, match="saved by the optimizer Adam, this one is "
+                                             "Momentum.*resume with Adam"):
+        other.load_state_dict(state)
+    assert other.t == 0 and other.state == {}
+    eps = xpnet.Adam(params, lr=1e-2, eps=1e-6)
+    with pytest.raises(StateDictError, match="saved with eps=1e-08, this one has eps=1e-06"):
+        eps.load_state_dict(state)
+    same = xpnet.Adam(params, lr=1e-2)
+    for bad, match in (({**state, "state": 3}, "its state a dict"),
+                       ({**state, "t": -1}, "t must be a non-negative integer"),
+                       ({k: v for k, v in state.items() if k != "class"}, "must be a dict with")):
+        with pytest.raises(ValueError, match=match):
+            same.load_state_dict(bad)
+    assert eps.t == same.t == 0 and eps.state == same.state == {}

@@ -120,7 +120,7 @@ def test_parameter_groups_are_validated():
         xpnet.Adam(model, groups=[{"params": model[0]}, {"params": model[0].W}])
     with pytest.raises(ValueError, match=r"groups\[0\] holds Parameter.*not among"):
         xpnet.Adam(model, groups=[{"params": xpnet.Linear(2, 2)}])
-    with pytest.raises(ValueError, match=r"groups\[0\]\['lr'\] must be a non-negative"):
+    with pytest.raises(ValueError, match=r"groups\[0\]\['lr'\] must be a finite number >= 0"):
         xpnet.Adam(model, groups=[{"params": model[0], "lr": -1.0}])
     with pytest.raises(ValueError, match=r"unknown keys \['momentum'\]"):
         xpnet.Adam(model, groups=[{"params": model[0], "momentum": 0.5}])

@@ -10,6 +10,7 @@ from conftest import dev, to_np
 
 import xpnet
 from xpnet.module import Parameter
+from xpnet.train import LRSchedule
 
 
 def _opt(lr=0.1):
@@ -85,14 +86,16 @@ def test_state_of_another_shape_is_refused():
             xpnet.StepLR(_opt(), 2, gamma=0.5).state_dict())
 
 
-def test_a_state_from_before_per_step_counts_as_per_epoch():
-    """States saved before schedules recorded their shape hold only epoch and base_lr."""
-    legacy = {"epoch": 2, "base_lr": 0.01}
-    with pytest.raises(ValueError, match="per_step=False, this one per_step=True"):
-        xpnet.CosineLR(_opt(0.1), 20, warmup=2, per_step=True).load_state_dict(legacy)
+def test_an_incomplete_state_is_refused_before_anything_changes():
+    """A state without the schedule's settings (here: no per_step) fits no schedule."""
+    partial = {"epoch": 2, "base_lr": 0.01}
     opt = _opt(0.1)
-    xpnet.CosineLR(opt, 4).load_state_dict(legacy)
-    assert opt.lr == pytest.approx(0.005, rel=1e-12)  # half way down the 4-epoch cosine
+    sched = xpnet.CosineLR(opt, 4)
+    with pytest.raises(ValueError, match="schedule=None, this one schedule=.CosineLR."):
+        sched.load_state_dict(partial)
+    assert sched.epoch == 0 and sched.base_lr == 0.1 and opt.lr == 0.1
+    with pytest.raises(ValueError, match="epoch must be a non-negative integer, got -1"):
+        sched.check_state_dict({**sched.state_dict(), "epoch": -1})
 
 
 @pytest.mark.parametrize("make,match", [
@@ -132,24 +135,13 @@ def test_cosine_warmup_values_and_per_step_in_trainer():
     sched = xpnet.CosineLR(optimizer, total=8, warmup=2, per_step=True)
     x = np.random.default_rng(0).standard_normal((40, 2)).astype(np.float32)
     y = np.arange(40) % 3
-    Trainer(model, optimizer, schedule=sched, batch_size=10, progress=False).fit(x, y, 2)
+    Trainer(model, optimizer, batch_size=10, callbacks=[LRSchedule(sched)]).fit(x, y, 2)
     assert sched.epoch == 8  # 4 batches x 2 epochs: stepped once per optimizer step
     assert optimizer.lr == pytest.approx(0.0, abs=1e-12)
 
 
-def test_cosine_total_epochs_is_a_deprecated_alias_and_old_states_load():
-    with pytest.warns(DeprecationWarning, match="use total="):
-        old_name = xpnet.CosineLR(_opt(0.1), total_epochs=600, warmup=60, per_step=True)
-    assert old_name.total == old_name.total_epochs == 600
-    with pytest.raises(TypeError, match="not both"):
-        xpnet.CosineLR(_opt(0.1), 10, total_epochs=10)
-    with pytest.raises(TypeError, match="missing total"):
+def test_cosine_takes_its_length_as_total_only():
+    with pytest.raises(TypeError, match="total"):
         xpnet.CosineLR(_opt(0.1))
-    # a state saved before the rename (key total_epochs) loads, and is still checked
-    state = {"epoch": 100, "base_lr": 0.1, "schedule": "CosineLR", "per_step": True,
-             "total_epochs": 600, "min_lr": 0.0, "warmup": 60}
-    sched = xpnet.CosineLR(_opt(0.1), total=600, warmup=60, per_step=True)
-    sched.load_state_dict(state)
-    assert sched.epoch == 100 and sched.optimizer.lr == pytest.approx(sched.rate(100))
-    with pytest.raises(ValueError, match="total=600, this one total=1200"):
-        xpnet.CosineLR(_opt(0.1), total=1200, warmup=60, per_step=True).load_state_dict(state)
+    with pytest.raises(TypeError, match="total_epochs"):
+        xpnet.CosineLR(_opt(0.1), total_epochs=600)

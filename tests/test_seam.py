@@ -166,5 +166,5 @@ def test_grad_hooks_run_first_in_order_and_can_be_removed(backend):
     lin.W.grad = dev(np.array([[0.5]]))
     opt.step()
     assert calls == ["halve", 2.0, 0.5]
-    with pytest.raises(TypeError, match="expected a callable"):
+    with pytest.raises(TypeError, match="hook must be a callable"):
         opt.register_grad_hook(3)

@@ -9,7 +9,7 @@ from conftest import to_np
 import xpnet
 from xpnet.data import BatchLoader
 from xpnet.models import MultiLayerNet, TwoLayerNet
-from xpnet.train import Trainer, TrainingDiverged
+from xpnet.train import LRSchedule, Progress, SaveCheckpoint, Trainer, TrainingDiverged
 
 
 def _data(n=120, d=6, classes=3, seed=0):
@@ -29,7 +29,8 @@ def test_first_epoch_uses_the_seeds_first_shuffle(backend):
     seen = []
     forward = model.forward
     model.forward = lambda xb: (seen.append(to_np(xb)), forward(xb))[1]
-    Trainer(model, xpnet.SGD(model, lr=0.0), batch_size=30, seed=5, progress=True).fit(x, y, 1)
+    Trainer(model, xpnet.SGD(model, lr=0.0), batch_size=30, seed=5,
+            callbacks=[Progress(True)]).fit(x, y, 1)
     first, _ = next(iter(BatchLoader(x, y, 30, rng=xpnet.Generator(5))))
     np.testing.assert_array_equal(seen[0], to_np(first))
 
@@ -37,14 +38,15 @@ def test_first_epoch_uses_the_seeds_first_shuffle(backend):
 def test_resume_is_exact(backend, tmp_path):
     x, y = _data()
     model, opt, sched = _setup()
-    straight = Trainer(model, opt, schedule=sched, batch_size=32)
+    straight = Trainer(model, opt, batch_size=32, callbacks=[LRSchedule(sched)])
     straight.fit(x, y, 2, x_test=x, y_test=y)
 
     ck = tmp_path / "ck.npz"
     m1, o1, s1 = _setup()
-    Trainer(m1, o1, schedule=s1, batch_size=32, checkpoint=ck).fit(x, y, 1, x_test=x, y_test=y)
+    Trainer(m1, o1, batch_size=32, callbacks=[LRSchedule(s1), SaveCheckpoint(ck)]).fit(
+        x, y, 1, x_test=x, y_test=y)
     m2, o2, s2 = _setup(seed=99)  # different init: everything must come from the file
-    resumed = Trainer(m2, o2, schedule=s2, batch_size=32)
+    resumed = Trainer(m2, o2, batch_size=32, callbacks=[LRSchedule(s2)])
     resumed.resume(ck)
     assert resumed.epoch == 1
     resumed.fit(x, y, 2, x_test=x, y_test=y)
@@ -62,11 +64,12 @@ def test_resume_refuses_a_schedule_change_before_touching_anything(tmp_path, sav
     x, y = _data()
     model, opt, sched = _setup()
     ck = tmp_path / "ck.npz"
-    Trainer(model, opt, schedule=sched if saved_with else None, batch_size=32,
-            checkpoint=ck).fit(x, y, 1)
+    Trainer(model, opt, batch_size=32,
+            callbacks=[*([LRSchedule(sched)] if saved_with else []), SaveCheckpoint(ck)]).fit(
+        x, y, 1)
     m2, o2, s2 = _setup(seed=99)
     before = {k: v.copy() for k, v in m2.state_dict().items()}
-    trainer = Trainer(m2, o2, schedule=s2 if resumed_with else None, batch_size=32)
+    trainer = Trainer(m2, o2, batch_size=32, callbacks=[LRSchedule(s2)] if resumed_with else [])
     with pytest.raises(ValueError, match="ck.npz: saved with(out)? a learning-rate schedule.*"
                                          "resume with the schedule the run started with"):
         trainer.resume(ck)
@@ -80,7 +83,7 @@ def test_nan_loss_stops_keeps_last_checkpoint_and_saves_the_diverged_state(tmp_p
     model = TwoLayerNet(6, 4, 3)
     opt = xpnet.SGD(model, lr=0.01)
     ck = tmp_path / "good.npz"
-    trainer = Trainer(model, opt, batch_size=40, checkpoint=ck, log_interval=1)
+    trainer = Trainer(model, opt, batch_size=40, log_interval=1, callbacks=[SaveCheckpoint(ck)])
     trainer.fit(x, y, 1)
     before = ck.read_bytes()
     w = xpnet.to_numpy(model.parameters()["0.W"].data).copy()
@@ -98,7 +101,8 @@ def test_nan_loss_stops_keeps_last_checkpoint_and_saves_the_diverged_state(tmp_p
 def test_nan_inputs_are_named_before_training(tmp_path):
     x, y = _data()
     model = TwoLayerNet(6, 4, 3)
-    trainer = Trainer(model, xpnet.SGD(model, lr=0.01), batch_size=40, checkpoint=tmp_path / "c")
+    trainer = Trainer(model, xpnet.SGD(model, lr=0.01), batch_size=40,
+                      callbacks=[SaveCheckpoint(tmp_path / "c")])
     x_bad = x.copy()
     x_bad[5, 0], x_bad[9, 1] = np.nan, np.inf
     before = {k: v.copy() for k, v in model.state_dict().items()}
@@ -116,8 +120,8 @@ def test_finite_divergence_is_caught(tmp_path):
     x, y = _data()
     model = TwoLayerNet(6, 4, 3)
     ck = tmp_path / "run.npz"
-    trainer = Trainer(model, xpnet.SGD(model, lr=1e6), batch_size=10, checkpoint=ck,
-                      log_interval=1)
+    trainer = Trainer(model, xpnet.SGD(model, lr=1e6), batch_size=10, log_interval=1,
+                      callbacks=[SaveCheckpoint(ck)])
     with pytest.raises(TrainingDiverged, match=r"more than 1000 times the first loss.*"
                                                r"run\.diverged\.npz"):
         trainer.fit(x, y, 3)
@@ -163,13 +167,13 @@ def test_resume_with_an_explicit_new_rate(tmp_path):
     x, y = _data()
     model, opt, _ = _setup()
     sched = xpnet.CosineLR(opt, 10)
-    trainer = Trainer(model, opt, schedule=sched, batch_size=40)
+    trainer = Trainer(model, opt, batch_size=40, callbacks=[LRSchedule(sched)])
     trainer.fit(x, y, 2)
     trainer.save(tmp_path / "ck.npz")
     model2, opt2, _ = _setup(seed=1)
     opt2.lr = 0.05
     sched2 = xpnet.CosineLR(opt2, 10)
-    resumed = Trainer(model2, opt2, schedule=sched2, batch_size=40)
+    resumed = Trainer(model2, opt2, batch_size=40, callbacks=[LRSchedule(sched2)])
     with pytest.raises(ValueError, match="saved with lr=0.01.*override"):
         resumed.resume(tmp_path / "ck.npz")
     assert resumed.epoch == 0 and sched2.epoch == 0  # nothing changed
@@ -179,3 +183,64 @@ def test_resume_with_an_explicit_new_rate(tmp_path):
         0.05 * 0.5 * (1 + np.cos(np.pi * 2 / 10)))
     resumed.fit(x, y, 3)
     assert resumed.history.records[-1]["lr"] == pytest.approx(sched2.rate(2))
+
+
+def _snapshot(trainer):
+    """Everything a resume may change: arrays, counters, Generators, history, callbacks."""
+    opt = trainer.optimizer
+    return {
+        "model": {k: v.copy() for k, v in trainer.model.state_dict().items()},
+        "opt": (opt.t, opt.lr, {n: {k: xpnet.to_numpy(v).copy() for k, v in s.items()}
+                                for n, s in opt.state.items()}),
+        "sched": trainer.schedule.state_dict(), "run": (trainer.epoch, trainer.step_count),
+        "rng": trainer.rng.get_state(), "history": list(trainer.history.records),
+        "callbacks": [c.state_dict() for c in trainer.callbacks],
+    }
+
+
+def _assert_same(a, b):
+    for k in a["model"]:
+        np.testing.assert_array_equal(a["model"][k], b["model"][k], err_msg=k)
+    assert a["opt"][:2] == b["opt"][:2] and a["opt"][2].keys() == b["opt"][2].keys()
+    for n, slots in a["opt"][2].items():
+        for k, v in slots.items():
+            np.testing.assert_array_equal(v, b["opt"][2][n][k], err_msg=f"{n}/{k}")
+    assert {k: v for k, v in a.items() if k not in ("model", "opt")} == \
+        {k: v for k, v in b.items() if k not in ("model", "opt")}
+
+
+@pytest.mark.parametrize("spoil,match", [
+    (lambda m: m.update(history=3), "saved history must be a dict"),
+    (lambda m: m.update(rng={"state": "garbage"}), "saved rng is not a Generator state"),
+    (lambda m: m["callbacks"]["EarlyStopping(loss)"].update(wait=-2), "saved wait"),
+    (lambda m: m.update(step=-1), "saved step must be a non-negative integer"),
+    (lambda m: m["layer_rngs"].clear(), "saved layer Generators"),
+], ids=["history", "rng", "early-stopping", "step", "layer-rngs"])
+def test_a_resume_failing_late_changes_nothing(tmp_path, spoil, match):
+    """Model, optimizer and schedule pass their checks; a later part of the file does not:
+    resume checks every part before loading any, so the trainer is exactly as it was."""
+    from xpnet.checkpoint import ResumeMismatchError, load_checkpoint, save_checkpoint
+    from xpnet.train import EarlyStopping
+
+    x, y = _data()
+    model, opt, sched = _setup()
+    saver = Trainer(model, opt, batch_size=40,
+                    callbacks=[LRSchedule(sched), EarlyStopping("loss", patience=5)])
+    saver.fit(x, y, 2)
+    saver.save(tmp_path / "good.npz")
+    ck = load_checkpoint(tmp_path / "good.npz")
+    spoil(ck.meta)
+    meta = {k: v for k, v in ck.meta.items() if k not in ("format", "optimizer",
+                                                          "optimizer_params")}
+    save_checkpoint(tmp_path / "bad.npz", ck.model, ck.optimizer, meta)
+
+    m2, o2, s2 = _setup(seed=7)
+    trainer = Trainer(m2, o2, batch_size=40,
+                      callbacks=[LRSchedule(s2), EarlyStopping("loss", patience=5)])
+    trainer.fit(x, y, 1)  # a run with state of its own: every part differs from the file's
+    before = _snapshot(trainer)
+    with pytest.raises(ResumeMismatchError, match=f"bad.npz: .*{match}"):
+        trainer.resume(tmp_path / "bad.npz")
+    _assert_same(before, _snapshot(trainer))
+    trainer.resume(tmp_path / "good.npz")  # the same trainer still resumes a good file
+    assert trainer.epoch == 2 and trainer.history.records == saver.history.records

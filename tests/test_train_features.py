@@ -9,7 +9,7 @@ import pytest
 import xpnet
 from xpnet.checkpoint import load_checkpoint
 from xpnet.models import MultiLayerNet, TwoLayerNet
-from xpnet.train import EarlyStopping, KeepBest, Trainer
+from xpnet.train import EarlyStopping, KeepBest, LRSchedule, SaveCheckpoint, Trainer
 
 
 def _data(n=120, d=6, classes=3, seed=0, dtype=np.float32):
@@ -22,8 +22,7 @@ def test_regression_with_mse_on_real_targets(backend):
     x = rng.standard_normal((200, 4)).astype(np.float32)
     t = np.stack([x[:, 0] - x[:, 1], 0.5 * x[:, 2]], axis=1).astype(np.float32)
     model = TwoLayerNet(4, 16, 2, seed=0)
-    trainer = Trainer(model, xpnet.Adam(model, lr=1e-2), xpnet.MSE(), batch_size=32,
-                      progress=False)
+    trainer = Trainer(model, xpnet.Adam(model, lr=1e-2), xpnet.MSE(), batch_size=32)
     history = trainer.fit(x, t, 8, x_test=x, y_test=t)
     assert history["loss"][-1] < 0.3 * history["loss"][0]
     assert set(history.last) == {"epoch", "loss", "lr", "seconds", "test_loss"}  # no accuracy
@@ -43,8 +42,7 @@ def test_regression_batches_follow_the_label_batch_order(backend):
         model.forward = lambda xb, got=got, forward=forward: (
             got.append(xpnet.to_numpy(xb)), forward(xb))[1]
         loss = xpnet.SoftmaxCrossEntropy() if name == "labels" else xpnet.MSE()
-        Trainer(model, xpnet.SGD(model, lr=0.1), loss, batch_size=16, seed=3,
-                progress=False).fit(x, target, 1)
+        Trainer(model, xpnet.SGD(model, lr=0.1), loss, batch_size=16, seed=3).fit(x, target, 1)
     for a, b in zip(seen["labels"], seen["onehot"], strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -53,15 +51,14 @@ def test_drop_last_and_batchnorm_last_batch_of_one(backend):
     x, y = _data(n=101)
     model = MultiLayerNet(6, [8], 3, batchnorm=True, seed=0)
     before = model.state_dict()
-    trainer = Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=50, progress=False)
+    trainer = Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=50)
     with pytest.raises(ValueError, match="101 examples in batches of 50 leave a last batch "
                                          "of one.*drop_last=True"):
         trainer.fit(x, y, 1)
     for k, v in model.state_dict().items():  # refused before anything changed
         np.testing.assert_array_equal(v, before[k], err_msg=k)
     assert trainer.epoch == 0 and trainer.step_count == 0
-    trainer = Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=50, drop_last=True,
-                      progress=False)
+    trainer = Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=50, drop_last=True)
     trainer.fit(x, y, 2)
     assert trainer.step_count == 4 and len(trainer.history.steps) == 4
     with pytest.raises(ValueError, match="10 examples with drop_last=True and batch_size 50"):
@@ -78,8 +75,8 @@ def test_accumulating_two_batches_of_50_equals_one_batch_of_100(backend, opt, n)
         o = xpnet.Momentum(model, lr=0.1, weight_decay=1e-2) if opt != "adam" \
             else xpnet.Adam(model, lr=1e-2)
         sched = xpnet.CosineLR(o, 8, per_step=True)
-        t = Trainer(model, o, schedule=sched, batch_size=batch_size, accumulate=accumulate,
-                    progress=False, seed=2)
+        t = Trainer(model, o, batch_size=batch_size, accumulate=accumulate, seed=2,
+                    callbacks=[LRSchedule(sched)])
         t.fit(x, y, 2)
         return model, t
 
@@ -105,13 +102,12 @@ def test_early_stopping_stops_after_patience_and_resumes_its_count(tmp_path):
     model = TwoLayerNet(6, 4, 3)
     ck = tmp_path / "ck.npz"
     # lr 0: the test loss never improves after the first epoch
-    trainer = Trainer(model, xpnet.SGD(model, lr=0.0), batch_size=40, progress=False,
-                      early_stopping=EarlyStopping("test_loss", patience=2), checkpoint=ck)
+    trainer = Trainer(model, xpnet.SGD(model, lr=0.0), batch_size=40,
+                      callbacks=[EarlyStopping("test_loss", patience=2), SaveCheckpoint(ck)])
     trainer.fit(x, y, 10, x_test=x, y_test=y)
     assert trainer.stopped_early and trainer.epoch == 3 and len(trainer.history) == 3
     stopper = EarlyStopping("test_loss", patience=3)
-    resumed = Trainer(model, xpnet.SGD(model, lr=0.0), batch_size=40, progress=False,
-                      early_stopping=stopper)
+    resumed = Trainer(model, xpnet.SGD(model, lr=0.0), batch_size=40, callbacks=[stopper])
     resumed.resume(ck)
     assert stopper.wait == 2 and stopper.best_epoch == 1
     resumed.fit(x, y, 10, x_test=x, y_test=y)
@@ -121,8 +117,7 @@ def test_early_stopping_stops_after_patience_and_resumes_its_count(tmp_path):
 def test_early_stopping_is_checked_before_training():
     x, y = _data()
     model = TwoLayerNet(6, 4, 3)
-    trainer = Trainer(model, xpnet.SGD(model, lr=0.1), early_stopping=EarlyStopping(),
-                      progress=False)
+    trainer = Trainer(model, xpnet.SGD(model, lr=0.1), callbacks=[EarlyStopping()])
     with pytest.raises(ValueError, match="monitors 'test_loss', but fit was given no x_test"):
         trainer.fit(x, y, 2)
     assert trainer.epoch == 0
@@ -130,8 +125,7 @@ def test_early_stopping_is_checked_before_training():
         EarlyStopping(patience=0)
     with pytest.raises(ValueError, match="mode must be"):
         EarlyStopping(mode="lowest")
-    bad = Trainer(model, xpnet.SGD(model, lr=0.1), early_stopping=EarlyStopping("tset_loss"),
-                  progress=False)
+    bad = Trainer(model, xpnet.SGD(model, lr=0.1), callbacks=[EarlyStopping("tset_loss")])
     with pytest.raises(ValueError, match="'tset_loss' is not in the epoch record"):
         bad.fit(x, y, 1, x_test=x, y_test=y)
 
@@ -142,8 +136,8 @@ def test_keep_best_saves_the_best_epoch(tmp_path):
     xt, yt = x[:100], y[:100]
     model = TwoLayerNet(6, 16, 2)
     best = tmp_path / "best.npz"
-    trainer = Trainer(model, xpnet.Adam(model, lr=3e-2), batch_size=50, progress=False,
-                      keep_best=best, callbacks=[KeepBest(tmp_path / "acc.npz", "test_acc")])
+    trainer = Trainer(model, xpnet.Adam(model, lr=3e-2), batch_size=50,
+                      callbacks=[KeepBest(tmp_path / "acc.npz", "test_acc"), KeepBest(best)])
     history = trainer.fit(x, y, 6, x_test=xt, y_test=yt)
     want = int(np.argmin(history["test_loss"])) + 1
     assert load_checkpoint(best).meta["epoch"] == want

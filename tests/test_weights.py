@@ -75,7 +75,8 @@ def test_loads_a_training_checkpoint(tmp_path):
     model = TwoLayerNet(4, 6, 2)
     x = np.random.default_rng(2).normal(size=(20, 4)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64)
-    trainer = Trainer(model, xpnet.Adam(model, lr=1e-2), batch_size=10, progress=False)
+    trainer = Trainer(model, xpnet.Adam(model, lr=1e-2), batch_size=10,
+                      callbacks=[xpnet.train.Progress(enabled=False)])
     trainer.fit(x, y, epochs=1)
     path = trainer.save(tmp_path / "run.npz")
     fresh = xpnet.load_weights(TwoLayerNet(4, 6, 2, seed=3), path)

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import tempfile
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +47,6 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 # Temp files of a writer: ".<name>.pid<PID>.<random>.tmp" beside the target. A writer killed
 # mid-write leaves one; the next save removes those whose process is gone.
-STALE_AGE_S = 3600.0  # temp files without a pid (older writers) are stale after this long
 
 
 @dataclass
@@ -249,37 +247,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temp_files(path: str | os.PathLike, *, max_age_s: float = STALE_AGE_S
-                           ) -> list[Path]:
+def clean_stale_temp_files(path: str | os.PathLike) -> list[Path]:
     """Remove temp files left beside ``path`` by checkpoint writers that were killed.
 
     Only names of our own pattern for this target are touched: ``.<name>.pid<PID>.<x>.tmp``
-    whose process no longer exists (on this machine), and ``.<name>.<x>.tmp`` files (written
-    before the pid was part of the name) older than ``max_age_s``. A live writer's file is
-    never removed. Returns the removed paths.
+    whose process no longer exists (on this machine). A live writer's file is never removed.
+    Returns the removed paths.
     """
     path = Path(path)
-    with_pid = re.compile(rf"^\.{re.escape(path.name)}\.pid(\d+)\.[A-Za-z0-9_]+\.tmp$")
-    without = re.compile(rf"^\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp$")
-    removed = []
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.pid(\d+)\.[A-Za-z0-9_]+\.tmp$")
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(path.parent))
     except OSError:
         return removed
-    now = time.time()
     for entry in entries:
-        m = with_pid.match(entry.name)
-        if m:
-            pid = int(m.group(1))
-            stale = pid != os.getpid() and not _pid_alive(pid)
-        elif without.match(entry.name):
-            try:
-                stale = now - entry.stat(follow_symlinks=False).st_mtime > max_age_s
-            except OSError:
-                continue
-        else:
+        m = pattern.match(entry.name)
+        if m is None:
             continue
-        if stale and entry.is_file(follow_symlinks=False):
+        pid = int(m.group(1))
+        if pid != os.getpid() and not _pid_alive(pid) and entry.is_file(follow_symlinks=False):
             try:
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))

@@ -19,11 +19,9 @@ from .grad_mode import grad_enabled
 __all__ = ["Module", "Parameter", "StateDictError"]
 
 
-class StateDictError(ValueError, KeyError):
-    """A state dict does not fit the model (missing or unexpected keys). A ValueError like every
-    other misfit (also a KeyError, for code written against the older exception)."""
-
-    __str__ = ValueError.__str__  # the message as given, not KeyError's quoted repr
+class StateDictError(ValueError):
+    """A state dict does not fit the model (missing or unexpected keys, another shape or
+    dtype); the message names the first misfit."""
 
 Array = Any
 
@@ -83,6 +81,11 @@ class Parameter:
 
 
 _SERIALS = itertools.count()
+
+
+def _dtype_name(dtype: Any) -> str:
+    """``float32`` for NumPy's, torch's (``torch.float32``) and the standard's dtypes."""
+    return str(getattr(dtype, "name", dtype)).rsplit(".", 1)[-1]
 
 
 class _Call:
@@ -362,10 +365,10 @@ class Module:
         """Make backward passes add into ``param.grad`` (True) or assign it (False, default).
 
         With accumulation on, call :meth:`zero_grad` after each optimizer step, as in PyTorch.
-        The sum of K backward passes of mean losses is K times a mean gradient: divide it (an
-        optimizer grad hook does, in ``Trainer(accumulate=K)``, which also switches this on
-        for the run and clears gradients after each step) to get the update of one batch of
-        all K batches' examples.
+        The sum of K backward passes of mean losses is K times a mean gradient: scale each
+        pass by 1/K (``train_step(..., grad_scale=1/K)``, as ``Trainer(accumulate=K)`` does; it
+        also switches this on for the run and clears gradients after each step) to get the
+        update of one batch of all K batches' examples.
         """
         for p in self.parameters().values():
             p.accumulate = bool(mode)
@@ -402,12 +405,10 @@ class Module:
         out.update({k: np.array(to_numpy(v)) for k, v in self.buffers().items()})
         return out
 
-    def load_state_dict(self, state: dict[str, Any], backend: Backend | None = None) -> None:
-        """Load arrays from :meth:`state_dict` (any backend's) onto the current backend.
-
-        Every key must be present with the same shape; the first mismatch is named. A file
-        path or a Checkpoint is refused with a TypeError pointing to ``xpnet.load_weights``.
-        """
+    def check_state_dict(self, state: Any, *, dtypes: bool = False) -> None:
+        """Raise :class:`StateDictError` unless ``state`` fits this model: the same parameter
+        and buffer names, each with this model's shape (and dtype, with ``dtypes=True``, as a
+        resumed run needs). Changes nothing."""
         if not isinstance(state, dict):
             hint = ("; to load a weights file or checkpoint use xpnet.load_weights(model, path)"
                     if isinstance(state, (str, os.PathLike)) or hasattr(state, "model")
@@ -415,20 +416,32 @@ class Module:
             raise TypeError(f"{type(self).__name__}.load_state_dict: state must be a dict of "
                             f"arrays (from model.state_dict()), got {type(state).__name__}"
                             f"{hint}")
-        expected = {k: p.shape for k, p in self.parameters().items()}
-        expected.update({k: tuple(v.shape) for k, v in self.buffers().items()})
+        expected = {k: (tuple(p.shape), p.data.dtype) for k, p in self.parameters().items()}
+        expected.update({k: (tuple(v.shape), v.dtype) for k, v in self.buffers().items()})
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in expected]
         if missing or unexpected:
             raise StateDictError(f"state dict does not fit this model: missing {missing}, "
-                           f"unexpected {unexpected}")
-        for k, shape in expected.items():
-            if tuple(np.shape(state[k])) != shape:
-                raise ValueError(f"parameter {k!r}: saved shape {tuple(np.shape(state[k]))} "
-                                 f"does not match the model's {shape}")
-        params = self.parameters()
-        for k in expected:
-            old = params[k].data if k in params else self.buffers()[k]
+                                 f"unexpected {unexpected}")
+        for k, (shape, dtype) in expected.items():
+            saved = tuple(np.shape(state[k]))
+            if saved != shape:
+                raise StateDictError(f"parameter {k!r}: saved shape {saved} does not match "
+                                     f"the model's {shape}")
+            if dtypes and _dtype_name(state[k].dtype) != _dtype_name(dtype):
+                raise StateDictError(f"parameter {k!r} was saved as "
+                                     f"{_dtype_name(state[k].dtype)}, this model's is "
+                                     f"{_dtype_name(dtype)}")
+
+    def load_state_dict(self, state: dict[str, Any], backend: Backend | None = None) -> None:
+        """Load arrays from :meth:`state_dict` (any backend's) onto the current backend.
+
+        :meth:`check_state_dict` runs first: on a misfit nothing is loaded.
+        """
+        self.check_state_dict(state)
+        params, buffers = self.parameters(), self.buffers()
+        for k in [*params, *buffers]:
+            old = params[k].data if k in params else buffers[k]
             # a private copy: in-place optimizer steps must not write into the caller's dict
             new = to_device(np.array(to_numpy(state[k])), backend=backend)
             new = to_device(new, dtype=old.dtype, backend=backend)

@@ -19,7 +19,7 @@ from array_api_compat import array_namespace, device
 
 from . import validate
 from .backend import to_device, to_numpy
-from .module import Module, Parameter
+from .module import Module, Parameter, StateDictError
 
 __all__ = ["SGD", "AdaGrad", "Adam", "AdamW", "Momentum", "Nesterov", "Optimizer", "RMSProp",
            "clip_grad_norm"]
@@ -125,9 +125,7 @@ class Optimizer:
         l1 = validate.non_negative_float(owner, "l1", l1)
         if clip_norm is not None:
             clip_norm = validate.positive_float(owner, "clip_norm", clip_norm)
-        if not callable(decay_filter):
-            raise TypeError(f"{owner}: decay_filter must be a callable (name, param) -> bool, "
-                            f"got {decay_filter!r}")
+        validate.function(owner, "decay_filter", decay_filter, "a callable (name, param) -> bool")
         self.lr, self.weight_decay, self.l1, self.clip_norm = lr, weight_decay, l1, clip_norm
         self.decay_filter = decay_filter
         self.t = 0
@@ -138,9 +136,7 @@ class Optimizer:
     def _make_groups(self, specs: list[dict[str, Any]]) -> list[ParamGroup]:
         """Validate ``groups=`` and build the groups, the remaining parameters last."""
         owner = type(self).__name__
-        if not isinstance(specs, (list, tuple)):
-            raise TypeError(f"{owner}: groups must be a list of dicts, got "
-                            f"{type(specs).__name__}")
+        validate.instance(owner, "groups", specs, (list, tuple), "a list of dicts")
         name_of = {id(p): n for n, p in self.params.items()}
         taken: dict[str, int] = {}
         out = []
@@ -153,11 +149,7 @@ class Optimizer:
                 raise ValueError(f"{owner}: groups[{i}] has unknown keys {sorted(unknown)}; "
                                  "expected 'params', 'lr', 'weight_decay', 'l1'")
             for key in ("lr", "weight_decay", "l1"):
-                v = spec.get(key, 0.0)
-                if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 \
-                        or math.isnan(v):
-                    raise ValueError(f"{owner}: groups[{i}]['{key}'] must be a non-negative "
-                                     f"number, got {v!r}")
+                validate.non_negative_float(owner, f"groups[{i}]['{key}']", spec.get(key, 0.0))
             names = []
             for p in _group_params(owner, i, spec["params"]):
                 if id(p) not in name_of:
@@ -200,9 +192,8 @@ class Optimizer:
         accumulated micro-batches or over processes. Hooks run in registration order and are
         not saved in checkpoints. Returns a function that removes the hook.
         """
-        if not callable(hook):
-            raise TypeError(f"{type(self).__name__}.register_grad_hook: expected a callable "
-                            f"taking the parameter dict, got {type(hook).__name__}")
+        validate.function(f"{type(self).__name__}.register_grad_hook", "hook", hook,
+                          "a callable taking the parameter dict")
         self._grad_hooks.append(hook)
 
         def remove() -> None:
@@ -265,35 +256,78 @@ class Optimizer:
         return [{"params": g.names, "lr_scale": g.lr_scale, "weight_decay": g.weight_decay,
                  "l1": g.l1} for g in self.param_groups[:self._explicit_groups]]
 
+    def settings(self) -> dict[str, Any]:
+        """The scalar hyper-parameters besides ``lr`` (``momentum``, ``betas``, ``eps``,
+        ``weight_decay``...), as JSON values: a saved state fits only the same ones."""
+        return {k: v for k, v in sorted(vars(self).items())
+                if k not in ("t", "lr") and not k.startswith("_")
+                and (v is None or isinstance(v, (bool, int, float, str)))}
+
     def state_dict(self) -> dict[str, Any]:
-        """Step count, learning rate and per-parameter state as host NumPy arrays."""
-        return {"t": self.t, "lr": self.lr, "groups": self._groups_state(),
+        """Class, settings, step count, learning rate, groups and per-parameter state (host
+        NumPy arrays)."""
+        return {"class": type(self).__name__, "settings": self.settings(), "t": self.t,
+                "lr": self.lr, "groups": self._groups_state(),
                 "state": {n: {k: np.array(to_numpy(v)) for k, v in s.items()} for n, s in
                           self.state.items()}}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict` (saved on any backend) onto the parameters' device."""
-        unknown = [n for n in state["state"] if n not in self.params]
+    def check_state_dict(self, state: Any) -> None:
+        """Raise :class:`StateDictError` unless ``state`` (from :meth:`state_dict`) fits this
+        optimizer: same class and settings, same parameter groups, slots only for its
+        parameters and of their shapes. Changes nothing."""
+        ours = type(self).__name__
+        keys = {"class", "settings", "t", "lr", "groups", "state"}
+        if not isinstance(state, dict) or not keys <= set(state):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise StateDictError(f"{ours}: a saved optimizer state must be a dict with keys "
+                                 f"{sorted(keys)} (from Optimizer.state_dict()), got {got}")
+        if state["class"] != ours:
+            raise StateDictError(
+                f"{ours}: the state was saved by the optimizer {state['class']}, this one is "
+                f"{ours}; its slots (e.g. Adam's moments) mean nothing to another optimizer: "
+                f"resume with {state['class']}")
+        saved, current = state["settings"], self.settings()
+        if not isinstance(saved, dict):
+            raise StateDictError(f"{ours}: saved settings must be a dict, got {saved!r}")
+        for key in sorted(set(saved) | set(current)):
+            if saved.get(key) != current.get(key):
+                raise StateDictError(
+                    f"{ours}: the optimizer was saved with {key}={saved.get(key)!r}, this one "
+                    f"has {key}={current.get(key)!r}; resume with the saved settings")
+        validate.non_negative_int(ours, "saved state's t", state["t"])
+        validate.non_negative_float(ours, "saved state's lr", state["lr"])
+        if not isinstance(state["groups"], list) or not isinstance(state["state"], dict):
+            raise StateDictError(f"{ours}: a saved state's groups must be a list and its state "
+                                 f"a dict, got {type(state['groups']).__name__} and "
+                                 f"{type(state['state']).__name__}")
+        groups = [g.get("params") if isinstance(g, dict) else g for g in state["groups"]]
+        own = [g["params"] for g in self._groups_state()]
+        if groups != own:
+            raise StateDictError(f"{ours}: the saved state has parameter groups {groups}, "
+                                 f"this optimizer {own}; build it with the groups the run "
+                                 "started with")
+        slots = state["state"]
+        unknown = [n for n in slots if n not in self.params]
         if unknown:
-            raise KeyError(f"{type(self).__name__}: saved state names parameters {unknown} "
-                           "that this optimizer does not have")
-        ours = self._groups_state()  # not state_dict(): that copies every slot to the host
-        saved_groups = state.get("groups", [])  # absent: saved before groups existed
-        if [g["params"] for g in saved_groups] != [g["params"] for g in ours]:
-            raise ValueError(f"{type(self).__name__}: the saved state has parameter groups "
-                             f"{[g['params'] for g in saved_groups]}, this optimizer "
-                             f"{[g['params'] for g in ours]}; build it with the groups the "
-                             "run started with")
-        self.t, self.lr = int(state["t"]), float(state["lr"])
-        self.state = {}
-        for n, slots in state["state"].items():
-            like = self.params[n].data
-            self.state[n] = {}
-            for k, v in slots.items():
-                if tuple(v.shape) != tuple(like.shape):
-                    raise ValueError(f"{type(self).__name__}: state {n}/{k} has shape "
-                                     f"{tuple(v.shape)}, parameter has {tuple(like.shape)}")
-                self.state[n][k] = to_device(np.array(v), dtype=like.dtype)
+            raise StateDictError(f"{ours}: the saved state names parameters {unknown} that "
+                                 "this optimizer does not have")
+        for n, s in slots.items():
+            shape = tuple(self.params[n].shape)
+            if not isinstance(s, dict):
+                raise StateDictError(f"{ours}: the saved state of {n!r} must be a dict of "
+                                     f"slots, got {type(s).__name__}")
+            for k, v in s.items():
+                if tuple(np.shape(v)) != shape:
+                    raise StateDictError(f"{ours}: state {n}/{k} was saved with shape "
+                                         f"{tuple(np.shape(v))}, the parameter has {shape}")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict` (saved on any backend) onto the parameters' device;
+        :meth:`check_state_dict` runs first, so a misfit changes nothing."""
+        self.check_state_dict(state)
+        new = {n: {k: to_device(np.array(v), dtype=self.params[n].data.dtype)
+                   for k, v in slots.items()} for n, slots in state["state"].items()}
+        self.t, self.lr, self.state = int(state["t"]), float(state["lr"]), new
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(lr={self.lr})"
@@ -370,8 +404,7 @@ class Adam(Optimizer):
                  eps: float = 1e-8, **kw: Any):
         super().__init__(params, lr, **kw)
         owner = type(self).__name__
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+        betas = validate.pair(owner, "betas", betas, "a pair (beta1, beta2)")
         b1 = validate.probability(owner, "betas[0]", betas[0])
         b2 = validate.probability(owner, "betas[1]", betas[1])
         self.beta1, self.beta2 = b1, b2

@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 from . import validate
+from .module import StateDictError
 
 __all__ = ["CosineLR", "ExponentialLR", "Schedule", "StepLR"]
 
@@ -48,17 +48,26 @@ class Schedule:
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "base_lr": self.base_lr, **self.config()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the position on the curve. Refuses (ValueError) a state saved by a schedule
-        with other settings: resuming with, say, a longer cosine would silently give a run
-        that no uninterrupted run matches."""
-        saved = {"per_step": False, **state}  # states saved before per_step existed
+    def check_state_dict(self, state: Any) -> None:
+        """Raise :class:`~xpnet.module.StateDictError` unless ``state`` was saved by a schedule
+        with these settings: resuming with, say, a longer cosine would silently give a run that
+        no uninterrupted run matches. Changes nothing."""
+        owner = type(self).__name__
+        if not isinstance(state, dict):
+            raise StateDictError(f"{owner}: a saved schedule state must be a dict (from "
+                                 f"Schedule.state_dict()), got {type(state).__name__}")
         for key, value in self.config().items():
-            if key in saved and saved[key] != value:
-                raise ValueError(f"{type(self).__name__}: the saved schedule has {key}="
-                                 f"{saved[key]!r}, this one {key}={value!r}; resume with the "
-                                 "settings the run started with (for the examples: the same "
-                                 "--epochs, --batch-size and --warmup)")
+            if state.get(key) != value:
+                raise StateDictError(f"{owner}: the saved schedule has {key}="
+                                     f"{state.get(key)!r}, this one {key}={value!r}; resume "
+                                     "with the settings the run started with (for the "
+                                     "examples: the same --epochs, --batch-size and --warmup)")
+        validate.non_negative_int(owner, "saved state's epoch", state.get("epoch"))
+        validate.non_negative_float(owner, "saved state's base_lr", state.get("base_lr"))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the position on the curve (after :meth:`check_state_dict`)."""
+        self.check_state_dict(state)
         self.epoch, self.base_lr = int(state["epoch"]), float(state["base_lr"])
         self.optimizer.lr = self.rate(self.epoch)
 
@@ -97,46 +106,23 @@ class CosineLR(Schedule):
     """Cosine annealing from the initial rate to ``min_lr`` over ``total`` units (Loshchilov &
     Hutter 2017, without restarts), after an optional linear warm-up of ``warmup`` units;
     constant ``min_lr`` afterwards. A unit is an epoch, or with ``per_step=True`` an optimizer
-    step, which lets a single epoch anneal. ``total_epochs=`` is the old name of ``total``
-    (deprecated: it counted steps when ``per_step`` was set)."""
+    step, which lets a single epoch anneal."""
 
-    def __init__(self, optimizer: Any, total: int | None = None, min_lr: float = 0.0, *,
-                 warmup: int = 0, per_step: bool = False, total_epochs: int | None = None):
-        name = "total"
-        if total_epochs is not None:
-            if total is not None:
-                raise TypeError("CosineLR: pass total (total_epochs is its deprecated name), "
-                                "not both")
-            warnings.warn("CosineLR(total_epochs=...) is deprecated; use total=... (epochs, "
-                          "or optimizer steps with per_step=True)", DeprecationWarning,
-                          stacklevel=2)
-            total, name = total_epochs, "total_epochs"
-        if total is None:
-            raise TypeError("CosineLR: missing total, the length of the cosine in epochs (in "
-                            "optimizer steps with per_step=True)")
-        total = validate.positive_int("CosineLR", name, total)
+    def __init__(self, optimizer: Any, total: int, min_lr: float = 0.0, *, warmup: int = 0,
+                 per_step: bool = False):
+        total = validate.positive_int("CosineLR", "total", total)
         min_lr = validate.non_negative_float("CosineLR", "min_lr", min_lr)
         warmup = validate.non_negative_int("CosineLR", "warmup", warmup)
         if warmup >= total:
-            raise ValueError(f"CosineLR: warmup must be an integer in [0, {name}={total}), "
+            raise ValueError(f"CosineLR: warmup must be an integer in [0, total={total}), "
                              f"got {warmup!r}")
         super().__init__(optimizer, per_step)
         self.total, self.min_lr, self.warmup = total, min_lr, warmup
         optimizer.lr = self.rate(0)  # the warm-up starts below the base rate
 
-    @property
-    def total_epochs(self) -> int:
-        """Deprecated name of :attr:`total`."""
-        return self.total
-
     def config(self) -> dict[str, Any]:
         return {**super().config(), "total": self.total, "min_lr": self.min_lr,
                 "warmup": self.warmup}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "total_epochs" in state and "total" not in state:  # saved under the old name
-            state = {**state, "total": state["total_epochs"]}
-        super().load_state_dict(state)
 
     def rate(self, epoch: int) -> float:
         if epoch < self.warmup:

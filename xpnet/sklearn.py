@@ -43,11 +43,11 @@ MODELS = ("TwoLayerNet", "MultiLayerNet", "SimpleConvNet", "DeepConvNet")
 
 def make_trainer(model: Module, loss: Any, est: _XpnetEstimator) -> Any:
     """The one place an estimator's settings become a :class:`xpnet.train.Trainer`."""
-    from .train import Trainer
+    from .train import Progress, Trainer
 
     opt = OPTIMIZERS[est.optimizer](model, lr=est.lr, weight_decay=est.weight_decay)
     return Trainer(model, opt, loss, batch_size=est.batch_size, seed=est.random_state,
-                   progress=False, verbose=est.verbose)
+                   callbacks=[Progress(enabled=False, verbose=est.verbose)])
 
 
 class _XpnetEstimator(BaseEstimator):

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
-__all__ = ["ArgumentTypeError", "choice", "env_choice", "finite_float", "flag",
-           "int_at_least", "layer_input", "non_negative_float", "non_negative_int",
-           "positive_float", "positive_int", "positive_int_shape", "probability",
-           "real_in_range", "shape_of"]
+__all__ = ["ArgumentTypeError", "choice", "env_choice", "file_path", "finite_float", "flag",
+           "function", "instance", "int_at_least", "layer_input", "non_negative_float",
+           "non_negative_int", "not_nan", "pair", "positive_float", "positive_int",
+           "positive_int_shape", "probability", "real_in_range", "shape_of"]
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -172,3 +174,41 @@ def layer_input(layer: Any, x: Any, ndim: int | None, expect: str, like: Any = N
                             "the parameters' dtype (cast the input or build the layer with "
                             "that dtype)")
     return xp
+
+
+def not_nan(owner: str, name: str, value: Any) -> float:
+    """``value`` as a ``float`` that may be infinite but not NaN (a running best starts at
+    ``inf``)."""
+    if not _is_real(value):
+        _fail(owner, name, "a number", value, ArgumentTypeError)
+    if math.isnan(value):
+        _fail(owner, name, "a number", value)
+    return float(value)
+
+
+def instance(owner: str, name: str, value: Any, cls: type | tuple[type, ...],
+             expected: str) -> Any:
+    """``value`` itself, which must be an instance of ``cls`` (``expected`` words it)."""
+    if not isinstance(value, cls):
+        raise TypeError(f"{owner}: {name} must be {expected}, got {value!r}")
+    return value
+
+
+def file_path(owner: str, name: str, value: Any) -> Path:
+    """``value`` (a ``str`` or ``os.PathLike``) as a :class:`~pathlib.Path`."""
+    instance(owner, name, value, (str, os.PathLike), "a file path (str or Path)")
+    return Path(value)
+
+
+def function(owner: str, name: str, value: Any, expected: str) -> Any:
+    """``value`` itself, which must be callable (``expected`` words its signature)."""
+    if not callable(value):
+        raise TypeError(f"{owner}: {name} must be {expected}, got {value!r}")
+    return value
+
+
+def pair(owner: str, name: str, value: Any, expected: str) -> tuple[Any, Any]:
+    """``value`` (a tuple or list of two items) as a tuple."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{owner}: {name} must be {expected}, got {value!r}")
+    return tuple(value)

@@ -123,13 +123,15 @@ class Communicator:
             return
         state = optimizer.state_dict()
         flat = {f"{n}/{k}": v for n, slots in state["state"].items() for k, v in slots.items()}
-        meta = self.broadcast_object({"t": state["t"], "lr": state["lr"], "keys": list(flat)})
+        meta = self.broadcast_object({**{k: v for k, v in state.items() if k != "state"},
+                                      "keys": list(flat)})
         arrays = self.broadcast_host(flat if self.is_root else {})
         slots: dict[str, dict[str, np.ndarray]] = {}
         for key, value in arrays.items():
             name, slot = key.split("/", 1)
             slots.setdefault(name, {})[slot] = value
-        optimizer.load_state_dict({"t": meta["t"], "lr": meta["lr"], "state": slots})
+        del meta["keys"]
+        optimizer.load_state_dict({**meta, "state": slots})
 
     def check_identical(self, model: Any, where: str = "") -> str:
         """Raise :class:`ReplicaMismatch` unless every rank holds the same parameters and

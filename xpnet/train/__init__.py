@@ -1,21 +1,24 @@
-"""Training: a :class:`Trainer` built from small parts, each usable on its own.
+"""Training: a :class:`Trainer` whose loop fires events, and the callbacks and parts it uses.
 
 - :func:`train_step` (step.py): one forward, backward and optimizer step; no host sync.
 - :func:`evaluate` and :func:`predict` (evaluate.py): batched, in evaluation mode, one host
   sync per call.
 - metrics.py: what is counted besides the loss (accuracy for classification), summed on the
   device and read back in one sync.
-- progress.py: the tqdm bar and the per-epoch line (shown only when enabled).
-- guard.py: data checks before training and the divergence guard (:class:`TrainingDiverged`).
-- callbacks.py: :class:`EarlyStopping`, :class:`KeepBest`, run at the end of every epoch.
-- state.py: :class:`History` and :class:`RunState`, what a checkpoint holds besides the model
-  and optimizer, and its validation on resume.
-- trainer.py: :class:`Trainer`, which calls these at fixed points of ``fit``.
+- checks.py: the data checks that run before training starts.
+- callbacks.py: the :class:`Callback` protocol (events, priorities, state for resume) and
+  :class:`LRSchedule`, :class:`SaveCheckpoint`, :class:`EarlyStopping`, :class:`KeepBest`;
+  progress.py (:class:`Progress`) and guard.py (:class:`DivergenceGuard`) are callbacks too.
+- state.py: :class:`History` and :class:`RunState`, what a checkpoint holds besides the model,
+  optimizer and callbacks.
+- parallel.py: what changes when ``fit`` runs on N ranks.
+- trainer.py: :class:`Trainer`, a short loop that fires the callbacks' events.
 """
 
-from .callbacks import Callback, EarlyStopping, KeepBest
+from .callbacks import Callback, EarlyStopping, KeepBest, LRSchedule, SaveCheckpoint
+from .checks import check_data
 from .evaluate import evaluate, predict
-from .guard import DivergenceGuard, TrainingDiverged, check_data
+from .guard import DivergenceGuard, TrainingDiverged
 from .metrics import Accuracy, MeanSquaredError, Metric, Totals, default_metrics
 from .progress import Progress, epoch_line
 from .state import History, RunState
@@ -24,7 +27,7 @@ from .trainer import Trainer
 
 __all__ = [
     "Accuracy", "Callback", "DivergenceGuard", "EarlyStopping", "History", "KeepBest",
-    "MeanSquaredError", "Metric", "Progress", "RunState", "StepOutput", "Totals", "Trainer",
-    "TrainingDiverged", "check_data", "default_metrics", "epoch_line", "evaluate", "predict",
-    "train_step",
+    "LRSchedule", "MeanSquaredError", "Metric", "Progress", "RunState", "SaveCheckpoint",
+    "StepOutput", "Totals", "Trainer", "TrainingDiverged", "check_data", "default_metrics",
+    "epoch_line", "evaluate", "predict", "train_step",
 ]

@@ -17,7 +17,7 @@ from ..backend import Backend, current, to_device, to_numpy
 from ..grad_mode import no_grad
 from ..losses import SoftmaxCrossEntropy
 from ..module import Module
-from .guard import check_finite, check_targets, num_examples
+from .checks import check_finite, check_targets, num_examples
 from .metrics import Metric, Totals, default_metrics
 
 __all__ = ["evaluate", "predict"]

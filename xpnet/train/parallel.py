@@ -8,8 +8,8 @@ the training step. With N ranks:
   checksum is compared (also at every checkpoint: ``check``).
 - ``shard``: the loader's ``(rank, size)``: the same shuffle everywhere, each rank its
   contiguous share of every global batch.
-- ``step_loss``: the loss whose gradient the step uses. When a global batch does not split
-  evenly, each rank's loss gradient is scaled by ``n_rank * N / n_global``, so the averaged
+- ``grad_weight``: the factor on this rank's loss gradient (``train_step``'s ``grad_scale``).
+  When a global batch does not split evenly, it is ``n_rank * N / n_global``, so the averaged
   gradient (and a synchronised BatchNorm's statistics) is exactly that of the whole batch.
 - gradients are averaged by a :class:`~xpnet.distributed.GradientAverager` registered on the
   optimizer (one Allreduce per dtype or bucket per step).
@@ -32,26 +32,10 @@ from ..distributed import (
 )
 from ..module import Module
 from ..optim import Optimizer
-from .guard import num_examples
+from .checks import num_examples
 from .state import layer_generators
 
 __all__ = ["DataParallel"]
-
-Array = Any
-
-
-class _ScaledLoss:
-    """``loss`` whose backward is multiplied by ``scale`` (forward unchanged)."""
-
-    def __init__(self, loss: Any, scale: float):
-        self.loss, self.scale = loss, scale
-
-    def forward(self, out: Array, target: Array) -> Array:
-        return self.loss.forward(out, target)
-
-    def backward(self) -> Array:
-        return self.loss.backward() * self.scale
-
 
 class DataParallel:
     """The Trainer's hooks for ``comm`` (default :func:`xpnet.distributed.world`)."""
@@ -99,11 +83,12 @@ class DataParallel:
         """Examples in each global batch of an epoch over ``n`` examples."""
         return [min(batch_size, n - s) for s in range(0, n, batch_size)]
 
-    def step_loss(self, loss: Any, local: int, global_n: int) -> Any:
-        """``loss``, or its gradient scaled for an uneven split of this global batch."""
+    def grad_weight(self, local: int, global_n: int) -> float:
+        """The weight of this rank's loss gradient for its ``local`` examples of a global
+        batch of ``global_n``: 1 when the batch splits evenly."""
         if not self.active or local * self.comm.size == global_n:
-            return loss
-        return _ScaledLoss(loss, local * self.comm.size / global_n)
+            return 1.0
+        return local * self.comm.size / global_n
 
     def reduce_epoch(self, result: dict[str, float], step_losses: list[float],
                      local: list[int], global_n: list[int]) -> tuple[dict[str, float],

@@ -1,54 +1,66 @@
-"""Progress output: a tqdm bar per epoch (only when enabled) and the one-line epoch summary."""
+"""Progress output: a callback showing a tqdm bar per epoch and the one-line epoch summary."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
 from typing import Any
+
+from .callbacks import Callback
 
 __all__ = ["Progress", "epoch_line"]
 
 
-class Progress:
-    """Shows a tqdm bar per epoch when ``enabled`` and prints the epoch line when ``verbose``.
+class Progress(Callback):
+    """A tqdm bar per epoch when ``enabled`` (default: when stderr is a terminal) and one line
+    per epoch when ``verbose``; only on the first rank of a data-parallel run.
 
-    The Trainer calls :meth:`start` at the start of an epoch, :meth:`update` at each log
-    interval with the running loss it already read, :meth:`close` at the end of the epoch and
-    :meth:`epoch_done` with the epoch's record. A process that should stay quiet (say, every
-    rank but the first) passes ``enabled=False, verbose=False``.
+    The bar advances at every batch and shows the running loss the Trainer reads every
+    ``log_interval`` batches; it closes after the epoch's last batch, before evaluation.
     """
+
+    priority = 90
 
     def __init__(self, enabled: bool | None = None, verbose: bool = False):
         self.enabled = sys.stderr.isatty() if enabled is None else bool(enabled)
         self.verbose = bool(verbose)
         self._bar: Any = None
+        self._root = True
 
-    def start(self, batches: Iterable[Any], total: int | None, epoch: int) -> Iterator[Any]:
-        """Wrap one epoch's batches (an iterator is passed on unchanged when disabled)."""
-        it = iter(batches)
-        if not self.enabled:
-            self._bar = None
-            return it
-        from tqdm.auto import tqdm
+    def on_fit_start(self, trainer: Any) -> None:
+        self._root = trainer.parallel.comm.is_root
 
-        # an iterator, not the loader: tqdm.auto's async variant calls iter() on what it is
-        # given in __init__ and again to loop, which would draw (and waste) a second shuffle
-        self._bar = tqdm(it, total=total, leave=False, desc=f"epoch {epoch}", unit="batch",
-                         file=sys.stderr)
-        return iter(self._bar)
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+        self._close()
+        if self.enabled and self._root:
+            from tqdm.auto import tqdm
 
-    def update(self, running_loss: float) -> None:
-        if self._bar is not None:
-            self._bar.set_postfix(loss=f"{running_loss:.4f}", refresh=False)
+            self._bar = tqdm(total=trainer.batches_per_epoch, leave=False, desc=f"epoch {epoch}",
+                             unit="batch", file=sys.stderr)
 
-    def close(self) -> None:
+    def on_batch_end(self, trainer: Any, batch: int, out: Any, loss: float | None) -> None:
+        if self._bar is None:
+            return
+        if loss is not None:
+            self._bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        self._bar.update(1)
+        if batch == self._bar.total:
+            self._close()
+
+    def on_epoch_end(self, trainer: Any, record: dict[str, float]) -> None:
+        self._close()
+        if self.verbose and self._root:
+            print(epoch_line(record), file=sys.stderr)
+
+    def on_fit_end(self, trainer: Any) -> None:
+        self._close()
+
+    def _close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
 
-    def epoch_done(self, record: dict[str, float]) -> None:
-        if self.verbose:
-            print(epoch_line(record), file=sys.stderr)
+    def __repr__(self) -> str:
+        return f"Progress(enabled={self.enabled}, verbose={self.verbose})"
 
 
 def epoch_line(r: dict[str, float]) -> str:

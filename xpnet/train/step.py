@@ -21,17 +21,23 @@ class StepOutput(NamedTuple):
 
 
 def train_step(model: Module, loss: Any, optimizer: Optimizer | None, xb: Array, yb: Array,
-               *, step: bool = True) -> StepOutput:
+               *, step: bool = True, grad_scale: float = 1.0) -> StepOutput:
     """Forward ``xb``, the loss against ``yb``, backward into ``param.grad``, then
     ``optimizer.step()`` unless ``step`` is False (a micro-batch of gradient accumulation) or
     there is no optimizer.
+
+    ``grad_scale`` multiplies the loss gradient before backward: ``1/K`` for each of K
+    accumulated micro-batches makes their summed gradients a mean; with N ranks it also
+    carries this rank's weight in an unevenly split global batch. The loss value returned is
+    not scaled.
 
     The model is not put into training mode here (the caller decides); nothing is synced with
     the host, so a GPU run keeps queueing work.
     """
     out = model.forward(xb)
     value = loss.forward(out, yb)
-    model.backward(loss.backward(), input_grad=False)
+    dout = loss.backward()
+    model.backward(dout if grad_scale == 1.0 else dout * grad_scale, input_grad=False)
     if step and optimizer is not None:
         optimizer.step()
     return StepOutput(value, out)

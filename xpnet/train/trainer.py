@@ -1,12 +1,9 @@
-"""The Trainer: ``fit`` calls small parts at fixed points.
+"""The Trainer: a short loop that trains and fires callback events.
 
-Before training: ``check_data`` and the other checks (nothing has changed yet). Per epoch:
-``progress.start``; per batch: :func:`train_step` (with ``accumulate=K``, the optimizer steps
-on every K-th micro-batch), the per-step schedule, ``totals.add``; per log interval: one host
-read of the running loss, ``guard.check``, ``progress.update``; at the end of the epoch: one
-host read of loss, metrics and per-step losses, ``guard.check``, :func:`evaluate` on the test
-data, the per-epoch schedule, the history, ``progress.epoch_done``, the callbacks (early
-stopping, keep-best) and the checkpoint (``state.meta``).
+Everything besides the steps themselves (progress output, the divergence guard, the
+learning-rate schedule, checkpoints, early stopping, keep-best) is a
+:class:`~xpnet.train.Callback`; the events and their order are described in
+:mod:`xpnet.train.callbacks`.
 """
 
 from __future__ import annotations
@@ -25,40 +22,21 @@ from ..data.loader import BatchLoader
 from ..distributed import Communicator
 from ..layers import BatchNorm
 from ..losses import SoftmaxCrossEntropy
-from ..module import Module, Parameter
+from ..module import Module
 from ..optim import Optimizer
 from ..rng import Generator
 from ..schedules import Schedule
-from .callbacks import Callback, EarlyStopping, KeepBest
+from .callbacks import Callback, LRSchedule
+from .checks import check_data, num_examples
 from .evaluate import evaluate, predict
-from .guard import (
-    DivergenceGuard,
-    TrainingDiverged,
-    check_data,
-    check_trainer_args,
-    diverged_path,
-    num_examples,
-)
+from .guard import DivergenceGuard
 from .metrics import Metric, Totals, default_metrics
 from .parallel import DataParallel
 from .progress import Progress
-from .state import History, RunState, base_lr
+from .state import History, RunState, apply_resume, check_override, check_resume
 from .step import train_step
 
 __all__ = ["Trainer"]
-
-
-def _with_last(items: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
-    """``(item, is_last)`` pairs, looking one item ahead."""
-    it = iter(items)
-    try:
-        prev = next(it)
-    except StopIteration:
-        return
-    for item in it:
-        yield prev, False
-        prev = item
-    yield prev, True
 
 
 class _TargetBatches:
@@ -86,78 +64,82 @@ class Trainer:
     ----------
     model, optimizer : the model (its parameters already on the backend) and its optimizer.
     loss : defaults to :class:`SoftmaxCrossEntropy`.
-    schedule : an LR schedule, stepped once per epoch (per optimizer step if its
-        ``per_step`` is True).
     batch_size : examples per forward/backward pass.
+    seed : seeds the batch order.
     drop_last : skip the last batch of an epoch when it is smaller than ``batch_size``
         (default False: kept). A model with BatchNorm whose last batch would hold one
         example is refused before training unless ``drop_last`` is set.
     accumulate : optimizer steps every ``accumulate`` batches, on the mean of their gradients
         (gradient accumulation; see :meth:`train_epoch`). Default 1.
-    seed : seeds the batch order.
     metrics : counted besides the loss (default: accuracy for cross-entropy, none otherwise).
         Targets may be integer labels or, for other losses, real arrays (N, ...).
-    early_stopping : an :class:`EarlyStopping` that ends ``fit`` when its monitored value
-        stops improving.
-    keep_best : path of a checkpoint rewritten whenever ``test_loss`` improves (a
-        :class:`KeepBest`: pass one for another monitor).
-    callbacks : further :class:`Callback` objects run at the end of every epoch.
-    progress : show a tqdm bar per epoch (default: only when stderr is a terminal).
-    verbose : print one line per epoch to stderr.
-    log_interval : steps between host reads of the running loss (progress bar, NaN guard).
-    checkpoint : path written after every epoch (atomically), if given.
-    divergence_factor : training stops (:class:`TrainingDiverged`) when a loss read is NaN,
-        infinite or above this factor times the run's first loss read (None: only NaN/inf);
-        the checkpoint keeps the last good epoch and the diverged state is saved beside it as
-        ``<name>.diverged.npz``.
+    callbacks : :class:`~xpnet.train.Callback` objects: :class:`LRSchedule`,
+        :class:`SaveCheckpoint`, :class:`EarlyStopping`, :class:`KeepBest`, your own. A
+        :class:`Progress` (a bar when stderr is a terminal) and a :class:`DivergenceGuard`
+        (factor 1e3) are added unless the list holds one of that kind.
+    log_interval : batches between host reads of the running loss (for the progress bar and
+        the divergence guard).
+    eval_batch_size : examples per batch in :meth:`evaluate` and :meth:`predict`.
+    backend : where training runs (default: the current backend).
     comm : the ranks to train over (default :func:`xpnet.distributed.world`: all ranks of an
         MPI launch, else this process alone). With N ranks ``batch_size`` is the *global*
         batch: each rank trains on its share of every batch of one shared shuffle, gradients
         are averaged before each update, and only rank 0 prints and writes checkpoints (see
         :mod:`xpnet.train.parallel`).
     bucket_bytes : size of the gradient buckets reduced together (default: one per dtype).
+
+    Examples
+    --------
+    >>> opt = xpnet.Adam(model)
+    >>> trainer = Trainer(model, opt, batch_size=64,
+    ...                   callbacks=[LRSchedule(xpnet.StepLR(opt, 5)), SaveCheckpoint("run.npz")])
+    >>> history = trainer.fit(x_train, y_train, 10, x_test=x_test, y_test=y_test)
     """
 
     def __init__(self, model: Module, optimizer: Optimizer, loss: Any = None, *,
-                 schedule: Schedule | None = None, batch_size: int = 100, seed: int = 0,
-                 drop_last: bool = False, accumulate: int = 1,
-                 metrics: list[Metric] | None = None, progress: bool | None = None,
-                 verbose: bool = False, log_interval: int = 50,
-                 checkpoint: str | Path | None = None, eval_batch_size: int = 1000,
-                 early_stopping: EarlyStopping | None = None,
-                 keep_best: str | Path | KeepBest | None = None,
-                 callbacks: Iterable[Callback] = (), backend: Backend | None = None,
-                 divergence_factor: float | None = 1e3, comm: Communicator | None = None,
-                 bucket_bytes: int | None = None):
-        check_trainer_args(model, optimizer, schedule, log_interval, checkpoint)
+                 batch_size: int = 100, seed: int = 0, drop_last: bool = False,
+                 accumulate: int = 1, metrics: list[Metric] | None = None,
+                 callbacks: Iterable[Callback] = (), log_interval: int = 50,
+                 eval_batch_size: int = 1000, backend: Backend | None = None,
+                 comm: Communicator | None = None, bucket_bytes: int | None = None):
+        self.model = validate.instance("Trainer", "model", model, Module, "an xpnet Module")
+        self.optimizer = validate.instance("Trainer", "optimizer", optimizer, Optimizer,
+                                           "an xpnet Optimizer (e.g. xpnet.Adam(model))")
         self.batch_size = validate.positive_int("Trainer", "batch_size", batch_size)
         self.eval_batch_size = validate.positive_int("Trainer", "eval_batch_size",
                                                      eval_batch_size)
         self.accumulate = validate.positive_int("Trainer", "accumulate", accumulate)
+        self.log_interval = validate.positive_int("Trainer", "log_interval", log_interval)
         self.drop_last = bool(drop_last)
-        if keep_best is not None and not isinstance(keep_best, KeepBest):
-            keep_best = KeepBest(keep_best)
-        # early stopping first, keep-best last: a best checkpoint holds the others' new state
-        self.callbacks = [c for c in (early_stopping, *callbacks, keep_best) if c is not None]
-        for c in self.callbacks:
-            if not isinstance(c, Callback):
-                raise TypeError(f"Trainer: callbacks must be xpnet.train.Callback objects, got "
-                                f"{type(c).__name__}")
-        self.stopped_early = False
-        self.model, self.optimizer = model, optimizer
+        self.callbacks = self._with_defaults(callbacks)
         self.loss = loss if loss is not None else SoftmaxCrossEntropy(check_range=False)
         self.metrics = default_metrics(self.loss) if metrics is None else list(metrics)
-        self.schedule = schedule
-        self.log_interval = int(log_interval)  # check_trainer_args refused values below 1
-        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.backend = backend or current()
         self.state = RunState(seed)
         self.parallel = DataParallel(model, optimizer, comm, bucket_bytes=bucket_bytes)
-        root = self.parallel.comm.is_root
-        self.progress = Progress(progress if root else False, verbose and root)
+        self.stopped_early = False
+        self.batches_per_epoch = 0
         self._global_sizes: list[int] | None = None
-        self.guard = DivergenceGuard(self.checkpoint, divergence_factor)
-        self._pending = 1
+
+    def _with_defaults(self, callbacks: Iterable[Callback]) -> list[Callback]:
+        """The callbacks checked, the default Progress and DivergenceGuard added, in firing
+        order (descending priority; ties keep the given order)."""
+        callbacks = list(callbacks)
+        for c in callbacks:
+            validate.instance("Trainer", "callbacks", c, Callback,
+                              "a list of xpnet.train.Callback objects")
+            if isinstance(c, LRSchedule) and c.schedule.optimizer is not self.optimizer:
+                raise ValueError("Trainer: the schedule drives another optimizer than the "
+                                 "trainer's; expected a schedule built on this optimizer")
+        for kind in (Progress, DivergenceGuard):
+            if not any(isinstance(c, kind) for c in callbacks):
+                callbacks.append(kind())
+        keys = [c.key for c in callbacks if c.key is not None]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"Trainer: two callbacks save their state as {twice}; expected "
+                             "one callback per key (one schedule, one monitor per value)")
+        return sorted(callbacks, key=lambda c: -c.priority)
 
     # the run state's counters, as attributes of the trainer
     @property
@@ -176,92 +158,93 @@ class Trainer:
     def rng(self) -> Generator:
         return self.state.rng
 
+    @property
+    def schedule(self) -> Schedule | None:
+        """The schedule of the :class:`LRSchedule` callback, if there is one."""
+        found = [c.schedule for c in self.callbacks if isinstance(c, LRSchedule)]
+        return found[0] if found else None
+
+    @property
+    def lr(self) -> float:
+        """The run's learning rate: the schedule's base rate, else the optimizer's rate."""
+        schedule = self.schedule
+        return float(schedule.base_lr if schedule is not None else self.optimizer.lr)
+
+    def _fire(self, event: str, *args: Any) -> None:
+        for c in self.callbacks:
+            getattr(c, event)(self, *args)
+
     # ------------------------------------------------------------------ one epoch
-    def train_epoch(self, loader: Iterable[tuple[Any, Any]], total: int | None = None
-                    ) -> dict[str, float]:
+    def train_epoch(self, loader: Any) -> dict[str, float]:
         """One pass over ``loader``; returns ``{"loss": mean loss, <metric>: value, "lr": mean
         learning rate}`` and appends the per-step records to the history.
 
         With ``accumulate=K`` the optimizer steps after every K-th batch (and after the last
-        batch of the epoch) on the mean of the gradients of the batches since its last step:
-        K batches of B examples give the update of one batch of K*B (exactly, up to rounding,
-        for a model without BatchNorm, whose statistics stay per batch). The last group of an
-        epoch may hold fewer batches, and the last batch fewer examples; the step then takes
-        the mean of its batches' mean gradients. A "step" in the history and in per-step
-        schedules is an optimizer step; its loss is the mean of its batches' losses.
+        batch of the epoch) on the mean of the gradients of the batches since its last step
+        (each batch's loss gradient is scaled by 1/(batches in its group)): K batches of B
+        examples give the update of one batch of K*B (exactly, up to rounding, for a model
+        without BatchNorm, whose statistics stay per batch). The last group of an epoch may hold
+        fewer batches, and the last batch fewer examples; the step then takes the mean of its
+        batches' mean gradients. A "step" in the history and in per-step schedules is an
+        optimizer step; its loss is the mean of its batches' losses.
 
         With N ranks each batch is this rank's share of a global batch: its loss gradient is
         weighted by that share, gradients are averaged over the ranks in the optimizer step,
         and the epoch's loss, metrics and per-step losses are reduced to global values.
         """
         self.model.train()
-        if self.accumulate > 1:
+        k, total = self.accumulate, len(loader)
+        if k > 1:
             self.model.zero_grad()  # nothing from before this epoch may be added in
         totals = Totals(self.metrics, keep_steps=True)
-        epoch = self.state.epoch + 1
-        k, groups, lrs = self.accumulate, [], []
-        pending = 0  # batches whose gradients wait for the next optimizer step
-        sizes = self._global_sizes if self.parallel.active else None
+        sizes = self._global_sizes
         local: list[int] = []
-        for (xb, yb), last in _with_last(self.progress.start(loader, total, epoch)):
-            pending += 1
-            stepping = pending == k or last
-            self._pending = pending  # read by the averaging hook during the step
-            loss_fn = self.loss
-            if sizes is not None:  # this rank's share of global batch len(local)
+        groups, lrs = [], []
+        for i, (xb, yb) in enumerate(loader):
+            group = min(k, total - i // k * k)  # batches in this optimizer step
+            stepping = (i + 1) % k == 0 or i + 1 == total
+            scale = 1.0 / group
+            if sizes is not None:  # this rank's share of global batch i
                 local.append(int(xb.shape[0]))
-                loss_fn = self.parallel.step_loss(loss_fn, local[-1], sizes[len(local) - 1])
-            out = train_step(self.model, loss_fn, self.optimizer, xb, yb, step=stepping)
-            if self.guard.reference is None:  # one host read per run: the initial loss
-                self.guard.set_reference(float(out.loss))
+                scale *= self.parallel.grad_weight(local[-1], sizes[i])
+            out = train_step(self.model, self.loss, self.optimizer, xb, yb, step=stepping,
+                             grad_scale=scale)
             if stepping:
                 if k > 1:
                     self.model.zero_grad()
                 lrs.append(self.optimizer.lr)  # the rate this step used
-                groups.append(pending)
-                pending = 0
-                if self.schedule is not None and self.schedule.per_step:
-                    self.schedule.step()
+                groups.append(group)
                 self.state.step += 1
             totals.add(out.loss, out.output, yb)
-            if totals.steps % self.log_interval == 0:
-                running = totals.mean_loss()  # the one host sync per interval
-                self.guard.check(running, epoch, totals.steps)
-                self.progress.update(running)
-        self.progress.close()
+            # the one host sync per interval
+            running = totals.mean_loss() if totals.steps % self.log_interval == 0 else None
+            self._fire("on_batch_end", totals.steps, out, running)
+            if stepping:
+                self._fire("on_step_end", self.state.step)
         if totals.steps == 0:
             raise ValueError("the training loader yielded no batches")
         result, batch_losses = totals.read()  # one host sync at the end of the epoch
         if sizes is not None:  # global loss and metrics: one Allreduce of host numbers
             result, batch_losses = self.parallel.reduce_epoch(result, batch_losses, local,
                                                               sizes[:len(local)])
-        self.guard.check(result["loss"], epoch, totals.steps)
         first, at = self.state.step - len(groups), 0
-        for i, (n, lr) in enumerate(zip(groups, lrs)):
-            loss = sum(batch_losses[at:at + n]) / n
+        epoch = self.state.epoch + 1
+        for j, (n, lr) in enumerate(zip(groups, lrs)):
+            self.state.history.steps.append({"step": first + j + 1, "epoch": epoch,
+                                             "loss": sum(batch_losses[at:at + n]) / n, "lr": lr})
             at += n
-            self.state.history.steps.append(
-                {"step": first + i + 1, "epoch": epoch, "loss": loss, "lr": lr})
         result["lr"] = sum(lrs) / len(lrs)  # for the history: per-step schedules vary it
         return result
-
-    def _average_accumulated(self, params: dict[str, Parameter]) -> None:
-        """Optimizer grad hook: the summed gradients of the pending batches -> their mean."""
-        if self._pending > 1:
-            scale = 1.0 / self._pending
-            for p in params.values():
-                p.replace_grad(p.grad * scale)
 
     # ------------------------------------------------------------------ fit / evaluate
     def fit(self, x_train: Any, y_train: Any, epochs: int, *, x_test: Any = None,
             y_test: Any = None) -> History:
-        """Train until ``epochs`` epochs are done in total (a resumed trainer continues).
-
-        Evaluates on (x_test, y_test) after each epoch when given; writes a checkpoint after
-        each epoch when the trainer has a checkpoint path.
+        """Train until ``epochs`` epochs are done in total (a resumed trainer continues),
+        evaluating on (x_test, y_test) after each epoch when given. Every check runs before
+        anything changes; the callbacks then see the events described in
+        :mod:`xpnet.train.callbacks`.
         """
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-            raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+        validate.non_negative_int("fit", "epochs", epochs)
         check_data(self.model, self.loss, x_train, y_train, "training data",
                    names=("x_train", "y_train"))
         if x_test is not None:
@@ -273,23 +256,34 @@ class Trainer:
         self.parallel.start({"epoch": self.state.epoch, "step": self.state.step,
                              "batch order": self.rng.get_state(), "batch_size": self.batch_size})
         loader = self._loader(x_train, y_train)
+        self.batches_per_epoch = len(loader)
         self._global_sizes = (self.parallel.global_sizes(n, self.batch_size)
                               if self.parallel.active else None)
-        accumulating = self.accumulate > 1
-        if accumulating:
-            was = {n: p.accumulate for n, p in self.model.parameters().items()}
+        was = {name: p.accumulate for name, p in self.model.parameters().items()}
+        if self.accumulate > 1:
             self.model.accumulate_grads(True)
-            remove_hook = self.optimizer.register_grad_hook(self._average_accumulated)
         self.stopped_early = False
-        self._test_checked = False
+        test_checked = False  # the test data's checks run at the first evaluation of a fit
         try:
+            self._fire("on_fit_start")
             while self.state.epoch < epochs and not self.stopped_early:
-                self._run_epoch(loader, x_test, y_test)
+                self._fire("on_epoch_start", self.state.epoch + 1)
+                t0 = time.perf_counter()
+                result = self.train_epoch(loader)
+                record = {"epoch": self.state.epoch + 1, "loss": result.pop("loss")}
+                record.update({f"train_{k}": v for k, v in result.items() if k != "lr"})
+                record.update(lr=result["lr"], seconds=time.perf_counter() - t0)
+                if x_test is not None:
+                    scores = self._evaluate(x_test, y_test, check=not test_checked)
+                    test_checked = True
+                    record.update({f"test_{k}": v for k, v in scores.items()})
+                self.state.epoch += 1
+                self.state.history.records.append(record)
+                self._fire("on_epoch_end", record)
         finally:
-            if accumulating:
-                remove_hook()
-                for n, p in self.model.parameters().items():
-                    p.accumulate = was[n]
+            for name, p in self.model.parameters().items():
+                p.accumulate = was[name]
+            self._fire("on_fit_end")
         return self.history
 
     def _check_plan(self, n: int, has_test: bool) -> None:
@@ -312,41 +306,13 @@ class Trainer:
                                  "x_test/y_test; pass test data or monitor a training value "
                                  "such as 'loss'")
 
-    def _loader(self, x: Any, y: Any) -> Iterable[tuple[Any, Any]]:
+    def _loader(self, x: Any, y: Any) -> Any:
         y = as_host(y, "y_train")
-        if y.dtype.kind in "iu":
-            return BatchLoader(x, y, self.batch_size, shuffle=True, rng=self.rng,
-                               drop_last=self.drop_last, backend=self.backend,
-                               shard=self.parallel.shard)
-        index = np.arange(num_examples(x))
-        loader = BatchLoader(x, index, self.batch_size, shuffle=True, rng=self.rng,
+        labels = y if y.dtype.kind in "iu" else np.arange(num_examples(x))
+        loader = BatchLoader(x, labels, self.batch_size, shuffle=True, rng=self.rng,
                              drop_last=self.drop_last, backend=self.backend,
                              shard=self.parallel.shard)
-        return _TargetBatches(loader, y, self.backend)
-
-    def _run_epoch(self, loader: Any, x_test: Any, y_test: Any) -> None:
-        t0 = time.perf_counter()
-        try:
-            result = self.train_epoch(loader, total=len(loader))
-        except TrainingDiverged as exc:
-            raise self._save_diverged(exc) from None
-        seconds = time.perf_counter() - t0
-        record = {"epoch": self.state.epoch + 1, "loss": result.pop("loss")}
-        record.update({f"train_{k}": v for k, v in result.items() if k != "lr"})
-        record.update(lr=result["lr"], seconds=seconds)
-        if x_test is not None:  # the test data's checks run at the first evaluation of a fit
-            scores = self._evaluate(x_test, y_test, check=not self._test_checked)
-            self._test_checked = True
-            record.update({f"test_{k}": v for k, v in scores.items()})
-        self.state.epoch += 1
-        if self.schedule is not None and not self.schedule.per_step:
-            self.schedule.step()
-        self.state.history.records.append(record)
-        self.progress.epoch_done(record)
-        stop = [c.on_epoch_end(self, record) for c in self.callbacks]
-        self.stopped_early = any(stop)
-        if self.checkpoint is not None:
-            self.save(self.checkpoint)
+        return loader if y.dtype.kind in "iu" else _TargetBatches(loader, y, self.backend)
 
     def evaluate(self, x: Any, y: Any) -> dict[str, float]:
         """``{"loss": ..., <metric>: ...}`` on (x, y), in evaluation mode (see
@@ -365,24 +331,10 @@ class Trainer:
         return predict(self.model, x, classes=isinstance(self.loss, SoftmaxCrossEntropy),
                        batch_size=self.eval_batch_size, backend=self.backend)
 
-    def _save_diverged(self, exc: TrainingDiverged) -> TrainingDiverged:
-        """Save the diverged state beside the checkpoint (never over it) for inspection;
-        return the error to raise, naming that file."""
-        if self.checkpoint is None:
-            return exc
-        path = diverged_path(self.checkpoint)
-        try:
-            self.save(path)
-        except (OSError, ValueError) as save_exc:
-            return TrainingDiverged(f"{exc}; saving the diverged state to {path} failed too "
-                                    f"({save_exc})")
-        return TrainingDiverged(f"{exc}; the diverged state was saved to {path} for "
-                                "inspection")
-
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str | Path) -> Path:
-        """Write model, optimizer, schedule, RNG states, counters, callbacks and history
-        atomically.
+        """Write model, optimizer, run state (counters, Generators, history), the callbacks'
+        states, the base learning rate and the batch size atomically.
 
         With N ranks every rank calls this; they first verify that they hold the same model
         (ReplicaMismatch otherwise), then rank 0 alone writes.
@@ -390,27 +342,23 @@ class Trainer:
         self.parallel.check(f"before writing checkpoint {path}")
         if not self.parallel.comm.is_root:
             return Path(path)
-        meta = self.state.meta(self.model, self.schedule, self.backend.name, self.callbacks,
-                               optimizer=self.optimizer, batch_size=self.batch_size)
+        meta = {**self.state.state_dict(self.model), "backend": self.backend.name,
+                "base_lr": self.lr, "batch_size": self.batch_size,
+                "callbacks": {c.key: c.state_dict() for c in self.callbacks if c.key}}
         return save_checkpoint(path, self.model.state_dict(), self.optimizer.state_dict(), meta)
 
     def resume(self, path: str | Path, *, override: dict[str, Any] | None = None) -> None:
         """Restore everything :meth:`save` wrote; ``fit`` then continues where it stopped.
 
-        The checkpoint is validated against this run first (:meth:`RunState.validate`): the
-        model, the optimizer's class and settings, the schedule, the batch size and the
-        learning rate must match the saved run, else
-        :class:`~xpnet.checkpoint.ResumeMismatchError` names the differing setting and nothing
-        is changed. ``override={"lr": x}`` is the one deliberate change allowed: the run goes
-        on with base rate ``x`` (the schedule keeps its position and shape).
+        Every part is checked against this run first (the model's names, shapes and dtypes; the
+        optimizer's class, settings and state; the schedule; the batch size; the learning rate;
+        the callbacks' and the run state's saved values), then all are loaded: a checkpoint
+        that does not fit raises :class:`~xpnet.checkpoint.ResumeMismatchError` naming ``path``
+        and the differing setting, and nothing is changed. ``override={"lr": x}`` is the one
+        deliberate change allowed: the run goes on with base rate ``x`` (the schedule keeps its
+        position and shape). A callback whose state the file lacks starts afresh.
         """
+        override = check_override(override)
         ck = load_checkpoint(path)
-        parts = {"model": self.model, "optimizer": self.optimizer, "schedule": self.schedule}
-        self.state.validate(ck, path, batch_size=self.batch_size, override=override, **parts)
-        self.state.restore(ck, backend=self.backend, callbacks=self.callbacks,
-                           override=override, **parts)
-
-    @property
-    def lr(self) -> float:
-        """The run's learning rate: the schedule's base rate, else the optimizer's rate."""
-        return base_lr(self.optimizer, self.schedule)
+        check_resume(self, ck, path, override)
+        apply_resume(self, ck, override)
