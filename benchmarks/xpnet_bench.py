@@ -18,6 +18,7 @@ sys.path.insert(0, str(SHARED_BENCH))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's xpnet
 
 import bench_common as bc  # noqa: E402
+import protocol  # noqa: E402  (benchmarks/protocol.py, beside this script)
 
 
 def main():
@@ -25,6 +26,7 @@ def main():
     parser.add_argument("--backend", default="numpy",
                         help="xpnet backend: numpy, torch, array_api_strict, cupy")
     args = bc.parse_args(parser)  # sets the BLAS thread variables before NumPy loads
+    protocol.prepare_this_process(args.threads)
     import numpy as np
 
     import xpnet
@@ -59,7 +61,8 @@ def main():
         return bc.batched_accuracy(lambda xb: predict(model, xb, batch_size=len(xb)), x, y)
 
     info = dict(framework=f"xpnet-{backend.name}", version=xpnet.__version__,
-                backend_version=backend.version, numpy=np.__version__, dtype="float32")
+                backend_version=backend.version, numpy=np.__version__, dtype="float32",
+                protocol=protocol.runtime_info())
     bc.run(args, data, build, step, evaluate, info)
 
 
