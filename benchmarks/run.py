@@ -78,7 +78,7 @@ def bench(impl: str, model: str, args: argparse.Namespace, batch_size: int = 100
            "--threads", str(threads or args.threads), "--batch-size", str(batch_size),
            "--data-dir", str(args.data_dir / "mnist")]
     if impl.startswith("xpnet"):
-        cmd += ["--backend", backend]
+        cmd += ["--backend", backend, "--thread-policy", args.xpnet_threads]
     if train_limit:
         cmd += ["--train-limit", str(train_limit)]
     res = run_json(cmd, protocol.child_env(threads or args.threads))
@@ -266,6 +266,10 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--cnn-train-limit", type=int, default=None,
                    help="training images per SimpleConvNet epoch, all frameworks (default: as "
                         "--train-limit)")
+    p.add_argument("--xpnet-threads", choices=["fixed", "adaptive"], default="fixed",
+                   help="fixed: xpnet runs with --threads like the others; adaptive: with its "
+                        "default thread policy (xpnet.threads.adapt_threads; use with --busy) "
+                        "(default: fixed)")
     p.add_argument("--busy", action="store_true",
                    help="busy-machine scenario: one busy-loop process pinned to one core while "
                         "both xpnet and PyTorch train (main table only; default: off)")

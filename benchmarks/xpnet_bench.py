@@ -25,11 +25,18 @@ def main():
     parser = bc.make_parser(__doc__.splitlines()[0])
     parser.add_argument("--backend", default="numpy",
                         help="xpnet backend: numpy, torch, array_api_strict, cupy")
+    parser.add_argument("--thread-policy", choices=["fixed", "adaptive"], default="fixed",
+                        help="fixed: --threads for every library; adaptive: xpnet's default "
+                             "(xpnet.threads.adapt_threads at model build, as Trainer.fit)")
     args = bc.parse_args(parser)  # sets the BLAS thread variables before NumPy loads
     protocol.prepare_this_process(args.threads)
+    if args.thread_policy == "adaptive":  # no thread variables: xpnet's policy decides
+        for var in ("XPNET_NUM_THREADS", *protocol.THREAD_VARIABLES):
+            os.environ.pop(var, None)
     import numpy as np
 
     import xpnet
+    import xpnet.threads
     from xpnet.models import DeepConvNet, SimpleConvNet, TwoLayerNet
     from xpnet.train import predict
 
@@ -42,6 +49,8 @@ def main():
     loss_fn = xpnet.SoftmaxCrossEntropy(check_range=False)
 
     def build():
+        if args.thread_policy == "adaptive":
+            info["threads_chosen"] = xpnet.threads.adapt_threads()
         model = {"cnn": SimpleConvNet, "deep": DeepConvNet, "mlp": TwoLayerNet}[args.model](
             seed=args.seed)
         opt = (xpnet.Adam(model, lr=args.lr) if args.optimizer == "adam"

@@ -31,12 +31,16 @@ def _loadavg(monkeypatch, text):
 
 
 def test_other_load_is_the_smaller_of_the_average_and_the_instant(monkeypatch):
+    monkeypatch.setattr(threads, "_own_running", lambda: 1)
     _loadavg(monkeypatch, "1.90 1.20 0.80 2/300 1234\n")  # 1 other runnable: the neighbour
     assert threads.other_load() == 1.0
     _loadavg(monkeypatch, "1.90 1.20 0.80 1/300 1234\n")  # the average lags an ended run
     assert threads.other_load() == 0.0
     _loadavg(monkeypatch, "0.30 1.20 0.80 5/300 1234\n")  # a burst that just started
     assert threads.other_load() == 0.3
+    monkeypatch.setattr(threads, "_own_running", lambda: 3)  # our own spinning BLAS threads
+    _loadavg(monkeypatch, "2.50 1.20 0.80 4/300 1234\n")
+    assert threads.other_load() == 1.0
     _loadavg(monkeypatch, None)  # no /proc: the load average alone
     monkeypatch.setattr(os, "getloadavg", lambda: (0.7, 0.0, 0.0))
     assert threads.other_load() == 0.7
@@ -75,3 +79,7 @@ def test_a_thread_count_the_user_set_is_left_alone(monkeypatch, no_user_threads)
         assert no_user_threads == []
         assert threads.copy_threads() == 2
         monkeypatch.setenv(var, "")
+
+
+def test_own_running_counts_this_process():
+    assert threads._own_running() >= 1

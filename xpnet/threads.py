@@ -103,14 +103,31 @@ def _user_threads() -> bool:
     return any(os.environ.get(v, "").strip() for v in THREAD_VARIABLES)
 
 
+def _own_running() -> int:
+    """This process's runnable threads now (at least 1: the caller); a BLAS pool that still
+    spins after its last call counts here, not as another process's load."""
+    count = 0
+    try:
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                # the state follows the parenthesised command name, which may hold spaces
+                count += (task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "R"
+            except (OSError, IndexError):
+                continue
+    except OSError:
+        pass
+    return max(count, 1)
+
+
 def other_load() -> float:
     """How many cores other processes keep busy now: the smaller of the 1-minute load average
-    and the runnable tasks at this instant (``/proc/loadavg``, less this process's one). The
+    and the tasks runnable at this instant (``/proc/loadavg``) less this process's own. The
     average lags by a minute (it still counts a run that just ended); the instant count
     jumps; a busy neighbour shows in both. 0.0 where neither can be read."""
     try:
         fields = Path("/proc/loadavg").read_text().split()
-        average, running = float(fields[0]), int(fields[3].split("/")[0]) - 1
+        average = float(fields[0])
+        running = int(fields[3].split("/")[0]) - _own_running()
     except (OSError, IndexError, ValueError):
         try:
             return max(0.0, os.getloadavg()[0])
