@@ -12,6 +12,7 @@ checkout of xpnet (e.g. an older commit unpacked with ``git archive``) for a bef
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -33,6 +34,7 @@ def main() -> int:
     protocol.prepare_this_process(args.threads)  # before NumPy loads: see protocol.py
     sys.path.insert(0, str(args.root))
     import numpy as np
+    print(f"protocol: {json.dumps(protocol.runtime_info())}\n")
 
     import xpnet
     from xpnet.models import DeepConvNet, SimpleConvNet, TwoLayerNet

@@ -6,7 +6,8 @@ For xpnet (NumPy backend) the policies are fixed thread counts (BLAS through thr
 xpnet's copies through XPNET_NUM_THREADS) and ``adaptive`` (:func:`xpnet.threads.adapt_threads`
 at the block's start, as at fit start); for torch, its own thread count. The slowdown of a
 policy is its median step time with the busy core over its median without. Blocks are
-interleaved round by round (quiet/busy x policy), so a neighbour's load hits every variant.
+interleaved round by round (quiet/busy x policy, the order rotated each round), so a
+neighbour's load hits every variant.
 
     python benchmarks/threads_ab.py --side xpnet --model deep --rounds 5
     python benchmarks/threads_ab.py --side torch --model deep --rounds 5
@@ -15,6 +16,7 @@ interleaved round by round (quiet/busy x policy), so a neighbour's load hits eve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -68,20 +70,21 @@ def main() -> int:
                                                   for b in (False, True)}
     chosen: dict[tuple[str, bool], list] = {k: [] for k in times}
     loads = []
-    for _ in range(args.rounds):
-        for busy in (False, True):
-            if busy:
-                with protocol.busy_core(max_seconds=600):
+    for rnd in range(args.rounds):
+        # rotate the policies and alternate quiet/busy first, so no variant always runs in
+        # the same place of a round
+        order = policies[rnd % len(policies):] + policies[:rnd % len(policies)]
+        for busy in ((False, True) if rnd % 2 == 0 else (True, False)):
+            with (protocol.busy_core(max_seconds=600) if busy
+                  else contextlib.nullcontext()):
+                if busy:
                     time.sleep(0.3)  # the loop is spinning before the first block
-                    for q in policies:
-                        ms, c = block(q)
-                        times[q, True].append(ms)
-                        chosen[q, True].append(c)
-            else:
-                for q in policies:
+                for q in order:
                     ms, c = block(q)
-                    times[q, False].append(ms)
-                    chosen[q, False].append(c)
+                    times[q, busy].append(ms)
+                    chosen[q, busy].append(c)
+                    print(f"round {rnd + 1} {'busy' if busy else 'quiet'} {q}: "
+                          f"{ms * 1e3:.1f} ms (threads {c})", file=sys.stderr, flush=True)
             loads.append(protocol.load_average())
     rows = []
     print("| side | model | policy | quiet step ms | busy step ms | busy / quiet | "
