@@ -83,3 +83,21 @@ def test_a_thread_count_the_user_set_is_left_alone(monkeypatch, no_user_threads)
 
 def test_own_running_counts_this_process():
     assert threads._own_running() >= 1
+
+
+def test_fit_applies_the_policy_at_its_start(monkeypatch):
+    """Trainer.fit fits the thread count before its first step (the policy's one call site)."""
+    import numpy as np
+
+    import xpnet
+    from xpnet.models import TwoLayerNet
+    from xpnet.train import Trainer
+    from xpnet.train import trainer as trainer_module
+
+    calls = []
+    monkeypatch.setattr(trainer_module, "adapt_threads", lambda: calls.append("adapt"))
+    model = TwoLayerNet(4, 3, 2, seed=0)
+    t = Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=4)
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    t.fit(x, np.array([0, 1] * 4), epochs=1)
+    assert calls == ["adapt"]
