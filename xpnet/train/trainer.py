@@ -26,6 +26,7 @@ from ..module import Module
 from ..optim import Optimizer
 from ..rng import Generator
 from ..schedules import Schedule
+from ..threads import adapt_threads
 from .callbacks import Callback, LRSchedule
 from .checks import check_data, num_examples
 from .evaluate import evaluate, predict
@@ -255,6 +256,7 @@ class Trainer:
         # N ranks: rank 0's model and optimizer everywhere, verified
         self.parallel.start({"epoch": self.state.epoch, "step": self.state.step,
                              "batch order": self.rng.get_state(), "batch_size": self.batch_size})
+        adapt_threads()  # BLAS threads for the cores free now (xpnet.threads: the policy)
         loader = self._loader(x_train, y_train)
         self.batches_per_epoch = len(loader)
         self._global_sizes = (self.parallel.global_sizes(n, self.batch_size)
