@@ -321,6 +321,14 @@ BAD_META = [
 ]
 
 
+def test_meta_that_is_not_json_is_refused_by_name(saved, tmp_path):
+    for i, text in enumerate([b"\xff\xfe", b"{" * 100000, b'{"epoch": ' + b"9" * 5000 + b"}"]):
+        path = _rewrite(saved, tmp_path / f"j{i}.npz",
+                        members={"meta.npy": _npy(np.frombuffer(text, np.uint8))})
+        with pytest.raises(CheckpointError, match="'meta' entry is not valid JSON"):
+            load_checkpoint(path)
+
+
 @pytest.mark.parametrize(("field", "value"), BAD_META,
                          ids=[f"{f}={v!r}" for f, v in BAD_META])
 def test_wrong_typed_or_ranged_meta_fields_are_refused_changing_nothing(saved, tmp_path,
@@ -388,6 +396,8 @@ def test_any_crafted_member_loads_or_is_refused_by_name(saved, tmp_path, name, d
                                                                  HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_truncated_or_garbled_files_are_refused_by_name(saved, tmp_path, data):
+    if data.draw(st.booleans(), label="deflated"):
+        saved = _rewrite(saved, tmp_path / "deflated.npz", compression=zipfile.ZIP_DEFLATED)
     raw = bytearray(saved.read_bytes())
     if data.draw(st.booleans(), label="truncate"):
         raw = raw[:data.draw(st.integers(2, len(raw) - 1), label="length")]

@@ -17,6 +17,7 @@ import os
 import re
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,8 +342,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, model: Any = None) -> Check
             files = {k: _read_array(path, zf, infos[k], spec) for k, spec in announced.items()}
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError,
-            RuntimeError) as exc:
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError,
+            NotImplementedError, RuntimeError) as exc:
         raise CheckpointCorruptError(f"checkpoint {path} is truncated or corrupt ({exc}); "
                                      f"expected {EXPECTED}") from exc
     _unpack_history(path, meta, files.pop(STEPS, None))
@@ -441,7 +442,7 @@ def _read_meta(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo | None
                                   f"shape {shape}; expected one JSON string ({EXPECTED})")
     try:
         meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, an endless number
         raise CheckpointError(f"checkpoint {path}: its 'meta' entry is not valid JSON ({exc}); "
                               f"expected {EXPECTED}") from None
     if not isinstance(meta, dict):
