@@ -34,8 +34,8 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import xpnet
 from xpnet import distributed, validate
-from xpnet.checkpoint import load_checkpoint
 from xpnet.data import load_mnist as _load_mnist
+from xpnet.io.checkpoint import load_checkpoint
 from xpnet.train import TrainingDiverged
 
 # What a user can cause and fix without reading a traceback: a backend that cannot run here

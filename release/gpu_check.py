@@ -573,7 +573,7 @@ def state_roundtrip(path: str, backend: str) -> dict:
 
     sys.path.insert(0, str(ROOT))
     import xpnet
-    from xpnet.checkpoint import load_checkpoint
+    from xpnet.io.checkpoint import load_checkpoint
     from xpnet.models import SimpleConvNet
 
     b = xpnet.set_backend(backend, os.environ.get("XPNET_DEVICE") or None)

@@ -29,9 +29,9 @@ from conftest import use_backend
 
 import xpnet
 from xpnet import validate
-from xpnet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from xpnet.data import BatchLoader, load_mnist
 from xpnet.data.synthetic import circles, moons, spiral
+from xpnet.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from xpnet.models import TwoLayerNet
 from xpnet.module import StateDictError
 from xpnet.train import DivergenceGuard, LRSchedule, Trainer, evaluate
@@ -465,7 +465,7 @@ CASES = [
          CheckpointError, ("{tmp}/m.npz", "'meta' entry is a float64 array", "one JSON string"),
          lambda t: _npz(t, "m.npz", meta=np.zeros(3))),
     Case("checkpoint-other-format", lambda c: load_checkpoint(c["tmp"] / "f.npz"),
-         CheckpointError, ("{tmp}/f.npz", "format 'other-9'", "expected 'xpnet-checkpoint-1'"),
+         CheckpointError, ("{tmp}/f.npz", "format 'other-9'", "expected 'xpnet-checkpoint-2'"),
          lambda t: _npz(t, "f.npz", meta=np.array(json.dumps({"format": "other-9"})))),
     Case("checkpoint-pickled", lambda c: load_checkpoint(c["tmp"] / "p.npz"), CheckpointError,
          ("{tmp}/p.npz", "pickled Python objects", "expected an .npz checkpoint"),
@@ -537,27 +537,27 @@ CASES = [
          ValueError, ("evaluate", "x is empty", "expected at least one example"),
          _fresh_trainer),
     Case("trainer-resume-adam-into-momentum", lambda c: c["trainer"].resume(c["tmp"] / "run.npz"),
-         xpnet.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "optimizer Adam",
+         xpnet.io.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "optimizer Adam",
                                                 "this one is Momentum", "resume with Adam"),
          lambda t: _saved_run(t, opt="momentum")),
     Case("trainer-resume-model-shape", lambda c: c["trainer"].resume(c["tmp"] / "run.npz"),
-         xpnet.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "parameter '0.W'",
+         xpnet.io.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "parameter '0.W'",
                                                 "shape (4, 3)", "the model's (4, 5)"),
          lambda t: _saved_run(t, hidden=5)),
     Case("trainer-resume-dtype", lambda c: c["trainer"].resume(c["tmp"] / "run.npz"),
-         xpnet.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "saved as float32",
+         xpnet.io.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "saved as float32",
                                                 "this model's is float64"),
          lambda t: _saved_run(t, dtype="float64")),
     Case("trainer-resume-lr", lambda c: c["trainer"].resume(c["tmp"] / "run.npz"),
-         xpnet.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "saved with lr=0.01",
+         xpnet.io.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "saved with lr=0.01",
                                                 "this optimizer has lr=0.05", "override"),
          lambda t: _saved_run(t, lr=0.05)),
     Case("trainer-resume-batch-size", lambda c: c["trainer"].resume(c["tmp"] / "run.npz"),
-         xpnet.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "batch_size=10",
+         xpnet.io.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "batch_size=10",
                                                 "batch_size=5", "--batch-size 10"),
          lambda t: _saved_run(t, batch_size=5)),
     Case("trainer-resume-without-schedule", lambda c: c["trainer"].resume(c["tmp"] / "run.npz"),
-         xpnet.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "saved with a learning-rate "
+         xpnet.io.checkpoint.ResumeMismatchError, ("{tmp}/run.npz", "saved with a learning-rate "
                                                 "schedule", "schedule is none"),
          lambda t: _saved_run(t, schedule=False)),
     Case("trainer-resume-override-other-key",
@@ -567,7 +567,7 @@ CASES = [
          lambda c: c["trainer"].resume(c["tmp"] / "run.npz", override={"lr": float("inf")}),
          ValueError, ("override['lr']", "finite number >= 0", "got inf"), _saved_run),
     Case("trainer-resume-weights-only-file",
-         lambda c: c["trainer"].resume(c["tmp"] / "w.npz"), xpnet.checkpoint.ResumeMismatchError,
+         lambda c: c["trainer"].resume(c["tmp"] / "w.npz"), xpnet.io.checkpoint.ResumeMismatchError,
          ("{tmp}/w.npz", "not written by Trainer.save", "no epoch, step, rng",
           "expected a Trainer checkpoint"),
          lambda t: save_checkpoint(t / "w.npz", TwoLayerNet(4, 3, 2).state_dict())

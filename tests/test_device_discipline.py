@@ -13,8 +13,8 @@ from conftest import fallback, require_backend, use_backend
 
 import xpnet
 from xpnet import info as info_module
-from xpnet.checkpoint import load_checkpoint, save_checkpoint
 from xpnet.data import BatchLoader
+from xpnet.io.checkpoint import load_checkpoint, save_checkpoint
 from xpnet.train import Trainer
 
 

@@ -327,7 +327,7 @@ def test_a_rank_killed_mid_training_leaves_a_checkpoint_that_resumes(tmp_path):
     and resuming it finishes with the parameters of an uninterrupted run."""
     import distributed_worker as w
 
-    from xpnet.checkpoint import load_checkpoint
+    from xpnet.io.checkpoint import load_checkpoint
 
     result = launch("killed", str(tmp_path), timeout=60)
     assert result.returncode != 0, result.stdout + result.stderr

@@ -203,7 +203,7 @@ def test_the_self_test_skips_the_cupy_items_naming_why(check, data_dir, tmp_path
 def test_state_roundtrip_is_bit_exact_on_strict_device1(check, tmp_path, monkeypatch):
     pytest.importorskip("array_api_strict")
     from xpnet import backend as backend_module
-    from xpnet.checkpoint import save_checkpoint
+    from xpnet.io.checkpoint import save_checkpoint
     from xpnet.models import SimpleConvNet
 
     selection = backend_module.selection

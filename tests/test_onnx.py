@@ -123,7 +123,7 @@ def test_bad_arguments_are_refused_before_tracing(tmp_path):
 
 
 def test_cli_exports_a_checkpoint_and_a_weights_file(tmp_path, capsys):
-    from xpnet.checkpoint import save_checkpoint
+    from xpnet.io.checkpoint import save_checkpoint
 
     model = SimpleConvNet((1, 12, 12), filters=4, kernel_size=3, hidden_size=8, output_size=3)
     save_checkpoint(tmp_path / "run.npz", model.state_dict())
@@ -163,7 +163,7 @@ def test_cli_model_args_override_inferred_sizes(tmp_path):
      "--input-shape must be sizes separated by commas, such as 1,28,28; got 'a,b'"),
 ])
 def test_cli_mistakes_are_one_line(tmp_path, capsys, args, message):
-    from xpnet.checkpoint import save_checkpoint
+    from xpnet.io.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "ck.npz", TwoLayerNet(4, 5, 2).state_dict())
     paths = {"{ck}": str(tmp_path / "ck.npz"), "{missing}": str(tmp_path / "no.npz")}

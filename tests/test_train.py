@@ -94,7 +94,7 @@ def test_nan_loss_stops_keeps_last_checkpoint_and_saves_the_diverged_state(tmp_p
         trainer.fit(x, y, 2)
     assert ck.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.diverged.npz", "good.npz"]
-    saved = xpnet.checkpoint.load_checkpoint(tmp_path / "good.diverged.npz")
+    saved = xpnet.io.checkpoint.load_checkpoint(tmp_path / "good.diverged.npz")
     assert np.isnan(saved.model["0.W"]).any()  # NaN state saved and verified
 
 
@@ -210,16 +210,17 @@ def _assert_same(a, b):
 
 
 @pytest.mark.parametrize("spoil,match", [
-    (lambda m: m.update(history=3), "saved history must be a dict"),
+    # the metadata schema refuses these as the file is read (CheckpointMetaError)
+    (lambda m: m.update(history=3), "meta field 'history' must be"),
     (lambda m: m.update(rng={"state": "garbage"}), "saved rng is not a Generator state"),
     (lambda m: m["callbacks"]["EarlyStopping(loss)"].update(wait=-2), "saved wait"),
-    (lambda m: m.update(step=-1), "saved step must be a non-negative integer"),
+    (lambda m: m.update(step=-1), "meta field 'step' must be an int >= 0"),
     (lambda m: m["layer_rngs"].clear(), "saved layer Generators"),
 ], ids=["history", "rng", "early-stopping", "step", "layer-rngs"])
 def test_a_resume_failing_late_changes_nothing(tmp_path, spoil, match):
     """Model, optimizer and schedule pass their checks; a later part of the file does not:
     resume checks every part before loading any, so the trainer is exactly as it was."""
-    from xpnet.checkpoint import ResumeMismatchError, load_checkpoint, save_checkpoint
+    from xpnet.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from xpnet.train import EarlyStopping
 
     x, y = _data()
@@ -239,7 +240,7 @@ def test_a_resume_failing_late_changes_nothing(tmp_path, spoil, match):
                       callbacks=[LRSchedule(s2), EarlyStopping("loss", patience=5)])
     trainer.fit(x, y, 1)  # a run with state of its own: every part differs from the file's
     before = _snapshot(trainer)
-    with pytest.raises(ResumeMismatchError, match=f"bad.npz: .*{match}"):
+    with pytest.raises(CheckpointError, match=f"bad.npz: .*{match}"):
         trainer.resume(tmp_path / "bad.npz")
     _assert_same(before, _snapshot(trainer))
     trainer.resume(tmp_path / "good.npz")  # the same trainer still resumes a good file

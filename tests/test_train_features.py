@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import xpnet
-from xpnet.checkpoint import load_checkpoint
+from xpnet.io.checkpoint import load_checkpoint
 from xpnet.models import MultiLayerNet, TwoLayerNet
 from xpnet.train import EarlyStopping, KeepBest, LRSchedule, SaveCheckpoint, Trainer
 

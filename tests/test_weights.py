@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import xpnet
-from xpnet.checkpoint import load_checkpoint, save_checkpoint
 from xpnet.io import WeightsError, read_weights
+from xpnet.io.checkpoint import load_checkpoint, save_checkpoint
 from xpnet.io.weights import MAX_HEADER_BYTES, encode
 from xpnet.models import MultiLayerNet, SimpleConvNet, TwoLayerNet
 

@@ -1,4 +1,5 @@
-"""Models leaving xpnet: safetensors weights (:mod:`.weights`) and ONNX export (:mod:`.onnx`).
+"""Files: training checkpoints (:mod:`.checkpoint`, read as untrusted input), safetensors
+weights (:mod:`.weights`) and ONNX export (:mod:`.onnx`).
 
 ``save_weights`` / ``load_weights`` need nothing beyond NumPy. ``export_onnx`` needs the
 ``export`` extra (ndonnx, onnx, onnxruntime) and imports it only when called.

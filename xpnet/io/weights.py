@@ -233,7 +233,7 @@ def _read_any(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     if path.is_file():
         with open(path, "rb") as f:
             if f.read(4) == b"PK\x03\x04":  # a zip: an .npz training checkpoint
-                from ..checkpoint import load_checkpoint
+                from .checkpoint import load_checkpoint
 
                 return load_checkpoint(path).model, {"layout": "xpnet"}
     return read_weights(path)

@@ -218,7 +218,7 @@ class EarlyStopping(_Monitor):
 class KeepBest(_Monitor):
     """Save a full checkpoint (``trainer.save``) to ``path`` whenever ``monitor`` improves; the
     file then holds the best epoch's model, loadable with ``trainer.resume`` or
-    ``xpnet.checkpoint.load_checkpoint(path).model``."""
+    ``xpnet.io.checkpoint.load_checkpoint(path).model``."""
 
     priority = -50
 

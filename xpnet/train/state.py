@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import validate
-from ..checkpoint import Checkpoint, ResumeMismatchError
+from ..io.checkpoint import Checkpoint, ResumeMismatchError
 from ..module import Module, StateDictError
 from ..rng import Generator
 

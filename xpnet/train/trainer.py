@@ -17,9 +17,9 @@ import numpy as np
 
 from .. import validate
 from ..backend import Backend, as_host, current, to_device
-from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.loader import BatchLoader
 from ..distributed import Communicator
+from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..layers import BatchNorm
 from ..losses import SoftmaxCrossEntropy
 from ..module import Module
@@ -355,12 +355,12 @@ class Trainer:
         Every part is checked against this run first (the model's names, shapes and dtypes; the
         optimizer's class, settings and state; the schedule; the batch size; the learning rate;
         the callbacks' and the run state's saved values), then all are loaded: a checkpoint
-        that does not fit raises :class:`~xpnet.checkpoint.ResumeMismatchError` naming ``path``
+        that does not fit raises :class:`~xpnet.io.checkpoint.ResumeMismatchError` naming ``path``
         and the differing setting, and nothing is changed. ``override={"lr": x}`` is the one
         deliberate change allowed: the run goes on with base rate ``x`` (the schedule keeps its
         position and shape). A callback whose state the file lacks starts afresh.
         """
         override = check_override(override)
-        ck = load_checkpoint(path)
+        ck = load_checkpoint(path, model=self.model)  # the model bounds what is read
         check_resume(self, ck, path, override)
         apply_resume(self, ck, override)
