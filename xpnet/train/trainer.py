@@ -8,6 +8,7 @@ learning-rate schedule, checkpoints, early stopping, keep-best) is a
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from ..optim import Optimizer
 from ..rng import Generator
 from ..schedules import Schedule
 from .callbacks import Callback, LRSchedule
-from .checks import check_data, num_examples
+from .checks import check_data, input_dtype, label_dtype, num_examples
 from .evaluate import evaluate, predict
 from .guard import DivergenceGuard
 from .metrics import Metric, Totals, default_metrics
@@ -44,9 +45,9 @@ class _TargetBatches:
     batches ``x`` with example indices as labels, and the targets, moved to the device once,
     are gathered there by those indices. Same order, same ``drop_last`` as for labels."""
 
-    def __init__(self, loader: BatchLoader, y: Any, backend: Backend):
+    def __init__(self, loader: BatchLoader, y: Any, backend: Backend, dtype: str | None):
         self.loader, self.backend = loader, backend
-        self.y = to_device(y, backend=backend)  # host NumPy already (as_host)
+        self.y = to_device(y, dtype=dtype, backend=backend)  # host NumPy already (as_host)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -233,7 +234,9 @@ class Trainer:
             self.state.history.steps.append({"step": first + j + 1, "epoch": epoch,
                                              "loss": sum(batch_losses[at:at + n]) / n, "lr": lr})
             at += n
-        result["lr"] = sum(lrs) / len(lrs)  # for the history: per-step schedules vary it
+        # for the history (per-step schedules vary it); fsum: the mean of equal rates is that
+        # rate, not 0.0010000000000000007
+        result["lr"] = math.fsum(lrs) / len(lrs)
         return result
 
     # ------------------------------------------------------------------ fit / evaluate
@@ -308,11 +311,13 @@ class Trainer:
 
     def _loader(self, x: Any, y: Any) -> Any:
         y = as_host(y, "y_train")
+        dtype = input_dtype(self.model)  # data as users have it: cast once, on the host
         labels = y if y.dtype.kind in "iu" else np.arange(num_examples(x))
         loader = BatchLoader(x, labels, self.batch_size, shuffle=True, rng=self.rng,
-                             drop_last=self.drop_last, backend=self.backend,
+                             drop_last=self.drop_last, backend=self.backend, dtype=dtype,
                              shard=self.parallel.shard)
-        return loader if y.dtype.kind in "iu" else _TargetBatches(loader, y, self.backend)
+        return loader if y.dtype.kind in "iu" else \
+            _TargetBatches(loader, y, self.backend, label_dtype(y, dtype))
 
     def evaluate(self, x: Any, y: Any) -> dict[str, float]:
         """``{"loss": ..., <metric>: ...}`` on (x, y), in evaluation mode (see
