@@ -76,7 +76,8 @@ class Trainer:
         Targets may be integer labels or, for other losses, real arrays (N, ...).
     callbacks : :class:`~xpnet.train.Callback` objects: :class:`LRSchedule`,
         :class:`SaveCheckpoint`, :class:`EarlyStopping`, :class:`KeepBest`, your own. A
-        :class:`Progress` (a bar when stderr is a terminal) and a :class:`DivergenceGuard`
+        :class:`Progress` (a bar when stderr is a terminal, else a line every 30 s) and a
+        :class:`DivergenceGuard`
         (factor 1e3) are added unless the list holds one of that kind.
     log_interval : batches between host reads of the running loss (for the progress bar and
         the divergence guard).
@@ -277,6 +278,7 @@ class Trainer:
                 record.update({f"train_{k}": v for k, v in result.items() if k != "lr"})
                 record.update(lr=result["lr"], seconds=time.perf_counter() - t0)
                 if x_test is not None:
+                    self._fire("on_evaluate_start", num_examples(x_test))
                     scores = self._evaluate(x_test, y_test, check=not test_checked)
                     test_checked = True
                     record.update({f"test_{k}": v for k, v in scores.items()})
