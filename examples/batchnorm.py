@@ -88,7 +88,7 @@ def main(argv=None):
             row[f"{kind}_test_accuracy"] = test_accuracy
         rows.append(row)
 
-    common.show(args, f"784-100x5-10 on {len(x_train)} images, SGD lr {args.lr}, "
+    common.show(args, f"784-100x5-10 on {len(x_train)} images, SGD lr {args.lr:.4g}, "
                       f"{args.epochs} epochs\n" + common.table(
                           rows, {"weight_std": "weight std", "plain_train_accuracy": "plain train",
                                  "batchnorm_train_accuracy": "BN train",

@@ -20,6 +20,7 @@ import inspect
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -140,6 +141,12 @@ def check_plot_path(parser: argparse.ArgumentParser, plot: str) -> Path:
     return path
 
 
+def plain(text: str) -> str:
+    """Text without reST markup, for --help: ``x`` and :func:`x` become x."""
+    text = re.sub(r":[a-z]+:`~?([^`]*)`", r"\1", text)
+    return re.sub(r"`{1,2}([^`]*)`{1,2}", r"\1", text)
+
+
 def make_parser(file: str, doc: str, *, epochs: int, lr: float | None, batch_size: int = 100,
                 full_batch: bool = False, seed: int = 0, mnist: bool = True,
                 train_limit: int | None = None,
@@ -153,7 +160,7 @@ def make_parser(file: str, doc: str, *, epochs: int, lr: float | None, batch_siz
     make their own data and leave those out. ``full_batch`` lets ``--batch-size`` be 0.
     ``lr_shown`` replaces the default in the help text when it is not a single number.
     """
-    parser = Parser(prog=prog(file), description=doc.split("\n\n")[0],
+    parser = Parser(prog=prog(file), description=plain(doc.split("\n\n")[0]),
                                      epilog=f"What it reproduces and the results to expect: "
                                             f"the docstring at the top of {prog(file)}.")
     parser.add_argument("--backend", default=None, metavar="NAME",

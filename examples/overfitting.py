@@ -113,7 +113,7 @@ def main(argv=None):
                      "test_accuracy": test_accuracy, "gap": train_accuracy - test_accuracy,
                      "seconds": sw.seconds})
 
-    common.show(args, f"784-100x6-10 on {len(x_train)} images, SGD lr {args.lr}, "
+    common.show(args, f"784-100x6-10 on {len(x_train)} images, SGD lr {args.lr:.4g}, "
                       f"{args.epochs} epochs\n" + common.table(
                           rows, ["variant", "train_accuracy", "test_accuracy", "gap",
                                  "seconds"]))

@@ -95,7 +95,7 @@ def main(argv=None):
                 "train_loss": trainer.history.last["loss"], "test_loss": test_loss,
                 "test_accuracy": test_accuracy, "seconds": sw.seconds})
 
-    common.show(args, f"784-40-20-10, SGD lr {args.lr}, {args.epochs} epochs; gradient norms "
+    common.show(args, f"784-40-20-10, SGD lr {args.lr:.4g}, {args.epochs} epochs; gradient norms "
                       "per layer at initialisation\n" + common.table(
                           rows, ["activation", "init", "grad_layer1", "grad_layer2",
                                  "grad_layer3", "test_accuracy"]))

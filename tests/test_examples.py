@@ -313,6 +313,17 @@ def test_flags_and_help_defaults(example_parsers, capsys):
     capsys.readouterr()
 
 
+def test_help_is_plain_text(example_parsers, capsys):
+    common = sys.modules["common"]
+    assert common.plain("Uses :func:`xpnet.train.Trainer`, :class:`~xpnet.Adam` and "
+                        "``--lr``; see `the book`.") == \
+        "Uses xpnet.train.Trainer, xpnet.Adam and --lr; see the book."
+    for script, parser in example_parsers.items():
+        text = parser.format_help()
+        assert "`" not in text and not re.search(r":[a-z]+:", text), (script, text)
+    capsys.readouterr()
+
+
 # ---------------------------------------------------------------------------- real training
 @pytest.mark.slow
 def test_mnist_cnn_one_epoch_accuracy():

@@ -156,3 +156,13 @@ def test_no_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main([])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("command", [[], ["info"], ["smoke"], ["export"]])
+def test_help_is_plain_text(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: xpnet") and "`" not in text \
+        and not re.search(r":[a-z]+:`", text), text

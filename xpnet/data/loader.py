@@ -6,6 +6,7 @@ import numbers
 from collections.abc import Iterator
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from ..backend import Backend, as_host, current, device_scope, free_device_memory, to_device
@@ -26,9 +27,9 @@ class BatchLoader:
     ----------
     x : array_like, (N, ...)
         Inputs: a NumPy array or list, or an array of any backend on any device (copied to the
-        host once, :func:`xpnet.backend.as_host`); their dtype is kept (float32 stays float32).
+        host once, :func:`xpnet.backend.as_host`).
     y : array_like of int, (N, ...)
-        Integer labels (host or device, as ``x``), delivered as int64.
+        Integer labels of any width (host or device, as ``x``, or a list), delivered as int64.
     batch_size : int
         Examples per batch (default 100).
     shuffle : bool
@@ -42,6 +43,11 @@ class BatchLoader:
     resident : True, False or 'auto'
         Keep the whole data set on the device. 'auto' (default) does so on a GPU backend
         when the data take at most half of the free device memory.
+    dtype : str, optional
+        The floating dtype of the batches of ``x`` ('float32', 'float64'): a NumPy array of
+        any real or integer dtype is cast once, on the host (the Trainer passes its model's
+        dtype). None (default): NumPy arrays keep their dtype; lists of numbers become
+        float32, xpnet's default.
     shard : (rank, size), optional
         Data parallelism: every rank draws the same permutation (same ``rng`` seed) and yields
         only its contiguous share of each global batch of ``batch_size`` (shares differ by at
@@ -64,8 +70,19 @@ class BatchLoader:
     def __init__(self, x: Any, y: Any, batch_size: int = 100, *, shuffle: bool = True,
                  rng: Generator | None = None, drop_last: bool = False,
                  backend: Backend | None = None, resident: bool | str = "auto",
-                 shard: tuple[int, int] | None = None):
+                 dtype: str | None = None, shard: tuple[int, int] | None = None):
+        listed = not array_api_compat.is_array_api_obj(x)
         x, y = as_host(x, "x"), as_host(y, "y")
+        if dtype is None and listed:
+            dtype = "float32"
+        if dtype is not None:
+            if dtype not in ("float16", "float32", "float64"):
+                raise ValueError(f"dtype: expected 'float16', 'float32' or 'float64', got "
+                                 f"{dtype!r}")
+            if x.dtype.kind not in "biuf":
+                raise TypeError(f"x: expected real or integer inputs to cast to {dtype}, got "
+                                f"dtype {x.dtype}")
+            x = x.astype(dtype, copy=False)  # once, on the host
         if x.ndim == 0 or y.ndim == 0:
             raise ValueError(f"x and y: expected arrays with a leading example axis, got shapes "
                              f"{x.shape} and {y.shape}")

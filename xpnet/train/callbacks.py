@@ -1,12 +1,13 @@
 """Callbacks: everything the Trainer does besides training steps is a :class:`Callback`.
 
-A callback overrides some of six events, which :meth:`Trainer.fit <xpnet.train.Trainer.fit>`
+A callback overrides some of seven events, which :meth:`Trainer.fit <xpnet.train.Trainer.fit>`
 fires in this order::
 
     on_fit_start(trainer)
       per epoch:  on_epoch_start(trainer, epoch)
         per batch:  on_batch_end(trainer, batch, out, loss)   (every micro-batch)
                     on_step_end(trainer, step)                (after each optimizer step)
+                  on_evaluate_start(trainer, examples)        (with test data only)
                   on_epoch_end(trainer, record)               (counters and history updated)
     on_fit_end(trainer)                                       (also when fit raises)
 
@@ -62,6 +63,9 @@ class Callback:
 
     def on_step_end(self, trainer: Any, step: int) -> None:
         """After an optimizer step; ``step`` is the run's step count (``trainer.step_count``)."""
+
+    def on_evaluate_start(self, trainer: Any, examples: int) -> None:
+        """After the epoch's last batch, before evaluating on the ``examples`` test examples."""
 
     def on_epoch_end(self, trainer: Any, record: dict[str, float]) -> None:
         """After the epoch's evaluation; ``record`` is the epoch's history record, already in

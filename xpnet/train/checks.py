@@ -12,13 +12,30 @@ from ..backend import to_numpy
 from ..losses import SoftmaxCrossEntropy
 from ..module import Module
 
-__all__ = ["check_data", "check_finite", "check_targets", "num_examples"]
+__all__ = ["check_data", "check_finite", "check_targets", "input_dtype", "label_dtype",
+           "num_examples"]
 
 
 def num_examples(a: Any) -> int:
     """Length of the leading axis of a host or device array (or a list)."""
     shape = getattr(a, "shape", None)
     return int(shape[0]) if shape else len(a)
+
+
+def input_dtype(model: Module) -> str | None:
+    """The dtype name data are cast to at the data boundary (fit, evaluate, predict): the
+    model's floating parameters' dtype ('float32'), None for a model without parameters."""
+    for p in model.parameters().values():
+        return str(getattr(p.data.dtype, "name", p.data.dtype)).rsplit(".", 1)[-1]
+    return None
+
+
+def label_dtype(y: Any, dtype: str | None) -> str | None:
+    """What targets ``y`` are cast to: integer labels of any width become int64 (the index
+    type every backend's losses take); real-valued targets the model's ``dtype``."""
+    kind = y.dtype.kind if isinstance(y, np.ndarray) else (
+        "i" if array_namespace(y).isdtype(y.dtype, "integral") else "f")
+    return "int64" if kind in "iu" else dtype
 
 
 def check_data(model: Module, loss: Any, x: Any, y: Any, what: str, *,

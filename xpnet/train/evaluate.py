@@ -1,7 +1,9 @@
 """Evaluation and prediction: batched forward passes in evaluation mode.
 
 :func:`evaluate` and :func:`predict` share one batching loop; :func:`evaluate` reads its
-results back to the host once per call, not per batch.
+results back to the host once per call, not per batch. Data as users have it (lists, NumPy
+arrays of any real or integer dtype, device arrays of another dtype) are cast to the model's
+dtype batch by batch, in the transfer each batch makes anyway.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ..backend import Backend, current, to_device, to_numpy
 from ..grad_mode import no_grad
 from ..losses import SoftmaxCrossEntropy
 from ..module import Module
-from .checks import check_finite, check_targets, num_examples
+from .checks import check_finite, check_targets, input_dtype, label_dtype, num_examples
 from .metrics import Metric, Totals, default_metrics
 
 __all__ = ["evaluate", "predict"]
@@ -28,16 +30,19 @@ Array = Any
 def _outputs(model: Module, x: Any, batch_size: int, backend: Backend | None
              ) -> Iterator[tuple[int, Array]]:
     """``(start, model output)`` per batch of ``x`` (host or device), in evaluation mode and
-    under :func:`xpnet.no_grad`; the model's previous mode is restored afterwards."""
+    under :func:`xpnet.no_grad`, cast to the model's dtype; the model's previous mode is
+    restored afterwards."""
     b = backend or current()
     x = _indexable(x)
+    dtype = input_dtype(model)
     was_training = model.training
     model.eval()
     try:
         n = num_examples(x)
         for i in range(0, n, batch_size):
             with no_grad():  # nothing kept for a backward: about two activations at a time
-                out = model.forward(to_device(x[i:min(i + batch_size, n), ...], backend=b))
+                out = model.forward(to_device(x[i:min(i + batch_size, n), ...], dtype=dtype,
+                                              backend=b))
             yield i, out
     finally:
         model.train(was_training)
@@ -79,8 +84,9 @@ def evaluate(model: Module, loss: Any, x: Any, y: Any, *, metrics: list[Metric] 
     b = backend or current()
     loss_fn = _eval_loss(loss)
     totals = Totals(default_metrics(loss) if metrics is None else metrics, weighted=True)
+    y_dtype = label_dtype(y, input_dtype(model))
     for i, out in _outputs(model, x, batch_size, b):
-        yb = to_device(y[i:i + out.shape[0], ...], backend=b)
+        yb = to_device(y[i:i + out.shape[0], ...], dtype=y_dtype, backend=b)
         totals.add(loss_fn.forward(out, yb), out, yb)
     return totals.read()[0]
 

@@ -40,6 +40,37 @@ class History:
     def __len__(self) -> int:
         return len(self.records)
 
+    def __repr__(self) -> str:
+        """A short summary whatever the run's length: counts, then the last and best values
+        (``records`` and ``steps`` hold everything, for programs)."""
+        if not self.records:
+            return f"History(0 epochs, {len(self.steps)} steps)"
+        last = self.last
+        parts = [f"{k} {_num(last[k])}" for k in _columns(self.records)
+                 if k not in ("epoch", "seconds")]
+        seconds = sum(r.get("seconds", 0.0) for r in self.records)
+        head = (f"History({len(self.records)} epoch{'s' * (len(self.records) != 1)}, "
+                f"{len(self.steps)} steps, {seconds:.1f}s; last: {', '.join(parts)}")
+        best = []
+        for key, pick in (("loss", min), ("test_loss", min), ("test_acc", max)):
+            values = [(r[key], r["epoch"]) for r in self.records if key in r]
+            if values:
+                value, epoch = pick(values, key=lambda v: v[0])
+                best.append(f"{key} {_num(value)} (epoch {epoch})")
+        return head + (f"; best: {', '.join(best)})" if best else ")")
+
+    def table(self) -> str:
+        """One row per epoch, one column per recorded value, numbers as people read them::
+
+            epoch    loss  train_acc      lr  seconds  test_loss  test_acc
+                1  0.4866     0.8503  0.001      8.4     0.2315    0.9321
+        """
+        cols = _columns(self.records)
+        rows = [[_num(r.get(k, math.nan), k) for k in cols] for r in self.records]
+        widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(cols)]
+        return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths))
+                         for row in [cols, *rows])
+
     @property
     def last(self) -> dict[str, float]:
         return self.records[-1] if self.records else {}
@@ -62,6 +93,19 @@ class History:
         self.check_state_dict(state)
         self.records = [dict(r) for r in state["records"]]
         self.steps = [dict(r) for r in state["steps"]]
+
+
+def _columns(records: list[dict[str, float]]) -> list[str]:
+    """Every key of the records, in the order they first appear."""
+    return list(dict.fromkeys(k for r in records for k in r))
+
+
+def _num(v: Any, key: str = "") -> str:
+    """A number as people read it: integers whole, seconds to one decimal, other floats to 4
+    significant digits (``0.0010000000000000007`` -> ``0.001``)."""
+    if isinstance(v, (int, bool)):
+        return str(int(v))
+    return f"{v:.1f}" if key == "seconds" else f"{v:.4g}"
 
 
 def layer_generators(model: Module) -> dict[str, Generator]:

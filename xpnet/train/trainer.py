@@ -8,6 +8,7 @@ learning-rate schedule, checkpoints, early stopping, keep-best) is a
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from ..rng import Generator
 from ..schedules import Schedule
 from ..threads import adapt_threads
 from .callbacks import Callback, LRSchedule
-from .checks import check_data, num_examples
+from .checks import check_data, input_dtype, label_dtype, num_examples
 from .evaluate import evaluate, predict
 from .guard import DivergenceGuard
 from .metrics import Metric, Totals, default_metrics
@@ -45,9 +46,9 @@ class _TargetBatches:
     batches ``x`` with example indices as labels, and the targets, moved to the device once,
     are gathered there by those indices. Same order, same ``drop_last`` as for labels."""
 
-    def __init__(self, loader: BatchLoader, y: Any, backend: Backend):
+    def __init__(self, loader: BatchLoader, y: Any, backend: Backend, dtype: str | None):
         self.loader, self.backend = loader, backend
-        self.y = to_device(y, backend=backend)  # host NumPy already (as_host)
+        self.y = to_device(y, dtype=dtype, backend=backend)  # host NumPy already (as_host)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -76,7 +77,8 @@ class Trainer:
         Targets may be integer labels or, for other losses, real arrays (N, ...).
     callbacks : :class:`~xpnet.train.Callback` objects: :class:`LRSchedule`,
         :class:`SaveCheckpoint`, :class:`EarlyStopping`, :class:`KeepBest`, your own. A
-        :class:`Progress` (a bar when stderr is a terminal) and a :class:`DivergenceGuard`
+        :class:`Progress` (a bar when stderr is a terminal, else a line every 30 s) and a
+        :class:`DivergenceGuard`
         (factor 1e3) are added unless the list holds one of that kind.
     log_interval : batches between host reads of the running loss (for the progress bar and
         the divergence guard).
@@ -234,7 +236,9 @@ class Trainer:
             self.state.history.steps.append({"step": first + j + 1, "epoch": epoch,
                                              "loss": sum(batch_losses[at:at + n]) / n, "lr": lr})
             at += n
-        result["lr"] = sum(lrs) / len(lrs)  # for the history: per-step schedules vary it
+        # for the history (per-step schedules vary it); fsum: the mean of equal rates is that
+        # rate, not 0.0010000000000000007
+        result["lr"] = math.fsum(lrs) / len(lrs)
         return result
 
     # ------------------------------------------------------------------ fit / evaluate
@@ -276,6 +280,7 @@ class Trainer:
                 record.update({f"train_{k}": v for k, v in result.items() if k != "lr"})
                 record.update(lr=result["lr"], seconds=time.perf_counter() - t0)
                 if x_test is not None:
+                    self._fire("on_evaluate_start", num_examples(x_test))
                     scores = self._evaluate(x_test, y_test, check=not test_checked)
                     test_checked = True
                     record.update({f"test_{k}": v for k, v in scores.items()})
@@ -310,11 +315,13 @@ class Trainer:
 
     def _loader(self, x: Any, y: Any) -> Any:
         y = as_host(y, "y_train")
+        dtype = input_dtype(self.model)  # data as users have it: cast once, on the host
         labels = y if y.dtype.kind in "iu" else np.arange(num_examples(x))
         loader = BatchLoader(x, labels, self.batch_size, shuffle=True, rng=self.rng,
-                             drop_last=self.drop_last, backend=self.backend,
+                             drop_last=self.drop_last, backend=self.backend, dtype=dtype,
                              shard=self.parallel.shard)
-        return loader if y.dtype.kind in "iu" else _TargetBatches(loader, y, self.backend)
+        return loader if y.dtype.kind in "iu" else \
+            _TargetBatches(loader, y, self.backend, label_dtype(y, dtype))
 
     def evaluate(self, x: Any, y: Any) -> dict[str, float]:
         """``{"loss": ..., <metric>: ...}`` on (x, y), in evaluation mode (see
