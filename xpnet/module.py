@@ -6,7 +6,7 @@ import functools
 import inspect
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import array_api_compat
@@ -96,8 +96,15 @@ class _Call:
     def __init__(self, pass_id: int):
         self.pass_id = pass_id
         self.serial = next(_SERIALS)
-        self.record: tuple = ()
+        self.record: tuple[Any, ...] = ()
         self.attrs: list[str] = []  # attributes the forward set on the module (not per call)
+
+
+def _install(cls: type, name: str, method: Callable[..., Any]) -> None:
+    """Put a wrapping ``method`` on ``cls`` under ``name``, marked so that a subclass does not
+    wrap it again."""
+    method.__dict__["_xpnet_wrapped"] = True
+    setattr(cls, name, method)
 
 
 class Module:
@@ -168,8 +175,7 @@ class Module:
                     finally:
                         del self.__dict__["_call"]
 
-            forward._xpnet_wrapped = True
-            cls.forward = forward
+            _install(cls, "forward", forward)
         own = cls.__dict__.get("backward")
         if own is None or getattr(own, "_xpnet_wrapped", False):
             return
@@ -192,8 +198,7 @@ class Module:
                 if not nested:
                     del self.__dict__["_saved"]
 
-        backward._xpnet_wrapped = True
-        cls.backward = backward
+        _install(cls, "backward", backward)
 
     # ------------------------------------------------------------------ per-call records
     def _push_call(self, pass_id: int) -> _Call:
