@@ -121,8 +121,10 @@ class Module:
     :meth:`save_for_backward`; ``backward(dout, *, input_grad=True)`` reads it with
     :meth:`saved`, writes every parameter's gradient to ``param.grad`` and returns the
     gradient with respect to ``x`` (or None when ``input_grad=False``: the caller does not
-    need it, as for a model's first layer). A subclass may define ``backward(self, dout)``
-    without the keyword; it is then always computed.
+    need it, as for a model's first layer). A backward may ignore ``input_grad`` and return
+    the gradient anyway (the layers without parameters do: it is all their work). One written
+    without the keyword, ``backward(self, dout)``, also runs (the gradient is then always
+    computed), but does not type-check against this base class.
 
     One module object may be used any number of times (one activation after two layers, a
     shared convolution in two branches, tied weights): each forward call saves its own record,
