@@ -168,7 +168,7 @@ def _check_shard(shard: Any, n: int, bs: int, drop_last: bool) -> tuple[int, int
         raise ValueError(f"shard: a batch of {smallest} example(s) cannot be split over "
                          f"{size} ranks (batch_size={bs}, {n} examples); use a batch size "
                          f"and data size giving every rank at least one example, or drop_last")
-    checked: tuple[int, int] = shard
+    checked: tuple[int, int] = shard  # its type is what the checks above established
     return checked
 
 
