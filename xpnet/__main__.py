@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -235,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         decrease). Bad options exit through argparse (SystemExit 2).
     """
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    command: Callable[[argparse.Namespace], int] = args.func  # the sub-command's handler
+    return command(args)
 
 
 if __name__ == "__main__":

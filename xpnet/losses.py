@@ -97,7 +97,8 @@ class SoftmaxCrossEntropy:
             raise TypeError(f"SoftmaxCrossEntropy: check_range must be True or False, "
                             f"got {check_range!r}")
         self.check_range = check_range
-        self._cache: tuple | None = None
+        # (softmax, targets, target row sums or None, batch size), set by forward
+        self._cache: tuple[Array, Array, Array | None, int] | None = None
         self._soft_checked = False
 
     def __call__(self, logits: Array, target: Array) -> Array:

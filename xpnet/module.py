@@ -6,7 +6,7 @@ import functools
 import inspect
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import array_api_compat
@@ -96,8 +96,15 @@ class _Call:
     def __init__(self, pass_id: int):
         self.pass_id = pass_id
         self.serial = next(_SERIALS)
-        self.record: tuple = ()
+        self.record: tuple[Any, ...] = ()
         self.attrs: list[str] = []  # attributes the forward set on the module (not per call)
+
+
+def _install(cls: type, name: str, method: Callable[..., Any]) -> None:
+    """Put a wrapping ``method`` on ``cls`` under ``name``, marked so that a subclass does not
+    wrap it again."""
+    method.__dict__["_xpnet_wrapped"] = True
+    setattr(cls, name, method)
 
 
 class Module:
@@ -114,8 +121,10 @@ class Module:
     :meth:`save_for_backward`; ``backward(dout, *, input_grad=True)`` reads it with
     :meth:`saved`, writes every parameter's gradient to ``param.grad`` and returns the
     gradient with respect to ``x`` (or None when ``input_grad=False``: the caller does not
-    need it, as for a model's first layer). A subclass may define ``backward(self, dout)``
-    without the keyword; it is then always computed.
+    need it, as for a model's first layer). A backward may ignore ``input_grad`` and return
+    the gradient anyway (the layers without parameters do: it is all their work). One written
+    without the keyword, ``backward(self, dout)``, also runs (the gradient is then always
+    computed), but does not type-check against this base class.
 
     One module object may be used any number of times (one activation after two layers, a
     shared convolution in two branches, tied weights): each forward call saves its own record,
@@ -168,8 +177,7 @@ class Module:
                     finally:
                         del self.__dict__["_call"]
 
-            forward._xpnet_wrapped = True
-            cls.forward = forward
+            _install(cls, "forward", forward)
         own = cls.__dict__.get("backward")
         if own is None or getattr(own, "_xpnet_wrapped", False):
             return
@@ -192,8 +200,7 @@ class Module:
                 if not nested:
                     del self.__dict__["_saved"]
 
-        backward._xpnet_wrapped = True
-        cls.backward = backward
+        _install(cls, "backward", backward)
 
     # ------------------------------------------------------------------ per-call records
     def _push_call(self, pass_id: int) -> _Call:

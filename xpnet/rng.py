@@ -13,8 +13,8 @@ process-wide Generator that advances with every draw, so two same-shaped layers 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import numpy as np
 
@@ -87,11 +87,12 @@ class Generator:
         return device_uniform(sub_seed, shape, dtype if dtype is not None else xp.float32,
                               xp=xp, device=device)
 
-    def get_state(self) -> dict:
+    def get_state(self) -> dict[str, Any]:
         """The JSON-serialisable state (NumPy bit generator state)."""
-        return self.host.bit_generator.state
+        # NumPy builds a new dict on each read; its stubs declare only a Mapping
+        return cast(dict[str, Any], self.host.bit_generator.state)
 
-    def set_state(self, state: dict) -> None:
+    def set_state(self, state: Mapping[str, Any]) -> None:
         """Restore a state from :meth:`get_state`."""
         self.host.bit_generator.state = state
 

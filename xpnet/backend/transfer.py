@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import array_api_compat
 import numpy as np
@@ -21,14 +21,15 @@ class DeviceMismatchError(ValueError):
     """Two arrays of one operation live in different namespaces or on different devices."""
 
 
-def device_scope(device: Any) -> contextlib.AbstractContextManager:
+def device_scope(device: Any) -> contextlib.AbstractContextManager[Any]:
     """A context in which CuPy allocates on ``device`` (a no-op for every other backend).
 
     array-api-compat ignores ``device=`` for CuPy's ``zeros``/``empty``/``full``/``ones``/
     ``arange`` (they follow CuPy's current device); xpnet wraps its own allocations in this.
     """
     if type(device).__module__.startswith("cupy"):
-        return device  # cupy.cuda.Device is a context manager that restores the previous one
+        # cupy.cuda.Device is a context manager that restores the previous one
+        return cast(contextlib.AbstractContextManager[Any], device)
     return contextlib.nullcontext()
 
 
@@ -73,7 +74,8 @@ def _dtype_name(dtype: Any) -> str | None:
         return None
     if type(dtype).__module__.split(".")[0] in ("numpy", "builtins"):
         try:
-            return np.dtype(dtype).name
+            name: str = np.dtype(dtype).name
+            return name
         except TypeError:
             return None
     return str(dtype).rsplit(".", 1)[-1].strip("'\")")  # torch.float32, strict's DType

@@ -67,6 +67,18 @@ class BatchLoader:
     (3, [100, 100, 50])
     """
 
+    x: np.ndarray
+    y: np.ndarray  # int64 labels
+    batch_size: int
+    shuffle: bool
+    drop_last: bool
+    shard: tuple[int, int] | None
+    rng: Generator
+    backend: Backend
+    resident: bool
+    _xd: Any  # the resident copies on the device (only when resident)
+    _yd: Any
+
     def __init__(self, x: Any, y: Any, batch_size: int = 100, *, shuffle: bool = True,
                  rng: Generator | None = None, drop_last: bool = False,
                  backend: Backend | None = None, resident: bool | str = "auto",
@@ -173,7 +185,8 @@ def _check_shard(shard: Any, n: int, bs: int, drop_last: bool) -> tuple[int, int
         raise ValueError(f"shard: a batch of {smallest} example(s) cannot be split over "
                          f"{size} ranks (batch_size={bs}, {n} examples); use a batch size "
                          f"and data size giving every rank at least one example, or drop_last")
-    return shard
+    checked: tuple[int, int] = shard  # its type is what the checks above established
+    return checked
 
 
 def fits_on_device(nbytes: int, backend: Backend, fraction: float = 0.5) -> bool:

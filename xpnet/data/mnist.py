@@ -37,6 +37,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -153,7 +154,7 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "xpnet"
 
 
-def load_mnist(data_dir: str | os.PathLike | None = None, *, flatten: bool = False,
+def load_mnist(data_dir: str | os.PathLike[str] | None = None, *, flatten: bool = False,
                fashion: bool = False, download: bool = True, train_limit: int | None = None,
                progress: bool | None = None, source: Source | None = None,
                data_dir_name: str = "data_dir",
@@ -239,7 +240,7 @@ def load_mnist(data_dir: str | os.PathLike | None = None, *, flatten: bool = Fal
     return x_train, y_train, x_test, y_test
 
 
-def load_fashion_mnist(data_dir: str | os.PathLike | None = None, **kwargs
+def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None, **kwargs: Any
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fashion-MNIST (Zalando): :func:`load_mnist` with ``fashion=True``; same keywords.
 
@@ -249,7 +250,7 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, **kwargs
     return load_mnist(data_dir, fashion=True, **kwargs)
 
 
-def _given_folder(data_dir: str | os.PathLike | None, data_dir_name: str
+def _given_folder(data_dir: str | os.PathLike[str] | None, data_dir_name: str
                   ) -> tuple[str, Path] | None:
     """(how it was given, folder) for the folder the user named, or None for the cache."""
     if data_dir is not None:

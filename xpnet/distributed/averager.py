@@ -49,7 +49,7 @@ class GradientAverager:
                                                    bucket_bytes))
         self.scale = 1.0 / self.comm.size
         self._buckets: list[_Bucket] | None = None
-        self._layout: tuple | None = None
+        self._layout: tuple[tuple[str, str, tuple[int, ...]], ...] | None = None
         self.stats = {"steps": 0, "messages": 0, "bytes": 0, "seconds": 0.0}
 
     @classmethod
@@ -87,7 +87,7 @@ class GradientAverager:
         if self.comm.size == 1:
             return
         layout = tuple((n, str(p.grad.dtype), tuple(p.grad.shape)) for n, p in params.items())
-        if layout != self._layout:
+        if self._buckets is None or layout != self._layout:  # first step, or new gradients
             self._buckets, self._layout = self._plan(params), layout
         for b in self._buckets:
             first = params[b.names[0]].grad

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,7 @@ class ReplicaMismatch(CollectiveError):
     """Ranks hold different parameters where they must be identical."""
 
 
-def launcher_world_size(environ: dict[str, str] | None = None) -> int:
+def launcher_world_size(environ: Mapping[str, str] | None = None) -> int:
     """The number of processes the launcher announced (1 when none); reads no MPI library.
 
     ``XPNET_DISTRIBUTED`` overrides: '0' forces 1; '1' forces MPI (returns at least 1, the
@@ -59,7 +59,7 @@ def launcher_world_size(environ: dict[str, str] | None = None) -> int:
     return 1
 
 
-def _wanted(environ: dict[str, str] | None = None) -> bool:
+def _wanted(environ: Mapping[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     return launcher_world_size(env) > 1 or env.get(ENV_FLAG, "").strip() == "1"
 

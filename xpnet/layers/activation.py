@@ -31,7 +31,7 @@ class ReLU(Module):
             self.save_for_backward(xp.astype(x > 0, x.dtype))
         return xp.maximum(x, 0.0)
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array:
         (mask,) = self.saved()
         return dout * mask
 
@@ -51,7 +51,7 @@ class LeakyReLU(Module):
         self.save_for_backward(mask)
         return array_namespace(x).where(mask, x, self.slope * x)
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array:
         (mask,) = self.saved()
         return array_namespace(dout).where(mask, dout, self.slope * dout)
 
@@ -66,7 +66,7 @@ class Sigmoid(Module):
         self.save_for_backward(y)
         return y
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array:
         (y,) = self.saved()
         return dout * y * (1.0 - y)
 
@@ -79,7 +79,7 @@ class Tanh(Module):
         self.save_for_backward(y)
         return y
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array:
         (y,) = self.saved()
         return dout * (1.0 - y * y)
 
@@ -96,7 +96,7 @@ class GELU(Module):
         self.save_for_backward(x, t)
         return 0.5 * x * (1.0 + t)
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array:
         x, t = self.saved()
         dt = (1.0 - t * t) * _C * (1.0 + 3 * 0.044715 * x * x)
         return dout * (0.5 * (1.0 + t) + 0.5 * x * dt)
@@ -122,7 +122,7 @@ class ELU(Module):
         self.save_for_backward(mask, neg)
         return xp.where(mask, x, neg - self.alpha)
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array:
         mask, neg = self.saved()
         return array_namespace(dout).where(mask, dout, dout * neg)
 
@@ -133,7 +133,7 @@ class Identity(Module):
     def forward(self, x: Array) -> Array:
         return x
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array:
         return dout
 
 
@@ -152,7 +152,7 @@ class Softmax(Module):
         self.save_for_backward(y)
         return y
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array:
         xp = array_namespace(dout)
         (y,) = self.saved()
         return y * (dout - xp.sum(dout * y, axis=self.axis, keepdims=True))

@@ -3,6 +3,7 @@ convolutional trunk and a dense head."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from array_api_compat import array_namespace
@@ -27,7 +28,7 @@ class Flatten(Module):
         self.save_for_backward(tuple(x.shape))
         return xp.reshape(x, (x.shape[0], -1))
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array:
         (shape,) = self.saved()
         return array_namespace(dout).reshape(dout, shape)
 
@@ -43,6 +44,8 @@ class Sequential(Module):
     and its backward mask touch the k*k times smaller pooled output.
     """
 
+    layers: list[Module]
+
     #: reorder commuting layers for speed (:meth:`run_order`); False runs them as listed
     fuse = True
 
@@ -53,7 +56,7 @@ class Sequential(Module):
                 raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a Module")
         object.__setattr__(self, "layers", list(layers))
 
-    def children(self):
+    def children(self) -> Iterator[tuple[str, Module]]:
         return ((str(i), layer) for i, layer in enumerate(self.layers))
 
     def __getitem__(self, i: int) -> Module:

@@ -38,6 +38,6 @@ class Dropout(Module):
         self.save_for_backward(scale)
         return x * scale
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array:
         (scale,) = self.saved()
         return dout if scale is None else dout * scale

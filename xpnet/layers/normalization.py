@@ -34,6 +34,9 @@ class BatchNorm(Module):
     and step. In one process ``sync=True`` computes the same as ``sync=False``.
     """
 
+    running_mean: Array  # buffers (add_buffer), (C,)
+    running_var: Array
+
     def __init__(self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5,
                  sync: bool = False, dtype: str = "float32", backend: Backend | None = None):
         super().__init__()
@@ -103,7 +106,7 @@ class BatchNorm(Module):
         self.save_for_backward(xhat, inv_std, axes, bshape, count, self.training)
         return xhat * xp.reshape(self.gamma.data, bshape) + xp.reshape(self.beta.data, bshape)
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array:
         xp = array_namespace(dout)
         xhat, inv_std, axes, bshape, count, training = self.saved()
         self.beta.grad = xp.sum(dout, axis=axes)
@@ -155,7 +158,7 @@ class LayerNorm(Module):
         self.save_for_backward(xhat, inv_std, axes)
         return xhat * self.gamma.data + self.beta.data
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array:
         xp = array_namespace(dout)
         xhat, inv_std, axes = self.saved()
         batch_axes = tuple(range(dout.ndim - len(axes)))

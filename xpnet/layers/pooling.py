@@ -109,7 +109,7 @@ class MaxPool2d(_Pool2d):
         self.save_for_backward(tuple(x.shape), beats)
         return out
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array:
         (n, c, h, w), beats = self.saved()
         if beats is None:
             raise RuntimeError(f"{self!r}: backward needs a forward pass in training mode")
@@ -144,7 +144,7 @@ class AvgPool2d(_Pool2d):
             total = xpad[sl] if total is None else total + xpad[sl]
         return total * (1.0 / self.k ** 2)
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array:
         (n, c, h, w), = self.saved()
         xp = array_namespace(dout)
         share = dout * (1.0 / self.k ** 2)
@@ -166,7 +166,7 @@ class GlobalAvgPool2d(Module):
         self.save_for_backward(tuple(x.shape))
         return xp.mean(x, axis=(2, 3))
 
-    def backward(self, dout: Array) -> Array:
+    def backward(self, dout: Array, *, input_grad: bool = True) -> Array:
         (shape,) = self.saved()
         xp = array_namespace(dout)
         n, c, h, w = shape
