@@ -28,8 +28,9 @@ class BatchNorm(Module):
 
     In data-parallel training the batch statistics are by default each rank's own (its slice
     of the global batch), as in PyTorch's DistributedDataParallel. With ``sync=True`` the mean,
-    variance and the two backward sums are reduced over all ranks
-    (:func:`xpnet.distributed.world`; ChainerMN's multi-node BatchNorm), so N ranks with B/N
+    variance and the two backward sums are reduced over the ranks of the communicator the
+    Trainer trains over (``self.comm``, which the Trainer sets; before that all ranks,
+    :func:`xpnet.distributed.world`; ChainerMN's multi-node BatchNorm), so N ranks with B/N
     examples each normalise exactly like one process with B: three small Allreduces per layer
     and step. In one process ``sync=True`` computes the same as ``sync=False``.
     """

@@ -80,13 +80,14 @@ class DataParallel:
         mine = {**(run or {}), **self.plan()}
         ranks = self.comm.allgather_object(mine)
         for r, other in enumerate(ranks):
-            for key in sorted(set(other) | set(ranks[0]), key=str):
-                if other.get(key) != ranks[0].get(key):
-                    raise ReplicaMismatch(
-                        f"rank {r} starts training with another {key} than rank 0: "
-                        f"{_short(other.get(key))} vs {_short(ranks[0].get(key))}; every rank "
-                        "must use the same data, model, optimizer, seed, batch size and "
-                        "checkpoint (the batch order is shared)")
+            keys = sorted((set(other) | set(ranks[0])), key=str)
+            differ = [f"{k} ({_short(other.get(k))} vs {_short(ranks[0].get(k))})"
+                      for k in keys if other.get(k) != ranks[0].get(k)]
+            if differ:
+                raise ReplicaMismatch(
+                    f"rank {r} starts training with another {', '.join(differ)} than rank 0; "
+                    "every rank must use the same data, model, optimizer, seed, batch size "
+                    "and checkpoint (the batch order is shared)")
         self.comm.broadcast_module(self.model)
         self.comm.broadcast_optimizer(self.optimizer)
         self.check("at the start of training")

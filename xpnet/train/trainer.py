@@ -278,13 +278,15 @@ class Trainer:
         if x_test is not None:
             self._probe(x_test, y_test, "x_test/y_test")
         # N ranks: rank 0's model and optimizer everywhere, verified
-        loader = self._loader(x_train, y_train)  # draws nothing until iterated
-        # N ranks: the same data, batches, model, optimizer and seeds everywhere, then rank
-        # 0's model and optimizer everywhere, verified
+        # N ranks: the same data, batches, model, optimizer and seeds everywhere (checked
+        # before anything whose sizes could differ), then rank 0's model and optimizer
+        # everywhere, verified
+        batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
         self.parallel.start({"epoch": self.state.epoch, "step": self.state.step,
                              "batch order": self.rng.get_state(), "batch_size": self.batch_size,
                              "accumulate": self.accumulate, "drop_last": self.drop_last,
-                             "dataset size": n, "batches per epoch": len(loader)})
+                             "dataset size": n, "batches per epoch": batches})
+        loader = self._loader(x_train, y_train)  # draws nothing until iterated
         self.train_size, self._resumed_size = n, None
         self.batches_per_epoch = len(loader)
         self._global_sizes = (self.parallel.global_sizes(n, self.batch_size)
