@@ -350,7 +350,8 @@ class Trainer:
 
     def _probe(self, x: Any, y: Any, names: str) -> None:
         try:
-            evaluate(self.model, self.loss, x[:1], y[:1], metrics=self.metrics, batch_size=1,
+            first = [a[:1, ...] if hasattr(a, "shape") else a[:1] for a in (x, y)]
+            evaluate(self.model, self.loss, *first, metrics=self.metrics, batch_size=1,
                      backend=self.backend, check=False)
         except ValueError as exc:
             raise ValueError(f"fit: {names} do not fit the model or loss: {exc}") from None
