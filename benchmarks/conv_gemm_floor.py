@@ -19,9 +19,11 @@ grid adds 0-27% discarded ones, not counted here).
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import statistics
 import time
+
+import protocol  # benchmarks/protocol.py
 
 # (name, C, F, output positions per image)
 LAYERS = [("conv1 1->16 28x28", 1, 16, 784), ("conv2 16->16 28x28", 16, 16, 784),
@@ -35,9 +37,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default: 15)")
     p.add_argument("--batch", type=int, default=100, help="batch size (default: 100)")
     args = p.parse_args()
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
+    protocol.prepare_this_process(args.threads)  # before NumPy loads: see protocol.py
     import numpy as np
+    print(f"protocol: {json.dumps(protocol.runtime_info())}\n")
 
     rng = np.random.default_rng(0)
     total = 0.0

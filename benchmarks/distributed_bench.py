@@ -23,8 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+import protocol  # benchmarks/protocol.py
+
 ROOT = Path(__file__).resolve().parents[1]
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,8 +49,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict:
-    for var in THREAD_VARS:
-        os.environ[var] = str(args.threads)
+    protocol.prepare_this_process(args.threads)  # before NumPy loads: see protocol.py
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> dict:
         "bytes_per_step": averager.stats["bytes"] / steps,
         "messages_per_step": averager.stats["messages"] / steps,
         "parameters": model.num_parameters(), "backend": backend.name,
+        "protocol": protocol.runtime_info(),
     }
 
 
@@ -136,7 +137,8 @@ def compare(args: argparse.Namespace) -> None:
                         [mpiexec, "-n", "2", *me, "--model", "cnn", "--threads", "1",
                          "--bucket-bytes", str(bucket)]))
     results: dict[str, list[dict]] = {name: [] for name, _ in configs}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_"))}
+    env = {k: v for k, v in protocol.child_env().items()
+           if not k.startswith(("PMI_", "OMPI_"))}
     for _ in range(args.rounds):  # interleaved rounds: a busy neighbour hits every config
         for name, cmd in configs:
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600,

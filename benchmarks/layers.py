@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+import protocol  # benchmarks/protocol.py
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # (label, C, F, H, k, padding, input gradient)
@@ -55,8 +57,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=15, help="timed rounds (default: 15)")
     p.add_argument("--json", action="store_true", help="last stdout line: all rows as JSON")
     args = p.parse_args()
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
+    protocol.prepare_this_process(args.threads)  # before NumPy loads: see protocol.py
     # torch's OpenMP threads otherwise spin after each op and starve OpenBLAS's threads (two
     # thread pools, one process): both runtimes yield their cores between calls
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -151,7 +152,7 @@ def main() -> int:
               f"{r['gflop']:.2f} | {r['xpnet_ms']:.2f} | {r['torch_ms']:.2f} | "
               f"{r['torch_ms'] / r['xpnet_ms']:.2f}x | {gfs} | {floor} | {r['mode']} |")
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps({"rows": rows, "protocol": protocol.runtime_info()}))
     return 0
 
 

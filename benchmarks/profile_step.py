@@ -12,11 +12,13 @@ checkout of xpnet (e.g. an older commit unpacked with ``git archive``) for a bef
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import statistics
 import sys
 import time
 from pathlib import Path
+
+import protocol  # benchmarks/protocol.py
 
 
 def main() -> int:
@@ -29,10 +31,10 @@ def main() -> int:
     p.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1],
                    help="the xpnet checkout to profile (default: this one)")
     args = p.parse_args()
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
+    protocol.prepare_this_process(args.threads)  # before NumPy loads: see protocol.py
     sys.path.insert(0, str(args.root))
     import numpy as np
+    print(f"protocol: {json.dumps(protocol.runtime_info())}\n")
 
     import xpnet
     from xpnet.models import DeepConvNet, SimpleConvNet, TwoLayerNet

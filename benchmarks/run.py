@@ -6,6 +6,13 @@ data, seed and timing protocol (../shared/bench/bench_common.py), interleaved ro
 torch, xpnet, textbook NumPy, torch, xpnet, ... Medians over rounds are reported with the ratio
 xpnet / reference, and optionally the examples' own ``images_per_second`` and a scaling table.
 
+Protocol (benchmarks/protocol.py): every side runs without OPENBLAS_CORETYPE and
+OPENBLAS_L2_SIZE; each run's JSON records the BLAS library, kernel and thread count, torch's
+thread count and the load average before and after it. A round in which any run started or
+ended with a 1-minute load average above the core count (plus the one busy core of --busy) is
+flagged and excluded from the medians. ``--busy`` keeps one busy-loop process pinned to one
+core while both xpnet and PyTorch train (a machine with other work on it).
+
     python benchmarks/run.py                          # main table, 2 rounds (about 4 minutes)
     python benchmarks/run.py --scaling --examples     # plus batch-size/thread table and examples
     python benchmarks/run.py --json results.json      # also write every raw result
@@ -21,6 +28,7 @@ long) and has no textbook NumPy reference.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -28,6 +36,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import protocol  # benchmarks/protocol.py: the one copy of the protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("XPNET_SHARED", ROOT.parent / "shared"))
@@ -38,12 +48,10 @@ REFERENCES = {
 }
 
 
-def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
-    """Run a command and parse the JSON object on its last stdout line."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def run_json(cmd: list[str], env: dict[str, str]) -> dict:
+    """Run a command in the protocol's environment and parse the JSON object on its last
+    stdout line, with the load average before and after."""
+    return protocol.timed_run(cmd, env, ROOT)
 
 
 #: xpnet on further backends (``--extra-backends``), as rows "xpnet-<backend>"
@@ -65,14 +73,15 @@ def bench(impl: str, model: str, args: argparse.Namespace, batch_size: int = 100
           threads: int | None = None, train_limit: int | None = None) -> dict:
     backend = impl.split("-", 1)[1] if impl.startswith("xpnet-") else args.backend
     script = REFERENCES["xpnet" if impl.startswith("xpnet") else impl]
-    cmd = [sys.executable, str(script), "--model", model, "--json",
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "protocol.py"), str(script),
+           "--model", model, "--json",
            "--threads", str(threads or args.threads), "--batch-size", str(batch_size),
            "--data-dir", str(args.data_dir / "mnist")]
     if impl.startswith("xpnet"):
-        cmd += ["--backend", backend]
+        cmd += ["--backend", backend, "--thread-policy", args.xpnet_threads]
     if train_limit:
         cmd += ["--train-limit", str(train_limit)]
-    res = run_json(cmd)
+    res = run_json(cmd, protocol.child_env(threads or args.threads))
     res["impl"] = impl
     print(f"  {impl:>15} {model}: {res['images_per_s']:>10,.0f} img/s  "
           f"acc {res['test_accuracy']:.4f}  peak RSS {res['peak_rss_mb']:.0f} MB",
@@ -81,7 +90,16 @@ def bench(impl: str, model: str, args: argparse.Namespace, batch_size: int = 100
 
 
 def median(runs: list[dict], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
+    """The median over the rounds that count (:func:`protocol.median`); NaN when every round
+    was flagged."""
+    value = protocol.median(runs, key)
+    return float("nan") if value is None else value
+
+
+def load_limit(args: argparse.Namespace) -> float:
+    """The load average above which a round is flagged: the cores, plus the busy core that
+    --busy itself adds."""
+    return protocol.cores() + (1 if args.busy else 0)
 
 
 def main_table(args: argparse.Namespace) -> dict:
@@ -99,13 +117,21 @@ def main_table(args: argparse.Namespace) -> dict:
                 if model == "cnn" and args.cnn_train_limit:
                     limit = args.cnn_train_limit
                 results[model][impl].append(bench(impl, model, args, train_limit=limit))
+        this_round = [by[rnd - 1] for m in args.models for by in results[m].values()]
+        if protocol.flag_rounds([this_round], load_limit(args))[0]:
+            print(f"  round {rnd} flagged (load above {load_limit(args):g}): excluded from "
+                  "the medians", file=sys.stderr)
+    if all(r.get("flagged") for by in results.values() for runs in by.values() for r in runs):
+        print("every round was flagged (load above the cores): no medians, re-run on a "
+              "quieter machine", file=sys.stderr)
     summary = {}
     for model, by_impl in results.items():
         row = {impl: {"images_per_s": median(runs, "images_per_s"),
                       "epoch_seconds_60k": 60000 / median(runs, "images_per_s"),
                       "test_accuracy": median(runs, "test_accuracy"),
                       "peak_rss_mb": median(runs, "peak_rss_mb"),
-                      "runs_images_per_s": [r["images_per_s"] for r in runs]}
+                      "runs_images_per_s": [r["images_per_s"] for r in runs],
+                      "runs_flagged": [bool(r.get("flagged")) for r in runs]}
                for impl, runs in by_impl.items()}
         for impl in xpnet_impls(model):  # "ratio_vs_torch" for xpnet, "...@xpnet-torch" etc.
             tag = "" if impl == "xpnet" else f"@{impl}"
@@ -113,9 +139,11 @@ def main_table(args: argparse.Namespace) -> dict:
             row["ratio_vs_torch" + tag] = x / row["torch"]["images_per_s"]
             # round by round (same machine state): the median of the per-round ratios
             rounds = [a["images_per_s"] / b["images_per_s"] for a, b in
-                      zip(by_impl[impl], by_impl["torch"], strict=True)]
+                      zip(by_impl[impl], by_impl["torch"], strict=True)
+                      if not a.get("flagged")]
             row["ratio_vs_torch_rounds" + tag] = rounds
-            row["ratio_vs_torch_median_of_rounds" + tag] = statistics.median(rounds)
+            row["ratio_vs_torch_median_of_rounds" + tag] = (
+                statistics.median(rounds) if rounds else float("nan"))
             if "numpy-textbook" in row:
                 row["ratio_vs_numpy_textbook" + tag] = x / row["numpy-textbook"]["images_per_s"]
         summary[model] = row
@@ -159,7 +187,8 @@ def scaling(args: argparse.Namespace) -> list[dict]:
                               train_limit=limit)
                     rows.append({"model": model, "impl": impl, "threads": threads,
                                  "batch_size": bs, "images_per_s": r["images_per_s"],
-                                 "test_accuracy": r["test_accuracy"]})
+                                 "test_accuracy": r["test_accuracy"],
+                                 "protocol": r["protocol"]})
     print("\n| model | threads | batch | xpnet img/s | torch img/s | xpnet / torch |"
           " xpnet step ms |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -177,11 +206,10 @@ def scaling(args: argparse.Namespace) -> list[dict]:
 def layers(args: argparse.Namespace) -> dict:
     """The per-layer table (benchmarks/layers.py) in its own process, same thread count."""
     print("layers", file=sys.stderr)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-               OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "layers.py"), "--threads",
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "protocol.py"),
+                           str(ROOT / "benchmarks" / "layers.py"), "--threads",
                            str(args.threads), "--json"], capture_output=True, text=True,
-                          env=env, cwd=ROOT)
+                          env=protocol.child_env(args.threads), cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmarks/layers.py failed:\n{proc.stderr[-2000:]}")
     lines = proc.stdout.strip().splitlines()
@@ -191,12 +219,11 @@ def layers(args: argparse.Namespace) -> dict:
 
 def examples(args: argparse.Namespace) -> dict:
     out = {}
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-               OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               XPNET_BACKEND=args.backend)
+    env = protocol.child_env(args.threads, XPNET_BACKEND=args.backend)
     print("examples", file=sys.stderr)
     for script in ("mnist_cnn.py", "mnist_mlp.py"):
-        res = run_json([sys.executable, str(ROOT / "examples" / script), "--epochs", "1",
+        res = run_json([sys.executable, str(ROOT / "benchmarks" / "protocol.py"),
+                        str(ROOT / "examples" / script), "--epochs", "1",
                         "--json", "--data-dir", str(args.data_dir)], env=env)
         out[script] = {k: res[k] for k in ("images_per_second", "train_seconds",
                                            "test_accuracy")}
@@ -209,8 +236,15 @@ def examples(args: argparse.Namespace) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main_parser() -> argparse.ArgumentParser:
+    """run.py's command line."""
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Protocol: every side runs without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE; the "
+               "JSON records each run's BLAS library, kernel and threads, torch's threads and "
+               "the load average before and after. A round in which any run started or ended "
+               "with a 1-minute load average above the core count (plus 1 under --busy) is "
+               "flagged and excluded from the medians.")
     p.add_argument("--models", nargs="+", choices=["deep", "cnn", "mlp"],
                    default=["deep", "cnn", "mlp"], help="models to run (default: deep cnn mlp)")
     p.add_argument("--rounds", type=int, default=2,
@@ -232,6 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cnn-train-limit", type=int, default=None,
                    help="training images per SimpleConvNet epoch, all frameworks (default: as "
                         "--train-limit)")
+    p.add_argument("--xpnet-threads", choices=["fixed", "adaptive"], default="fixed",
+                   help="fixed: xpnet runs with --threads like the others; adaptive: with its "
+                        "default thread policy (xpnet.threads.adapt_threads; use with --busy) "
+                        "(default: fixed)")
+    p.add_argument("--busy", action="store_true",
+                   help="busy-machine scenario: one busy-loop process pinned to one core while "
+                        "both xpnet and PyTorch train (main table only; default: off)")
     p.add_argument("--layers", action="store_true",
                    help="also time each conv/pool shape against torch (benchmarks/layers.py; "
                         "default: off)")
@@ -250,13 +291,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder holding mnist/ (default: ../shared/data)")
     p.add_argument("--json", type=Path, default=None, help="write all results here "
                    "(default: none)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = main_parser().parse_args(argv)
     EXTRA_BACKENDS[:] = args.extra_backends
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    out = {"date": started, "machine": machine_line(), "argv": sys.argv[1:]}
-    print(f"\n{started}  {out['machine']}")
+    out = {"date": started, "machine": machine_line(), "argv": sys.argv[1:],
+           "busy": args.busy, "load_limit": load_limit(args)}
+    print(f"\n{started}  {out['machine']}" + ("  (busy: one core looping)" if args.busy else ""))
     if args.rounds > 0:  # --rounds 0: only the extra tables
-        out.update(main_table(args))
+        with protocol.busy_core() if args.busy else contextlib.nullcontext():
+            out.update(main_table(args))
         print_table(out["summary"])
     if args.layers:
         out["layers"] = layers(args)

@@ -18,16 +18,25 @@ sys.path.insert(0, str(SHARED_BENCH))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's xpnet
 
 import bench_common as bc  # noqa: E402
+import protocol  # noqa: E402  (benchmarks/protocol.py, beside this script)
 
 
 def main():
     parser = bc.make_parser(__doc__.splitlines()[0])
     parser.add_argument("--backend", default="numpy",
                         help="xpnet backend: numpy, torch, array_api_strict, cupy")
+    parser.add_argument("--thread-policy", choices=["fixed", "adaptive"], default="fixed",
+                        help="fixed: --threads for every library; adaptive: xpnet's default "
+                             "(xpnet.threads.adapt_threads at model build, as Trainer.fit)")
     args = bc.parse_args(parser)  # sets the BLAS thread variables before NumPy loads
+    protocol.prepare_this_process(args.threads)
+    if args.thread_policy == "adaptive":  # no thread variables: xpnet's policy decides
+        for var in ("XPNET_NUM_THREADS", *protocol.THREAD_VARIABLES):
+            os.environ.pop(var, None)
     import numpy as np
 
     import xpnet
+    import xpnet.threads
     from xpnet.models import DeepConvNet, SimpleConvNet, TwoLayerNet
     from xpnet.train import predict
 
@@ -40,6 +49,8 @@ def main():
     loss_fn = xpnet.SoftmaxCrossEntropy(check_range=False)
 
     def build():
+        if args.thread_policy == "adaptive":
+            info["threads_chosen"] = xpnet.threads.adapt_threads()
         model = {"cnn": SimpleConvNet, "deep": DeepConvNet, "mlp": TwoLayerNet}[args.model](
             seed=args.seed)
         opt = (xpnet.Adam(model, lr=args.lr) if args.optimizer == "adam"
@@ -59,7 +70,8 @@ def main():
         return bc.batched_accuracy(lambda xb: predict(model, xb, batch_size=len(xb)), x, y)
 
     info = dict(framework=f"xpnet-{backend.name}", version=xpnet.__version__,
-                backend_version=backend.version, numpy=np.__version__, dtype="float32")
+                backend_version=backend.version, numpy=np.__version__, dtype="float32",
+                protocol=protocol.runtime_info())
     bc.run(args, data, build, step, evaluate, info)
 
 

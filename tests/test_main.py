@@ -45,6 +45,20 @@ def test_info_lists_every_backend_and_exits_0(capsys):
     assert err == ""
 
 
+def test_info_names_the_faster_backend_for_conv_nets(capsys):
+    """With torch installed, info points conv nets at the torch backend; without, at NumPy."""
+    from xpnet.info import conv_advice
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("conv nets: "))
+    have_torch = "torch" in xpnet.backend.available_backends() and not \
+        xpnet.backend.available_backends()["torch"].startswith("unavailable")
+    assert ("torch backend" in line) == have_torch
+    assert "torch backend runs torch's own convolutions" in conv_advice(
+        {"torch": {"available": True}})
+    assert "NumPy" in conv_advice({"torch": {"available": False, "reason": "not installed"}})
+
+
 def test_info_subprocess():
     env = {k: v for k, v in os.environ.items() if not k.startswith("XPNET_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))

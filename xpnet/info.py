@@ -17,7 +17,7 @@ from . import backend as _backend
 from .backend.hints import installed_from
 from .backend.probe import cuda_devices, strict_devices, torch_devices
 
-__all__ = ["collect_info", "format_info"]
+__all__ = ["collect_info", "conv_advice", "format_info"]
 
 
 def _selection() -> dict[str, Any]:
@@ -44,7 +44,8 @@ def collect_info() -> dict[str, Any]:
         Keys ``xpnet``, ``python``, ``platform``, ``installed_from`` (``kind``: 'editable',
         'checkout' or 'index'; ``path``), ``backends`` (name -> ``available``,
         ``version`` or ``reason``), ``devices`` (``cupy``, ``torch_cuda``,
-        ``array_api_strict``), ``auto`` (``choice``, ``reason``), ``env`` and ``selection``.
+        ``array_api_strict``), ``auto`` (``choice``, ``reason``), ``conv_nets`` (the
+        backend for conv nets on the CPU, see :func:`conv_advice`), ``env``, ``selection``.
     """
     backends = {}
     for name, text in _backend.available_backends().items():
@@ -68,9 +69,20 @@ def collect_info() -> dict[str, Any]:
             "array_api_strict": strict_devices(),
         },
         "auto": {"choice": "cupy" if ok else "numpy", "reason": why},
+        "conv_nets": conv_advice(backends),
         "env": {k: os.environ.get(k) for k in ("XPNET_BACKEND", "XPNET_DEVICE")},
         "selection": _selection(),
     }
+
+
+def conv_advice(backends: dict[str, Any]) -> str:
+    """Which backend to use for conv nets on the CPU: torch's own convolutions when torch is
+    installed, else NumPy's grid formulation (the transparent reference path)."""
+    if backends.get("torch", {}).get("available"):
+        return ("the torch backend runs torch's own convolutions (fastest CPU path here); "
+                "select it with XPNET_BACKEND=torch")
+    return ("NumPy's grid convolution (install torch for torch's own convolutions, the "
+            "fastest CPU path)")
 
 
 def _gpu_line(d: dict[str, Any], prefix: str) -> str:
@@ -112,8 +124,8 @@ def format_info(info: dict[str, Any]) -> str:
     lines += ["  torch CUDA:"] + ([_gpu_line(d, "cuda:") for d in devs["torch_cuda"]]
                                   or ["    none"])
     lines.append("  array_api_strict: " + (", ".join(devs["array_api_strict"]) or "none"))
-    lines += ["", f"auto -> {info['auto']['choice']} ({info['auto']['reason']})", "",
-              "Environment:"]
+    lines += ["", f"auto -> {info['auto']['choice']} ({info['auto']['reason']})",
+              f"conv nets: {info['conv_nets']}", "", "Environment:"]
     lines += [f"  {k}={v}" if v is not None else f"  {k} (unset)" for k, v in info["env"].items()]
     sel = info["selection"]
     lines.append("")

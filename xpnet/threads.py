@@ -11,14 +11,15 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from array_api_compat import device
 
 from .backend import device_scope
 
-__all__ = ["THREAD_VARIABLES", "Workspace", "copy_threads", "in_threads", "share_cores",
-           "single_threaded_blas", "thread_scratch"]
+__all__ = ["THREAD_VARIABLES", "Workspace", "adapt_threads", "choose_threads", "copy_threads",
+           "in_threads", "other_load", "share_cores", "single_threaded_blas", "thread_scratch"]
 
 Array = Any
 
@@ -80,14 +81,87 @@ def thread_scratch() -> Workspace:
     return ws
 
 
+#: the thread count :func:`adapt_threads` chose last (None: it has not run, or left threads alone)
+_ADAPTED: int | None = None
+
+
 def copy_threads() -> int:
-    """Threads for NumPy's large copies: the BLAS thread count the process asked for
-    (``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS``), else the usable cores; at most 8."""
+    """Threads for NumPy's large copies: the thread count the process asked for
+    (``XPNET_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS``), else the count
+    :func:`adapt_threads` chose, else the usable cores; at most 8."""
     for var in ("XPNET_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(var, "")
         if value.isdigit() and int(value) > 0:
             return min(int(value), 8)
+    if _ADAPTED is not None:
+        return min(_ADAPTED, 8)
     return max(1, min(_cores(), 8))
+
+
+def _user_threads() -> bool:
+    """Whether the user set a thread count in one of :data:`THREAD_VARIABLES`."""
+    return any(os.environ.get(v, "").strip() for v in THREAD_VARIABLES)
+
+
+def _own_running() -> int:
+    """This process's runnable threads now (at least 1: the caller); a BLAS pool that still
+    spins after its last call counts here, not as another process's load."""
+    count = 0
+    try:
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                # the state follows the parenthesised command name, which may hold spaces
+                count += (task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "R"
+            except (OSError, IndexError):
+                continue
+    except OSError:
+        pass
+    return max(count, 1)
+
+
+def other_load() -> float:
+    """How many cores other processes keep busy now: the smaller of the 1-minute load average
+    and the tasks runnable at this instant (``/proc/loadavg``) less this process's own. The
+    average lags by a minute (it still counts a run that just ended); the instant count
+    jumps; a busy neighbour shows in both. 0.0 where neither can be read."""
+    try:
+        fields = Path("/proc/loadavg").read_text().split()
+        average = float(fields[0])
+        running = int(fields[3].split("/")[0]) - _own_running()
+    except (OSError, IndexError, ValueError):
+        try:
+            return max(0.0, os.getloadavg()[0])
+        except (AttributeError, OSError):
+            return 0.0
+    return max(0.0, min(average, float(running)))
+
+
+def choose_threads(cores: int, others: float) -> int:
+    """The thread count for a run that shares ``cores`` with ``others`` cores' worth of other
+    work: the cores left free (rounded to the nearest whole core), at least 1. A thread whose
+    core another process holds stalls every BLAS call that waits for it, so fewer threads
+    than cores is faster as soon as one core is taken."""
+    return max(1, min(cores, cores - int(others + 0.5)))
+
+
+def adapt_threads() -> int | None:
+    """Fit the BLAS and copy thread counts to the cores free now (:func:`choose_threads` of
+    :func:`other_load`); called at the start of training. A thread count the user set in one
+    of :data:`THREAD_VARIABLES` is left alone (returns None); so is a BLAS that threadpoolctl
+    cannot reach. Returns the count chosen."""
+    global _ADAPTED
+    if _user_threads():
+        _ADAPTED = None
+        return None
+    threads = choose_threads(_cores(), other_load())
+    if threads != _ADAPTED:
+        try:
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(limits=threads, user_api="blas")  # stays in force
+        except ImportError:  # BLAS threads stay as they are; copies still follow
+            pass
+        _ADAPTED = threads
+    return threads
 
 
 def _cores() -> int:

@@ -26,6 +26,7 @@ from ..module import Module
 from ..optim import Optimizer
 from ..rng import Generator
 from ..schedules import Schedule
+from ..threads import adapt_threads
 from .callbacks import Callback, KeepBest, LRSchedule, SaveCheckpoint
 from .checks import check_arrays, check_data, num_examples
 from .evaluate import evaluate, predict
@@ -277,7 +278,6 @@ class Trainer:
         self._probe(x_train, y_train, "x_train/y_train")
         if x_test is not None:
             self._probe(x_test, y_test, "x_test/y_test")
-        # N ranks: rank 0's model and optimizer everywhere, verified
         # N ranks: the same data, batches, model, optimizer and seeds everywhere (checked
         # before anything whose sizes could differ), then rank 0's model and optimizer
         # everywhere, verified
@@ -286,6 +286,7 @@ class Trainer:
                              "batch order": self.rng.get_state(), "batch_size": self.batch_size,
                              "accumulate": self.accumulate, "drop_last": self.drop_last,
                              "dataset size": n, "batches per epoch": batches})
+        adapt_threads()  # BLAS threads for the cores free now (xpnet.threads: the policy)
         loader = self._loader(x_train, y_train)  # draws nothing until iterated
         self.train_size, self._resumed_size = n, None
         self.batches_per_epoch = len(loader)

@@ -1,0 +1,127 @@
+"""Sequential's reordering of commuting layers (xpnet/layers/container.py): a ReLU followed by
+a MaxPool2d runs after the pool. Held equal, float64, to the layer-by-layer order on every
+backend: outputs exactly, the input gradient and every parameter gradient to rounding (a
+backend's sums may run in another order over another memory layout), ties included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import dev, to_np
+from layer_refs import gradcheck, rand
+
+import xpnet
+
+TIGHT = {"rtol": 1e-12, "atol": 1e-14}
+
+
+def _conv_net(fuse: bool, pool: xpnet.MaxPool2d | None = None) -> xpnet.Sequential:
+    rng = xpnet.Generator(7)
+    net = xpnet.Sequential(
+        xpnet.Conv2d(2, 3, 3, padding=1, dtype="float64", rng=rng), xpnet.ReLU(),
+        pool or xpnet.MaxPool2d(2),
+        xpnet.Conv2d(3, 4, 3, padding=1, dtype="float64", rng=rng), xpnet.ReLU(),
+        xpnet.MaxPool2d(2), xpnet.Flatten(), xpnet.Linear(4 * 2 * 2, 3, dtype="float64",
+                                                          rng=rng))
+    net.fuse = fuse
+    return net
+
+
+def _run(net: xpnet.Sequential, x: np.ndarray, dout_seed: int = 1, input_grad: bool = True):
+    y = net.forward(dev(x))
+    d = np.random.default_rng(dout_seed).standard_normal(tuple(y.shape))
+    dx = net.backward(dev(d), input_grad=input_grad)
+    grads = {k: to_np(p.grad) for k, p in net.parameters().items()}
+    return to_np(y), None if dx is None else to_np(dx), grads
+
+
+def test_the_order_swaps_only_relu_then_maxpool():
+    net = _conv_net(True)
+    assert net.run_order() == [0, 2, 1, 3, 5, 4, 6, 7]
+    net.fuse = False
+    assert net.run_order() == list(range(8))
+
+    class MyReLU(xpnet.ReLU):
+        pass
+    odd = xpnet.Sequential(MyReLU(), xpnet.MaxPool2d(2), xpnet.ReLU(), xpnet.AvgPool2d(2),
+                           xpnet.ReLU(), xpnet.ReLU(), xpnet.MaxPool2d(2))
+    assert odd.run_order() == [0, 1, 2, 3, 4, 6, 5]
+
+
+@pytest.mark.parametrize("pool", [(2, 2, 0), (3, 2, 1), (2, 1, 0)], ids=["2x2", "3s2p1",
+                                                                          "2s1"])
+def test_reordered_equals_layer_by_layer(backend, pool):
+    k, s, p = pool
+    # integer values on a coarse grid: many ties and zeros inside the pooling windows
+    x = np.random.default_rng(0).integers(-2, 3, (2, 2, 8, 8)).astype(np.float64)
+    if (k, s) == (2, 2):  # the whole net
+        fused = _run(_conv_net(True, xpnet.MaxPool2d(k, s, p)), x)
+        plain = _run(_conv_net(False, xpnet.MaxPool2d(k, s, p)), x)
+    else:  # another first pool changes the head's size: the trunk only
+        trunk = [xpnet.Conv2d(2, 3, 3, padding=1, dtype="float64", rng=xpnet.Generator(7)),
+                 xpnet.ReLU(), xpnet.MaxPool2d(k, s, p)]
+        a, b = xpnet.Sequential(*trunk), xpnet.Sequential(*trunk)
+        b.fuse = False
+        fused, plain = _run(a, x), _run(b, x)
+    np.testing.assert_array_equal(fused[0], plain[0])
+    np.testing.assert_allclose(fused[1], plain[1], **TIGHT)
+    assert fused[2].keys() == plain[2].keys()
+    for name in fused[2]:
+        np.testing.assert_allclose(fused[2][name], plain[2][name], err_msg=name, **TIGHT)
+
+
+def test_relu_pool_on_raw_ties(backend):
+    """A window whose values are all <= 0, or tie at a positive maximum, routes as the
+    layer-by-layer order does (nothing, resp. the first maximum)."""
+    x = np.array([[[[-1.0, -1.0, 2.0, 2.0], [0.0, -3.0, 1.0, 2.0],
+                    [0.0, 0.0, 5.0, -1.0], [0.0, 0.0, 5.0, 5.0]]]])
+    outs = []
+    for fuse in (True, False):
+        net = xpnet.Sequential(xpnet.ReLU(), xpnet.MaxPool2d(2))
+        net.fuse = fuse
+        outs.append(_run(net, x))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])  # no sums: exactly
+
+
+def test_reordered_without_input_grad(backend):
+    x = rand((2, 2, 8, 8))
+    fused = _run(_conv_net(True), x, input_grad=False)
+    plain = _run(_conv_net(False), x, input_grad=False)
+    assert fused[1] is None and plain[1] is None
+    for name in fused[2]:
+        np.testing.assert_allclose(fused[2][name], plain[2][name], err_msg=name, **TIGHT)
+
+
+def test_reordered_gradcheck(backend):
+    gradcheck(_conv_net(True), rand((2, 2, 8, 8)),
+              {"x", "0.W", "0.b", "3.W", "3.b", "7.W", "7.b"})
+
+
+def test_a_reordered_sequential_is_reusable_in_one_pass(backend):
+    """Per-call records: one Sequential used twice in a pass backpropagates each use."""
+    class Twice(xpnet.Module):
+        def __init__(self, fuse: bool):
+            super().__init__()
+            self.net = xpnet.Sequential(xpnet.ReLU(), xpnet.MaxPool2d(2), xpnet.Flatten(),
+                                        xpnet.Linear(4, 2, dtype="float64",
+                                                     rng=xpnet.Generator(1)))
+            self.net.fuse = fuse
+
+        def forward(self, x):
+            return self.net.forward(x) + self.net.forward(x * 2.0 - 1.0)
+
+        def backward(self, dout):
+            return self.net.backward(dout) * 2.0 + self.net.backward(dout)
+
+    x = rand((3, 1, 4, 4))
+    results = []
+    for fuse in (True, False):
+        m = Twice(fuse)
+        m.net.accumulate_grads(True)
+        results.append(_run(m, x))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_allclose(results[0][1], results[1][1], **TIGHT)
+    for name in results[0][2]:
+        np.testing.assert_allclose(results[0][2][name], results[1][2][name], **TIGHT)
+    gradcheck(Twice(True), x, {"x", "net.3.W", "net.3.b"})
