@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -228,6 +229,7 @@ def check_resume(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other: continue the saved run, "
                      "or replace it")
+    _RUN["checkpoint"] = args.checkpoint  # named by the line an interrupt prints
     if not args.checkpoint:
         return
     path = Path(args.checkpoint)
@@ -265,27 +267,72 @@ def use_saved_lr(args: argparse.Namespace) -> dict[str, float] | None:
 
 
 # ---------------------------------------------------------------------------- running
+# the run's --checkpoint PATH, once parsed (check_resume): what an interrupted run names
+_RUN: dict[str, str | None] = {"checkpoint": None}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the run is, so that it stops as Ctrl-C does (the Trainer rolls
+    back the unfinished epoch, the checkpoint keeps the last finished one)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def interrupted_line(name: str, exc: KeyboardInterrupt) -> tuple[str, int]:
+    """The one line an interrupted run prints, and its exit code: 128 + the signal number
+    (130 for SIGINT, 143 for SIGTERM), as shells report a process a signal ended."""
+    sig = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+    path = _RUN["checkpoint"]
+    if path is None:
+        kept = ("nothing was saved (pass --checkpoint PATH to save after every epoch, then "
+                "--checkpoint PATH --resume to continue)")
+    elif Path(path).exists():
+        kept = (f"{path} holds the last finished epoch; continue with --checkpoint {path} "
+                "--resume")
+    else:
+        kept = f"no epoch had finished, nothing was saved to {path}; run again to start over"
+    return f"{name}: interrupted by {sig.name}; {kept}", 128 + int(sig)
+
+
 def cli(main: Callable[..., int]) -> Callable[..., int]:
     """Decorate an example's ``main``: an expected error becomes one line on stderr, exit 1.
 
     The line reads ``examples/<name>.py: error: <message>``, like argparse's usage errors.
-    Under an MPI launcher (several ranks) any error ends every rank: the line (or, for an
-    unexpected error, the traceback) is shown once and the job exits non-zero.
+    Ctrl-C (SIGINT) or SIGTERM prints one line saying what was saved and how to resume, and
+    exits 130 or 143. Under an MPI launcher (several ranks) any error ends every rank: the line
+    (or, for an unexpected error, the traceback) is shown once and the job exits non-zero.
     """
     name = prog(inspect.getfile(main))
 
     @functools.wraps(main)
     def wrapper(argv: Sequence[str] | None = None) -> int:
         comm = distributed.world()  # one process unless an MPI launcher started several
-        with distributed.abort_on_error(comm):
-            try:
-                return main(argv)
-            except EXPECTED_ERRORS as exc:
-                message = str(exc).replace("\n", " ") or type(exc).__name__
-                if comm.size > 1:
-                    distributed.report_and_abort(comm, exc, f"{name}: error: {message}")
-                print(f"{name}: error: {message}", file=sys.stderr)
-                return 1
+        _RUN["checkpoint"] = None
+        try:
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        except ValueError:  # not the main thread: SIGTERM keeps its handler
+            previous = None
+        try:
+            with distributed.abort_on_error(comm):
+                try:
+                    return main(argv)
+                except EXPECTED_ERRORS as exc:
+                    message = str(exc).replace("\n", " ") or type(exc).__name__
+                    if comm.size > 1:
+                        distributed.report_and_abort(comm, exc, f"{name}: error: {message}")
+                    print(f"{name}: error: {message}", file=sys.stderr)
+                    return 1
+                except KeyboardInterrupt as exc:
+                    line, code = interrupted_line(name, exc)
+                    if comm.size > 1:
+                        distributed.report_and_abort(comm, exc, line)
+                    print(line, file=sys.stderr)
+                    return code
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

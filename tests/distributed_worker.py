@@ -275,7 +275,7 @@ def check_trainer(comm: distributed.Communicator, out: Path) -> dict[str, float]
         Trainer(m, xpnet.Adam(m, lr=1e-2), seed=comm.rank, comm=comm).fit(x, y, 1)
         raise AssertionError("a per-rank seed was not refused")
     except distributed.ReplicaMismatch as exc:
-        assert "ranks [1]" in str(exc) and "batch order" in str(exc), exc
+        assert "rank 1" in str(exc) and "batch order" in str(exc), exc
     errors["per_rank_seed_refused"] = 0.0
 
     drop = xpnet.Sequential(xpnet.Flatten(), xpnet.Linear(144, 32, dtype="float64"),
@@ -345,6 +345,40 @@ class KillAt(Recorder):
         return self.inner.forward(x)
 
 
+def check_disagreements(comm) -> None:
+    """Ranks that differ in one setting each: every rank raises the same ReplicaMismatch
+    naming rank 1 and the field, before any collective whose sizes could disagree."""
+    from xpnet.models import SimpleConvNet
+    from xpnet.train import Trainer
+
+    xpnet.set_backend("numpy")
+    x, y, _, _ = data()
+    r = comm.rank
+
+    def net(hidden=16):
+        return SimpleConvNet((1, 12, 12), filters=4, kernel_size=3, hidden_size=hidden,
+                             dtype="float64", seed=0)
+
+    cases = {  # field: (model, optimizer settings, examples)
+        "dataset size (999 vs 1000)": (net(), {}, 1000 - r),
+        "batches per epoch (11 vs 10)": (net(), {}, 100 + r),
+        "model structure": (net(16 + r), {}, 1000),
+        "optimizer settings": (net(), {"eps": 1e-8 * (1 + r)}, 1000),
+    }
+    for field, (model, settings, n) in cases.items():
+        trainer = Trainer(model, xpnet.Adam(model, lr=1e-2, **settings), batch_size=10,
+                          comm=comm)
+        try:
+            trainer.fit(x[:n], y[:n], 1)
+            raise AssertionError(f"ranks differing in {field} were not refused")
+        except distributed.ReplicaMismatch as exc:
+            said = comm.allgather_object(str(exc))
+        assert said[0] == said[1], said
+        assert said[0].startswith("rank 1 starts training with another") and field in said[0], \
+            said[0]
+        assert trainer.epoch == 0 and trainer.step_count == 0
+
+
 def main(scenario: str) -> None:
     comm = distributed.world()
     assert comm.size == 2, f"expected 2 ranks, got {comm.size}"
@@ -367,6 +401,11 @@ def main(scenario: str) -> None:
         xpnet.set_backend("numpy")
         ck = str(Path(sys.argv[2]) / "killed.npz")
         fit(KillAt(small_net(), comm.rank, EPOCH_STEPS + 5), comm, 3, checkpoint=ck)
+    elif scenario == "disagree":
+        with distributed.abort_on_error(comm):
+            check_disagreements(comm)
+            if comm.is_root:
+                print("OK disagreements refused on every rank", flush=True)
     elif scenario == "raise":
         with distributed.abort_on_error(comm):
             if comm.rank == 1:

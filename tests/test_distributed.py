@@ -246,6 +246,15 @@ def test_nccl_allreduce_on_one_gpu():
             comm.allreduce_(xpnet.to_device(np.ones(4, np.int8)))
 
 
+def test_ranks_that_disagree_all_stop_with_one_message_naming_rank_and_field():
+    """Training sets one example apart, batch counts apart, another model or optimizer
+    setting: a named ReplicaMismatch on every rank, never MPI's "Message truncated"."""
+    result = launch("disagree", timeout=LAUNCH_TIMEOUT)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "OK disagreements refused on every rank" in out and "truncated" not in out, out
+
+
 def test_an_exception_on_one_rank_ends_the_job_once():
     result = launch("raise", timeout=60)
     out = result.stdout + result.stderr

@@ -14,8 +14,10 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,14 @@ def run_example(script: str, *args: str, backend: str | None = "numpy", threads:
     ``threads=1`` pins BLAS/OpenMP to one thread: dry runs are tiny, and on a busy 2-core machine
     spinning worker threads only slow them down. ``env`` adds or overrides variables.
     """
+    return subprocess.run([sys.executable, str(EXAMPLES / f"{script}.py"), *args], cwd=ROOT,
+                          env=example_env(backend, threads, env), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def example_env(backend: str | None = "numpy", threads: int | None = 1,
+                env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment :func:`run_example` gives a script."""
     env = dict(os.environ, **(env or {}))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("XPNET_DEVICE", None)
@@ -71,8 +81,7 @@ def run_example(script: str, *args: str, backend: str | None = "numpy", threads:
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = env["MKL_NUM_THREADS"] = \
             str(threads)
-    return subprocess.run([sys.executable, str(EXAMPLES / f"{script}.py"), *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return env
 
 
 def summary(proc: subprocess.CompletedProcess) -> dict:
@@ -224,6 +233,38 @@ def test_resume_matches_straight_run(script, tmp_path):
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in straight["history"]]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed["history"]] == strip
 
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_ends_a_run_with_one_line_and_the_conventional_exit_code(sig, code, tmp_path):
+    """Ctrl-C or SIGTERM after the first checkpoint: one line saying what was saved and how
+    to resume, exit 128 + the signal, no traceback; the resumed run then goes on."""
+    ck = tmp_path / "ck.npz"
+    common = ["--epochs", "1000", "--train-limit", "300", "--data-dir", str(mnist_dir()),
+              "--checkpoint", str(ck)]
+    proc = subprocess.Popen([sys.executable, str(EXAMPLES / "mnist_mlp.py"), *common],
+                            cwd=ROOT, env=example_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ck.exists():  # the first epoch is saved: stop in a later one
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err, err
+    said = [line for line in err.splitlines() if "interrupted" in line]
+    assert said == [f"examples/mnist_mlp.py: interrupted by {sig.name}; {ck} holds the last "
+                    f"finished epoch; continue with --checkpoint {ck} --resume"], err
+    resumed = run_example("mnist_mlp", *common, "--resume", "--stop-after", "1", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert summary(resumed)["resumed_from_epoch"] >= 1
 
 
 @pytest.mark.parametrize("script", ["mnist_cnn", "mnist_mlp"])

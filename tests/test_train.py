@@ -28,7 +28,8 @@ def test_first_epoch_uses_the_seeds_first_shuffle(backend):
     model = TwoLayerNet(6, 4, 3)
     seen = []
     forward = model.forward
-    model.forward = lambda xb: (seen.append(to_np(xb)), forward(xb))[1]
+    # the training batches (fit first tries one example of the data in evaluation mode)
+    model.forward = lambda xb: (model.training and seen.append(to_np(xb)), forward(xb))[1]
     Trainer(model, xpnet.SGD(model, lr=0.0), batch_size=30, seed=5,
             callbacks=[Progress(True)]).fit(x, y, 1)
     first, _ = next(iter(BatchLoader(x, y, 30, rng=xpnet.Generator(5))))

@@ -16,12 +16,24 @@ from . import grad_mode
 from .backend import Backend, current, to_device, to_numpy
 from .grad_mode import grad_enabled
 
-__all__ = ["Module", "Parameter", "StateDictError"]
+__all__ = ["Module", "Parameter", "StateDictError", "check_finite_state"]
 
 
 class StateDictError(ValueError):
     """A state dict does not fit the model (missing or unexpected keys, another shape or
     dtype); the message names the first misfit."""
+
+
+def check_finite_state(state: dict[str, Any], owner: str) -> None:
+    """StateDictError naming the first array of ``state`` that holds NaN or inf (weights of a
+    diverged run would load and predict nonsense with no word)."""
+    for k, v in state.items():
+        a = np.asarray(to_numpy(v))
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+            raise StateDictError(f"{owner}: {k!r} holds {bad} NaN or infinite value(s) of "
+                                 f"{a.size}; expected finite weights (pass "
+                                 "allow_nonfinite=True to load a diverged state on purpose)")
 
 Array = Any
 
@@ -412,10 +424,11 @@ class Module:
         out.update({k: np.array(to_numpy(v)) for k, v in self.buffers().items()})
         return out
 
-    def check_state_dict(self, state: Any, *, dtypes: bool = False) -> None:
+    def check_state_dict(self, state: Any, *, dtypes: bool = False,
+                         allow_nonfinite: bool = False) -> None:
         """Raise :class:`StateDictError` unless ``state`` fits this model: the same parameter
         and buffer names, each with this model's shape (and dtype, with ``dtypes=True``, as a
-        resumed run needs). Changes nothing."""
+        resumed run needs), all values finite unless ``allow_nonfinite``. Changes nothing."""
         if not isinstance(state, dict):
             hint = ("; to load a weights file or checkpoint use xpnet.load_weights(model, path)"
                     if isinstance(state, (str, os.PathLike)) or hasattr(state, "model")
@@ -439,13 +452,17 @@ class Module:
                 raise StateDictError(f"parameter {k!r} was saved as "
                                      f"{_dtype_name(state[k].dtype)}, this model's is "
                                      f"{_dtype_name(dtype)}")
+        if not allow_nonfinite:
+            check_finite_state(state, f"{type(self).__name__}.load_state_dict")
 
-    def load_state_dict(self, state: dict[str, Any], backend: Backend | None = None) -> None:
+    def load_state_dict(self, state: dict[str, Any], backend: Backend | None = None, *,
+                        allow_nonfinite: bool = False) -> None:
         """Load arrays from :meth:`state_dict` (any backend's) onto the current backend.
 
-        :meth:`check_state_dict` runs first: on a misfit nothing is loaded.
+        :meth:`check_state_dict` runs first: on a misfit nothing is loaded. NaN or inf values
+        are refused unless ``allow_nonfinite=True`` (to inspect a diverged state).
         """
-        self.check_state_dict(state)
+        self.check_state_dict(state, allow_nonfinite=allow_nonfinite)
         params, buffers = self.parameters(), self.buffers()
         for k in [*params, *buffers]:
             old = params[k].data if k in params else buffers[k]

@@ -152,6 +152,8 @@ META_SCHEMA: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "backend": ("a backend name (a string)", lambda v: isinstance(v, str)),
     "base_lr": ("a finite number >= 0", _is_rate),
     "batch_size": ("an int >= 1", lambda v: _is_int(v, 1)),
+    "accumulate": ("an int >= 1", lambda v: _is_int(v, 1)),
+    "train_size": ("an int >= 0 or None", lambda v: v is None or _is_int(v)),
     "callbacks": ("a dict of callback states keyed by name",
                   lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v)),
 }

@@ -28,8 +28,9 @@ class BatchNorm(Module):
 
     In data-parallel training the batch statistics are by default each rank's own (its slice
     of the global batch), as in PyTorch's DistributedDataParallel. With ``sync=True`` the mean,
-    variance and the two backward sums are reduced over all ranks
-    (:func:`xpnet.distributed.world`; ChainerMN's multi-node BatchNorm), so N ranks with B/N
+    variance and the two backward sums are reduced over the ranks of the communicator the
+    Trainer trains over (``self.comm``, which the Trainer sets; before that all ranks,
+    :func:`xpnet.distributed.world`; ChainerMN's multi-node BatchNorm), so N ranks with B/N
     examples each normalise exactly like one process with B: three small Allreduces per layer
     and step. In one process ``sync=True`` computes the same as ``sync=False``.
     """
@@ -45,6 +46,7 @@ class BatchNorm(Module):
         eps = validate.positive_float("BatchNorm", "eps", eps)
         sync = validate.flag("BatchNorm", "sync", sync)
         self.momentum, self.eps, self.sync = momentum, eps, sync
+        self.comm: Any = None  # set by the Trainer to the communicator it trains over
 
         # a fresh host array each: to_device may share memory with it, and the optimizer
         # updates gamma and beta in place, which must not move the running statistics
@@ -64,15 +66,22 @@ class BatchNorm(Module):
             return (0,), (1, self.num_features)
         return (0, 2, 3), (1, self.num_features, 1, 1)
 
+    def _comm(self) -> Any:
+        """The ranks a synchronised BatchNorm reduces over: the communicator a Trainer set
+        (``self.comm``), else every rank (:func:`xpnet.distributed.world`)."""
+        if self.comm is not None:
+            return self.comm
+        from ..distributed import world
+
+        return world()
+
     def _means(self, xp: Any, arrays: list[Array], axes: tuple[int, ...], count: float
                ) -> list[Array]:
         """Per-channel means of each array over ``axes`` (and over all ranks with ``sync``,
         ``count`` then being the global number of values per channel): one Allreduce."""
         if not self.sync:
             return [xp.mean(a, axis=axes) for a in arrays]
-        from ..distributed import world
-
-        sums = world().allreduce_(xp.concat([xp.sum(a, axis=axes) for a in arrays]))
+        sums = self._comm().allreduce_(xp.concat([xp.sum(a, axis=axes) for a in arrays]))
         c = self.num_features
         return [sums[i * c:(i + 1) * c] / count for i in range(len(arrays))]
 
@@ -86,9 +95,7 @@ class BatchNorm(Module):
         count = math.prod(x.shape[a] for a in axes)
         if self.training:
             if self.sync:
-                from ..distributed import world
-
-                count = world().allreduce_host([count])[0]
+                count = self._comm().allreduce_host([count])[0]
             if count < 2:
                 raise ValueError(f"{self!r}: training needs more than one value per channel, "
                                  f"got input of shape {tuple(x.shape)}")

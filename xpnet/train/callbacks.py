@@ -198,6 +198,11 @@ class EarlyStopping(_Monitor):
         self.patience = validate.positive_int("EarlyStopping", "patience", patience)
         self.wait = 0
 
+    def on_fit_start(self, trainer: Any) -> None:
+        # a resumed (or refitted) run that had already stopped stays stopped where it stopped
+        if self.wait >= self.patience:
+            trainer.stopped_early = True
+
     def on_epoch_end(self, trainer: Any, record: dict[str, float]) -> None:
         self.wait = 0 if self._improved(record) else self.wait + 1
         if self.wait >= self.patience:

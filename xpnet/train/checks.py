@@ -8,12 +8,13 @@ import array_api_compat
 import numpy as np
 from array_api_compat import array_namespace
 
+from .. import validate
 from ..backend import to_numpy
 from ..losses import SoftmaxCrossEntropy
 from ..module import Module
 
-__all__ = ["check_data", "check_finite", "check_targets", "input_dtype", "label_dtype",
-           "num_examples"]
+__all__ = ["check_arrays", "check_data", "check_finite", "check_targets", "input_dtype",
+           "label_dtype", "num_examples"]
 
 
 def num_examples(a: Any) -> int:
@@ -36,6 +37,17 @@ def label_dtype(y: Any, dtype: str | None) -> str | None:
     kind = y.dtype.kind if isinstance(y, np.ndarray) else (
         "i" if array_namespace(y).isdtype(y.dtype, "integral") else "f")
     return "int64" if kind in "iu" else dtype
+
+
+def check_arrays(owner: str, **arrays: Any) -> None:
+    """ArgumentTypeError naming the argument unless each value is an array (host or device)
+    with a leading axis of examples, or a list of examples (``fit(x, 5)`` names ``y_train``)."""
+    for name, a in arrays.items():
+        shape = getattr(a, "shape", None)
+        if (shape is None and not isinstance(a, (list, tuple))) \
+                or (shape is not None and len(shape) == 0):
+            raise validate.ArgumentTypeError(
+                f"{owner}: {name} must be an array with one row per example, got {a!r}")
 
 
 def check_data(model: Module, loss: Any, x: Any, y: Any, what: str, *,

@@ -47,6 +47,7 @@ class DivergenceGuard(Callback):
         self.reference: float | None = None
         self._epoch = self._batch = 0
         self._path: Path | None = self.checkpoint
+        self._source: Path | None = None  # the checkpoint a resumed run started from
 
     def set_reference(self, loss: float) -> None:
         """The loss divergence is measured against (a finite one; NaN is caught by check)."""
@@ -70,6 +71,10 @@ class DivergenceGuard(Callback):
             kept = (f"; the last good checkpoint {self._path} was left untouched"
                     if self._path.exists() else
                     f"; no good epoch to keep, {self._path} was not written")
+        if self._source is not None:  # diverged before the resumed run finished an epoch
+            raise TrainingDiverged(f"{why}, in the first epoch after resuming from "
+                                   f"{self._source}: that checkpoint's state is the likely "
+                                   f"source (check how it was written){kept}")
         raise TrainingDiverged(f"{why} (try a smaller learning rate or gradient clipping)"
                                f"{kept}")
 
@@ -78,6 +83,9 @@ class DivergenceGuard(Callback):
         if self.checkpoint is None:
             saver = [c for c in trainer.callbacks if isinstance(c, SaveCheckpoint)]
             self._path = saver[0].path if saver else None
+        resumed = getattr(trainer, "resumed_from", None)
+        self._source = resumed if resumed is not None and trainer.epoch == getattr(
+            trainer, "resumed_epoch", -1) else None
 
     def on_epoch_start(self, trainer: Any, epoch: int) -> None:
         self._epoch, self._batch = epoch, 0
@@ -91,6 +99,7 @@ class DivergenceGuard(Callback):
 
     def on_epoch_end(self, trainer: Any, record: dict[str, float]) -> None:
         self._checked(trainer, record["loss"])
+        self._source = None  # an epoch went well after the resume
 
     def _checked(self, trainer: Any, loss: float) -> None:
         try:

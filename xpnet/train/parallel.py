@@ -30,12 +30,19 @@ from ..distributed import (
     shard_bounds,
     world,
 )
+from ..layers import BatchNorm
 from ..module import Module
 from ..optim import Optimizer
 from .checks import num_examples
 from .state import layer_generators
 
 __all__ = ["DataParallel"]
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a model structure can be long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 class DataParallel:
     """The Trainer's hooks for ``comm`` (default :func:`xpnet.distributed.world`)."""
@@ -48,6 +55,9 @@ class DataParallel:
         self.averager = GradientAverager.attach(optimizer, self.comm,
                                                 bucket_bytes=bucket_bytes) \
             if self.active else None
+        for m in model.modules().values():  # synchronised BatchNorm: over these ranks
+            if isinstance(m, BatchNorm) and m.sync:
+                m.comm = self.comm
         if self.active:  # each rank its own dropout masks (the host RNG state stays shared)
             for g in layer_generators(model).values():
                 g.stream = self.comm.rank
@@ -57,22 +67,39 @@ class DataParallel:
         return (self.comm.rank, self.comm.size) if self.active else None
 
     def start(self, run: dict[str, Any] | None = None) -> None:
-        """Make every rank hold rank 0's model and optimizer, then verify it; ``run`` (epoch,
-        step, batch-order RNG state, batch size) must already agree on every rank, else
-        ReplicaMismatch names the ranks that differ (say, a per-rank seed)."""
+        """Make every rank hold rank 0's model and optimizer, then verify it.
+
+        First (one allgather of a small dict) every rank must agree on ``run`` (epoch, step,
+        batch-order RNG state, batch size, dataset size, batches per epoch...), the model's
+        structure (parameter and buffer names and shapes) and the optimizer's class and
+        settings; otherwise every rank raises the same ReplicaMismatch naming the first rank
+        and field that differ from rank 0 (a per-rank seed, a training set one example short),
+        before any collective whose sizes could disagree."""
         if not self.active:
             return
-        if run is not None:
-            runs = self.comm.allgather_object(run)
-            differ = [r for r, other in enumerate(runs) if other != runs[0]]
+        mine = {**(run or {}), **self.plan()}
+        ranks = self.comm.allgather_object(mine)
+        for r, other in enumerate(ranks):
+            keys = sorted((set(other) | set(ranks[0])), key=str)
+            differ = [f"{k} ({_short(other.get(k))} vs {_short(ranks[0].get(k))})"
+                      for k in keys if other.get(k) != ranks[0].get(k)]
             if differ:
-                keys = sorted(k for k in run if any(o[k] != runs[0][k] for o in runs))
-                raise ReplicaMismatch(f"ranks {differ} start training with another {keys} "
-                                      "than rank 0; every rank must use the same seed, batch "
-                                      "size and checkpoint (the batch order is shared)")
+                raise ReplicaMismatch(
+                    f"rank {r} starts training with another {', '.join(differ)} than rank 0; "
+                    "every rank must use the same data, model, optimizer, seed, batch size "
+                    "and checkpoint (the batch order is shared)")
         self.comm.broadcast_module(self.model)
         self.comm.broadcast_optimizer(self.optimizer)
         self.check("at the start of training")
+
+    def plan(self) -> dict[str, Any]:
+        """What ranks must share besides the run's counters: the model's structure and the
+        optimizer's settings (JSON-like values)."""
+        structure = {k: list(p.shape) for k, p in self.model.parameters().items()}
+        structure.update({k: list(v.shape) for k, v in self.model.buffers().items()})
+        opt = self.optimizer
+        return {"model structure": structure, "optimizer": type(opt).__name__,
+                "optimizer settings": opt.settings(), "optimizer lr": float(opt.lr)}
 
     def check(self, where: str) -> None:
         """Raise ReplicaMismatch (on every rank) unless all ranks hold the same model."""

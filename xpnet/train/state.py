@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import validate
 from ..io.checkpoint import Checkpoint, ResumeMismatchError
-from ..module import Module, StateDictError
+from ..module import Module, StateDictError, check_finite_state
 from ..rng import Generator
 
 __all__ = ["History", "RunState", "apply_resume", "check_override", "check_resume"]
@@ -194,10 +194,12 @@ def check_override(override: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def check_resume(trainer: Any, ck: Checkpoint, path: str | Path,
-                 override: dict[str, Any]) -> None:
+                 override: dict[str, Any], *, allow_nonfinite: bool = False) -> None:
     """Every check of ``Trainer.resume``, before anything changes: each part of the file goes
     to its owner's ``check_state_dict``; a misfit is a :class:`ResumeMismatchError` naming
-    ``path``."""
+    ``path``. Every setting that changes the result must match (``accumulate``, the
+    training-set size is checked by the next ``fit``); NaN or inf in the weights or optimizer
+    slots is refused unless ``allow_nonfinite``."""
     meta = ck.meta
     missing = [k for k in ("epoch", "step", "rng") if k not in meta]
     if missing:
@@ -212,12 +214,22 @@ def check_resume(trainer: Any, ck: Checkpoint, path: str | Path,
         except ValueError as exc:  # StateDictError and the validators' errors
             raise ResumeMismatchError(f"{path}: {exc}{fix}") from None
 
-    fits(trainer.model.check_state_dict, ck.model, dtypes=True,
+    fits(trainer.model.check_state_dict, ck.model, dtypes=True, allow_nonfinite=True,
          fix="; resume with the architecture and dtype the run started with")
     if ck.optimizer is None:
         raise ResumeMismatchError(f"{path}: holds no optimizer state; expected a Trainer "
                                   "checkpoint")
     fits(trainer.optimizer.check_state_dict, ck.optimizer)
+    if not allow_nonfinite:
+        slots = ck.optimizer.get("state", {})
+        arrays = {**ck.model, **{f"optimizer slot {n}.{k}": v for n, s in slots.items()
+                                 for k, v in s.items()}}
+        fits(check_finite_state, arrays, type(trainer.model).__name__,
+             fix=" (a diverged run's state; to inspect it anyway: "
+                 "resume(path, allow_nonfinite=True))")
+    size = meta.get("train_size")
+    if size is not None:
+        fits(validate.non_negative_int, "checkpoint", "train_size", size)
     saved_lr = fits(validate.non_negative_float, "checkpoint", "base_lr", meta.get("base_lr"))
     if "lr" not in override and not math.isclose(saved_lr, trainer.lr, rel_tol=1e-12,
                                                   abs_tol=0.0):
@@ -225,11 +237,12 @@ def check_resume(trainer: Any, ck: Checkpoint, path: str | Path,
             f"{path}: the run was saved with lr={saved_lr!r}, this optimizer has "
             f"lr={trainer.lr!r}; resume with the saved rate, or change it explicitly "
             "with Trainer.resume(path, override={'lr': ...}) (for the examples: --lr)")
-    if meta.get("batch_size") != trainer.batch_size:
-        raise ResumeMismatchError(
-            f"{path}: the run was saved with batch_size={meta.get('batch_size')}, this "
-            f"trainer has batch_size={trainer.batch_size}; resume with the saved batch size "
-            f"(for the examples: --batch-size {meta.get('batch_size')})")
+    for key, flag in (("batch_size", "--batch-size"), ("accumulate", "--accumulate")):
+        if meta.get(key) != getattr(trainer, key):
+            raise ResumeMismatchError(
+                f"{path}: the run was saved with {key}={meta.get(key)!r}, this trainer has "
+                f"{key}={getattr(trainer, key)!r}; resume with the saved value (for the "
+                f"examples: {flag} {meta.get(key)})")
     saved = meta.get("callbacks")
     if not isinstance(saved, dict):
         raise ResumeMismatchError(f"{path}: its callbacks entry must be a dict of states, "
@@ -247,9 +260,11 @@ def check_resume(trainer: Any, ck: Checkpoint, path: str | Path,
     fits(trainer.state.check_state_dict, meta, trainer.model)
 
 
-def apply_resume(trainer: Any, ck: Checkpoint, override: dict[str, Any]) -> None:
+def apply_resume(trainer: Any, ck: Checkpoint, override: dict[str, Any], *,
+                 allow_nonfinite: bool = False) -> None:
     """Load a checkpoint that :func:`check_resume` accepted into every part of the run."""
-    trainer.model.load_state_dict(ck.model, backend=trainer.backend)
+    trainer.model.load_state_dict(ck.model, backend=trainer.backend,
+                                  allow_nonfinite=allow_nonfinite)
     # the optimizer holds the same Parameter objects, whose data was just replaced
     trainer.optimizer.load_state_dict(ck.optimizer)
     saved = ck.meta["callbacks"]

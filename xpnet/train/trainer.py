@@ -28,10 +28,11 @@ from ..optim import Optimizer
 from ..rng import Generator
 from ..schedules import Schedule
 from ..threads import adapt_threads
-from .callbacks import Callback, LRSchedule
-from .checks import check_data, input_dtype, label_dtype, num_examples
+from .callbacks import Callback, KeepBest, LRSchedule, SaveCheckpoint
+from .checks import check_arrays, check_data, input_dtype, label_dtype, num_examples
 from .evaluate import evaluate, predict
 from .guard import DivergenceGuard
+from .interrupt import EpochSnapshot
 from .metrics import Metric, Totals, default_metrics
 from .parallel import DataParallel
 from .progress import Progress
@@ -122,6 +123,10 @@ class Trainer:
         self.parallel = DataParallel(model, optimizer, comm, bucket_bytes=bucket_bytes)
         self.stopped_early = False
         self.batches_per_epoch = 0
+        self.train_size: int | None = None  # examples in the last fit's training set
+        self.resumed_from: Path | None = None  # the checkpoint this run was resumed from
+        self.resumed_epoch = -1  # the epoch count the resume restored
+        self._resumed_size: int | None = None  # what the next fit must be given, on resume
         self._global_sizes: list[int] | None = None
 
     def _with_defaults(self, callbacks: Iterable[Callback]) -> list[Callback]:
@@ -137,6 +142,14 @@ class Trainer:
         for kind in (Progress, DivergenceGuard):
             if not any(isinstance(c, kind) for c in callbacks):
                 callbacks.append(kind())
+        files = [(type(c).__name__, c.path.resolve()) for c in callbacks
+                 if isinstance(c, (SaveCheckpoint, KeepBest))]
+        for i, (a, path) in enumerate(files):
+            for b, other in files[i + 1:]:
+                if path == other:
+                    raise ValueError(f"Trainer: {a} and {b} both write {path}; expected "
+                                     "different files (the best epoch would be overwritten "
+                                     "by the latest)")
         keys = [c.key for c in callbacks if c.key is not None]
         twice = sorted({k for k in keys if keys.count(k) > 1})
         if twice:
@@ -250,6 +263,13 @@ class Trainer:
         :mod:`xpnet.train.callbacks`.
         """
         validate.non_negative_int("fit", "epochs", epochs)
+        check_arrays("fit", x_train=x_train, y_train=y_train)
+        if (x_test is None) != (y_test is None):
+            given, missing = ("x_test", "y_test") if y_test is None else ("y_test", "x_test")
+            raise ValueError(f"fit: {given} was given without {missing}; expected both (test "
+                             "data to evaluate on after each epoch) or neither")
+        if x_test is not None:
+            check_arrays("fit", x_test=x_test, y_test=y_test)
         check_data(self.model, self.loss, x_train, y_train, "training data",
                    names=("x_train", "y_train"))
         if x_test is not None:
@@ -257,11 +277,22 @@ class Trainer:
                        names=("x_test", "y_test"))
         n = num_examples(x_train)
         self._check_plan(n, x_test is not None)
-        # N ranks: rank 0's model and optimizer everywhere, verified
+        # one example of each set through the model and loss in evaluation mode (no state
+        # changes): a shape the model or loss refuses is named now, not after an epoch
+        self._probe(x_train, y_train, "x_train/y_train")
+        if x_test is not None:
+            self._probe(x_test, y_test, "x_test/y_test")
+        # N ranks: the same data, batches, model, optimizer and seeds everywhere (checked
+        # before anything whose sizes could differ), then rank 0's model and optimizer
+        # everywhere, verified
+        batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
         self.parallel.start({"epoch": self.state.epoch, "step": self.state.step,
-                             "batch order": self.rng.get_state(), "batch_size": self.batch_size})
+                             "batch order": self.rng.get_state(), "batch_size": self.batch_size,
+                             "accumulate": self.accumulate, "drop_last": self.drop_last,
+                             "dataset size": n, "batches per epoch": batches})
         adapt_threads()  # BLAS threads for the cores free now (xpnet.threads: the policy)
-        loader = self._loader(x_train, y_train)
+        loader = self._loader(x_train, y_train)  # draws nothing until iterated
+        self.train_size, self._resumed_size = n, None
         self.batches_per_epoch = len(loader)
         self._global_sizes = (self.parallel.global_sizes(n, self.batch_size)
                               if self.parallel.active else None)
@@ -273,20 +304,25 @@ class Trainer:
         try:
             self._fire("on_fit_start")
             while self.state.epoch < epochs and not self.stopped_early:
-                self._fire("on_epoch_start", self.state.epoch + 1)
-                t0 = time.perf_counter()
-                result = self.train_epoch(loader)
-                record = {"epoch": self.state.epoch + 1, "loss": result.pop("loss")}
-                record.update({f"train_{k}": v for k, v in result.items() if k != "lr"})
-                record.update(lr=result["lr"], seconds=time.perf_counter() - t0)
-                if x_test is not None:
-                    self._fire("on_evaluate_start", num_examples(x_test))
-                    scores = self._evaluate(x_test, y_test, check=not test_checked)
-                    test_checked = True
-                    record.update({f"test_{k}": v for k, v in scores.items()})
-                self.state.epoch += 1
-                self.state.history.records.append(record)
-                self._fire("on_epoch_end", record)
+                snapshot = EpochSnapshot(self)  # an interrupted epoch is rolled back
+                try:
+                    self._fire("on_epoch_start", self.state.epoch + 1)
+                    t0 = time.perf_counter()
+                    result = self.train_epoch(loader)
+                    record = {"epoch": self.state.epoch + 1, "loss": result.pop("loss")}
+                    record.update({f"train_{k}": v for k, v in result.items() if k != "lr"})
+                    record.update(lr=result["lr"], seconds=time.perf_counter() - t0)
+                    if x_test is not None:
+                        self._fire("on_evaluate_start", num_examples(x_test))
+                        scores = self._evaluate(x_test, y_test, check=not test_checked)
+                        test_checked = True
+                        record.update({f"test_{k}": v for k, v in scores.items()})
+                    self.state.epoch += 1
+                    self.state.history.records.append(record)
+                    self._fire("on_epoch_end", record)
+                except KeyboardInterrupt:
+                    snapshot.restore(self)
+                    raise
         finally:
             for name, p in self.model.parameters().items():
                 p.accumulate = was[name]
@@ -297,6 +333,11 @@ class Trainer:
         """Refuse, before anything changes, a run that would fail part-way."""
         if n == 0:
             raise ValueError("training data: no examples; expected at least one")
+        if self._resumed_size is not None and n != self._resumed_size:
+            raise ValueError(f"training data: {n} examples, but the run resumed from "
+                             f"{self.resumed_from} was trained on {self._resumed_size}; resume "
+                             "with the same training set (for the examples: the same "
+                             "--train-limit)")
         last = n % self.batch_size
         if last == 1 and not self.drop_last and any(
                 isinstance(m, BatchNorm) for m in self.model.modules().values()):
@@ -312,6 +353,14 @@ class Trainer:
                 raise ValueError(f"{c!r} monitors {c.monitor!r}, but fit was given no "
                                  "x_test/y_test; pass test data or monitor a training value "
                                  "such as 'loss'")
+
+    def _probe(self, x: Any, y: Any, names: str) -> None:
+        try:
+            first = [a[:1, ...] if hasattr(a, "shape") else a[:1] for a in (x, y)]
+            evaluate(self.model, self.loss, *first, metrics=self.metrics, batch_size=1,
+                     backend=self.backend, check=False)
+        except ValueError as exc:
+            raise ValueError(f"fit: {names} do not fit the model or loss: {exc}") from None
 
     def _loader(self, x: Any, y: Any) -> Any:
         y = as_host(y, "y_train")
@@ -353,10 +402,12 @@ class Trainer:
             return Path(path)
         meta = {**self.state.state_dict(self.model), "backend": self.backend.name,
                 "base_lr": self.lr, "batch_size": self.batch_size,
+                "accumulate": self.accumulate, "train_size": self.train_size,
                 "callbacks": {c.key: c.state_dict() for c in self.callbacks if c.key}}
         return save_checkpoint(path, self.model.state_dict(), self.optimizer.state_dict(), meta)
 
-    def resume(self, path: str | Path, *, override: dict[str, Any] | None = None) -> None:
+    def resume(self, path: str | Path, *, override: dict[str, Any] | None = None,
+               allow_nonfinite: bool = False) -> None:
         """Restore everything :meth:`save` wrote; ``fit`` then continues where it stopped.
 
         Every part is checked against this run first (the model's names, shapes and dtypes; the
@@ -365,9 +416,16 @@ class Trainer:
         that does not fit raises :class:`~xpnet.io.checkpoint.ResumeMismatchError` naming ``path``
         and the differing setting, and nothing is changed. ``override={"lr": x}`` is the one
         deliberate change allowed: the run goes on with base rate ``x`` (the schedule keeps its
-        position and shape). A callback whose state the file lacks starts afresh.
+        position and shape). A callback whose state the file lacks starts afresh. The next
+        ``fit`` must be given a training set of the saved size.
+
+        Weights or optimizer slots holding NaN or inf are refused unless
+        ``allow_nonfinite=True`` (to inspect a diverged state, e.g. ``<name>.diverged.npz``).
         """
         override = check_override(override)
+        allow_nonfinite = validate.flag("resume", "allow_nonfinite", allow_nonfinite)
         ck = load_checkpoint(path, model=self.model)  # the model bounds what is read
-        check_resume(self, ck, path, override)
-        apply_resume(self, ck, override)
+        check_resume(self, ck, path, override, allow_nonfinite=allow_nonfinite)
+        apply_resume(self, ck, override, allow_nonfinite=allow_nonfinite)
+        self.train_size = self._resumed_size = ck.meta["train_size"]
+        self.resumed_from, self.resumed_epoch = Path(path), self.state.epoch
