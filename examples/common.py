@@ -36,6 +36,7 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
 from xpnet import distributed, validate
 from xpnet.checkpoint import load_checkpoint
 from xpnet.data import load_mnist as _load_mnist
+from xpnet.precision import POLICIES
 from xpnet.train import TrainingDiverged
 
 # What a user can cause and fix without reading a traceback: a backend that cannot run here
@@ -176,6 +177,10 @@ def make_parser(file: str, doc: str, *, epochs: int, lr: float | None, batch_siz
         shown = "all 60000" if train_limit is None else train_limit
         parser.add_argument("--train-limit", type=positive_int, default=train_limit, metavar="N",
                             help=f"use only the first N training images (default: {shown})")
+    parser.add_argument("--precision", choices=POLICIES, default="float32",
+                        help="mixed16: Linear/Conv2d in float16 with loss scaling; bf16: in "
+                             "bfloat16 (torch); parameters, optimizer, loss and normalisation "
+                             "stay float32 (default: float32)")
     parser.add_argument("--dry-run", action="store_true",
                         help="a few steps on tiny data, to check that the script runs "
                              "(default: False)")
