@@ -215,6 +215,15 @@ def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
                              "not stopped (default: run to --epochs)")
 
 
+def refuse_precision(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """For an example whose training loop is written out by hand: only float32 (mixed
+    precision comes with the Trainer, which casts and scales the loss)."""
+    if args.precision != "float32":
+        parser.error(f"--precision {args.precision}: this example writes its training loop "
+                     "out by hand, in float32; mixed precision runs through the Trainer "
+                     "(mnist_cnn.py, mnist_mlp.py, ...)")
+
+
 def check_resume(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--checkpoint / --resume / --overwrite make sense together (usage errors, exit 2):
     --resume needs an existing --checkpoint file; an existing one without --resume needs
