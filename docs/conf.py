@@ -41,6 +41,8 @@ MODULES = [
     ("xpnet.models", "Ready-made networks from the textbook."),
     ("xpnet.train", "The Trainer, its callbacks, metrics, history and the single training "
                     "step."),
+    ("xpnet.precision", "Mixed precision: the autocast policy layers follow and dynamic loss "
+                        "scaling."),
     ("xpnet.data", "Data sets (synthetic and MNIST) and the batch loader."),
     ("xpnet.backend", "Choosing the array library and device; moving arrays to and from it."),
     ("xpnet.validate", "The argument checks every public entry point uses, and their message "

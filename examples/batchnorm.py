@@ -74,7 +74,8 @@ def main(argv=None):
             model = MultiLayerNet(784, [100] * 5, 10, activation="relu", init=std,
                                   batchnorm=batchnorm, seed=args.seed)
             optimizer = xpnet.SGD(model, lr=args.lr)
-            trainer = Trainer(model, optimizer, batch_size=args.batch_size, seed=args.seed)
+            trainer = Trainer(model, optimizer, batch_size=args.batch_size, seed=args.seed,
+                              precision=args.precision)
             if train(trainer, x_train, y_train, args.epochs):
                 _, test_accuracy = evaluate(trainer, x_test, y_test)
                 train_accuracy = trainer.history.last["train_acc"]

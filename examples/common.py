@@ -38,6 +38,7 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
 from xpnet import distributed, validate
 from xpnet.data import load_mnist as _load_mnist
 from xpnet.io.checkpoint import load_checkpoint
+from xpnet.precision import POLICIES
 from xpnet.train import TrainingDiverged
 
 # What a user can cause and fix without reading a traceback: a backend that cannot run here
@@ -184,6 +185,10 @@ def make_parser(file: str, doc: str, *, epochs: int, lr: float | None, batch_siz
         shown = "all 60000" if train_limit is None else train_limit
         parser.add_argument("--train-limit", type=positive_int, default=train_limit, metavar="N",
                             help=f"use only the first N training images (default: {shown})")
+    parser.add_argument("--precision", choices=POLICIES, default="float32",
+                        help="mixed16: Linear/Conv2d in float16 with loss scaling; bf16: in "
+                             "bfloat16 (torch); parameters, optimizer, loss and normalisation "
+                             "stay float32 (default: float32)")
     parser.add_argument("--dry-run", action="store_true",
                         help="a few steps on tiny data, to check that the script runs "
                              "(default: False)")
@@ -216,6 +221,15 @@ def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
                         help="stop after N epochs in this run, the schedule still planned for "
                              "--epochs; --resume finishes the run later exactly as if it had "
                              "not stopped (default: run to --epochs)")
+
+
+def refuse_precision(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """For an example whose training loop is written out by hand: only float32 (mixed
+    precision comes with the Trainer, which casts and scales the loss)."""
+    if args.precision != "float32":
+        parser.error(f"--precision {args.precision}: this example writes its training loop "
+                     "out by hand, in float32; mixed precision runs through the Trainer "
+                     "(mnist_cnn.py, mnist_mlp.py, ...)")
 
 
 def check_resume(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -63,7 +63,7 @@ def make_trainer(args, model, train_size):
     callbacks = [Progress(verbose=True), *([LRSchedule(schedule)] if schedule else []),
                  *([SaveCheckpoint(args.checkpoint)] if args.checkpoint else [])]
     trainer = Trainer(model, optimizer, batch_size=args.batch_size, accumulate=args.accumulate,
-                      seed=args.seed, callbacks=callbacks)
+                      seed=args.seed, callbacks=callbacks, precision=args.precision)
     if args.resume:
         trainer.resume(args.checkpoint, override=override)
         args.lr = trainer.lr

@@ -102,6 +102,7 @@ def main(argv=None):
     parser.add_argument("--noise", type=common.non_negative_float, default=None, metavar="S",
                         help="noise std (default: 0.2 for moons, 0.1 for circles)")
     args = parser.parse_args(argv)
+    common.refuse_precision(parser, args)
     if args.dry_run:
         args.epochs = min(args.epochs, 200)
 

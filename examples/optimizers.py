@@ -34,10 +34,10 @@ OPTIMIZERS = {
 }
 
 
-def train(model, optimizer, data, epochs, batch_size, seed):
+def train(model, optimizer, data, epochs, batch_size, seed, precision="float32"):
     """Train with xpnet's Trainer, testing after every epoch; returns the Trainer."""
     x_train, y_train, x_test, y_test = data
-    trainer = Trainer(model, optimizer, batch_size=batch_size, seed=seed)
+    trainer = Trainer(model, optimizer, batch_size=batch_size, seed=seed, precision=precision)
     trainer.fit(x_train, y_train, epochs, x_test=x_test, y_test=y_test)
     return trainer
 
@@ -78,7 +78,8 @@ def main(argv=None):
         model = MultiLayerNet(784, [100] * 4, 10, activation="relu", init="he", seed=args.seed)
         optimizer = cls(model, lr=lr)
         with common.Stopwatch() as sw:
-            trainer = train(model, optimizer, data, args.epochs, args.batch_size, args.seed)
+            trainer = train(model, optimizer, data, args.epochs, args.batch_size, args.seed,
+                              args.precision)
         test_loss, test_accuracy = evaluate(trainer, x_test, y_test)
         common.log(f"{name:<9} lr {lr:<6g} test accuracy {test_accuracy:.4f}  "
                    f"{sw.seconds:.1f} s")

@@ -50,10 +50,10 @@ def variants(args):
     }
 
 
-def train(model, optimizer, data, epochs, batch_size, seed):
+def train(model, optimizer, data, epochs, batch_size, seed, precision="float32"):
     """Train with xpnet's Trainer, testing after every epoch; returns the Trainer."""
     x_train, y_train, x_test, y_test = data
-    trainer = Trainer(model, optimizer, batch_size=batch_size, seed=seed)
+    trainer = Trainer(model, optimizer, batch_size=batch_size, seed=seed, precision=precision)
     trainer.fit(x_train, y_train, epochs, x_test=x_test, y_test=y_test)
     return trainer
 
@@ -102,7 +102,8 @@ def main(argv=None):
                               dropout=dropout, seed=args.seed)
         optimizer = xpnet.SGD(model, lr=args.lr, weight_decay=weight_decay, l1=l1)
         with common.Stopwatch() as sw:
-            trainer = train(model, optimizer, data, args.epochs, args.batch_size, args.seed)
+            trainer = train(model, optimizer, data, args.epochs, args.batch_size, args.seed,
+                              args.precision)
         _, train_accuracy = evaluate(trainer, x_train, y_train)
         _, test_accuracy = evaluate(trainer, x_test, y_test)
         common.log(f"{name:<11} train accuracy {train_accuracy:.4f}  test accuracy "

@@ -90,6 +90,7 @@ def main(argv=None):
     parser.add_argument("--points", type=common.positive_int, default=100, metavar="N",
                         help="points per class (default: 100)")
     args = parser.parse_args(argv)
+    common.refuse_precision(parser, args)
     if args.dry_run:
         args.epochs, args.linear_epochs = min(args.epochs, 200), min(args.linear_epochs, 20)
 

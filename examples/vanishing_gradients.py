@@ -48,10 +48,10 @@ def gradient_norms(model, x, y):
     return norms
 
 
-def train(model, optimizer, data, epochs, batch_size, seed):
+def train(model, optimizer, data, epochs, batch_size, seed, precision="float32"):
     """Train with xpnet's Trainer, testing after every epoch; returns the Trainer."""
     x_train, y_train, x_test, y_test = data
-    trainer = Trainer(model, optimizer, batch_size=batch_size, seed=seed)
+    trainer = Trainer(model, optimizer, batch_size=batch_size, seed=seed, precision=precision)
     trainer.fit(x_train, y_train, epochs, x_test=x_test, y_test=y_test)
     return trainer
 
@@ -82,7 +82,8 @@ def main(argv=None):
             norms = gradient_norms(model, x_train[:100], y_train[:100])
             optimizer = xpnet.SGD(model, lr=args.lr)
             with common.Stopwatch() as sw:
-                trainer = train(model, optimizer, data, args.epochs, args.batch_size, args.seed)
+                trainer = train(model, optimizer, data, args.epochs, args.batch_size, args.seed,
+                              args.precision)
             test_loss, test_accuracy = evaluate(trainer, x_test, y_test)
             label = f"{activation}, {init_name}"
             common.log(f"{label:<18} test accuracy {test_accuracy:.4f}  {sw.seconds:.1f} s")

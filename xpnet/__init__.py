@@ -21,6 +21,7 @@ from .layers import *  # noqa: F403 (every layer, listed once in xpnet.layers.__
 from .losses import MSE, SoftmaxCrossEntropy
 from .module import Module, Parameter
 from .optim import SGD, AdaGrad, Adam, AdamW, Momentum, Nesterov, RMSProp, clip_grad_norm
+from .precision import autocast
 from .rng import Generator, manual_seed
 from .schedules import CosineLR, ExponentialLR, StepLR
 
@@ -33,5 +34,5 @@ __all__ = [
     "Parameter", "RMSProp", "SGD", "SoftmaxCrossEntropy", "StepLR", "available_backends",
     "clip_grad_norm", "current", "load_weights", "manual_seed", "no_grad", "save_weights",
     "set_backend",
-    "to_device", "to_numpy", "__version__",
+    "to_device", "to_numpy", "__version__", "autocast",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from . import grad_mode
+from . import grad_mode, precision
 from .backend import Backend, current, to_device, to_numpy
 from .grad_mode import grad_enabled
 
@@ -103,10 +103,11 @@ def _dtype_name(dtype: Any) -> str:
 class _Call:
     """What one forward call of a module saved for its backward (see Module.save_for_backward)."""
 
-    __slots__ = ("attrs", "pass_id", "record", "serial")
+    __slots__ = ("attrs", "pass_id", "precision", "record", "serial")
 
     def __init__(self, pass_id: int):
         self.pass_id = pass_id
+        self.precision: tuple[Any, ...] | None = None  # the cast of an autocast call
         self.serial = next(_SERIALS)
         self.record: tuple[Any, ...] = ()
         self.attrs: list[str] = []  # attributes the forward set on the module (not per call)
@@ -175,11 +176,15 @@ class Module:
                         calls = self.__dict__.get("_calls")
                         if calls and calls[-1].pass_id != pass_id:
                             calls.clear()
+                        if precision.active():
+                            return precision.run_forward(self, own_forward, args, kw, None)
                         return own_forward(self, *args, **kw)
                 with grad_mode.forward_call() as pass_id:
                     call = self._push_call(pass_id)
                     self.__dict__["_call"] = call
                     try:
+                        if precision.active():
+                            return precision.run_forward(self, own_forward, args, kw, call)
                         return own_forward(self, *args, **kw)
                     except BaseException:  # a refused input leaves no record behind
                         calls = self.__dict__["_calls"]
@@ -205,9 +210,12 @@ class Module:
             call = self.__dict__["_saved"]
             try:
                 with grad_mode.backward_of(call.pass_id, call.serial):
-                    if takes_flag:
-                        return own(self, dout, input_grad=input_grad)
-                    return own(self, dout)
+                    if nested or call.precision is None:
+                        return own(self, dout, input_grad=input_grad) if takes_flag \
+                            else own(self, dout)
+                    return precision.run_backward(
+                        self, lambda d: own(self, d, input_grad=input_grad) if takes_flag
+                        else own(self, d), dout, call)
             finally:
                 if not nested:
                     del self.__dict__["_saved"]

@@ -19,7 +19,7 @@ from array_api_compat import array_namespace, device
 
 from . import validate
 from .backend import to_device, to_numpy
-from .module import Module, Parameter, StateDictError
+from .module import Module, Parameter, StateDictError, _dtype_name
 
 __all__ = ["SGD", "AdaGrad", "Adam", "AdamW", "Momentum", "Nesterov", "Optimizer", "RMSProp",
            "clip_grad_norm"]
@@ -132,6 +132,7 @@ class Optimizer:
         self.state: dict[str, dict[str, Array]] = {}
         self._grad_hooks: list[GradHook] = []
         self.param_groups = self._make_groups(groups or [])
+        self._check_dtypes()
 
     def _make_groups(self, specs: list[dict[str, Any]]) -> list[ParamGroup]:
         """Validate ``groups=`` and build the groups, the remaining parameters last."""
@@ -222,6 +223,24 @@ class Optimizer:
                 g = g + h.l1 * xp.sign(p.data)
         return g
 
+    #: divides by ``sqrt(state) + eps``: wrong in half precision (see :meth:`_check_dtypes`)
+    eps_based = False
+
+    def _check_dtypes(self) -> None:
+        """Refuse half-precision parameters for an ``eps``-based rule: eps (1e-8) rounds to 0
+        in float16 and squared gradients underflow, so the update divides by zero."""
+        if not self.eps_based:
+            return
+        low = [n for n, p in self.params.items()
+               if _dtype_name(p.data.dtype) in ("float16", "bfloat16")]
+        if low:
+            dtype = _dtype_name(self.params[low[0]].data.dtype)
+            raise TypeError(
+                f"{type(self).__name__}: parameters {low} are {dtype}, in which its eps and "
+                "squared gradients round to 0, so the update would divide by zero; expected "
+                "float32 parameters (master weights): keep the model float32 and train in half "
+                "precision with Trainer(..., precision='mixed16') or xpnet.autocast('mixed16')")
+
     def trainable(self) -> dict[str, Parameter]:
         """The parameters this optimizer updates now (frozen ones left out)."""
         return {n: p for n, p in self.params.items() if p.trainable}
@@ -229,6 +248,7 @@ class Optimizer:
     def step(self) -> None:
         """Apply one update to every trainable parameter from its ``grad``."""
         active = self.trainable()
+        self._check_dtypes()  # the model may have been cast since construction
         missing = [n for n, p in active.items() if p.grad is None]
         if missing:
             raise RuntimeError(f"{type(self).__name__}.step: parameters {missing} have no "
@@ -369,6 +389,8 @@ class Nesterov(Momentum):
 class AdaGrad(Optimizer):
     """AdaGrad (Duchi et al. 2011): ``h += g**2; p -= lr * g / (sqrt(h) + eps)``."""
 
+    eps_based = True
+
     def __init__(self, params: Params, lr: float = 0.01, eps: float = 1e-10, **kw: Any):
         super().__init__(params, lr, **kw)
         self.eps = validate.positive_float("AdaGrad", "eps", eps)
@@ -381,6 +403,8 @@ class AdaGrad(Optimizer):
 
 class RMSProp(Optimizer):
     """RMSProp (Tieleman & Hinton 2012): ``v = a*v + (1-a)*g**2; p -= lr*g/(sqrt(v)+eps)``."""
+
+    eps_based = True
 
     def __init__(self, params: Params, lr: float = 0.01, alpha: float = 0.99,
                  eps: float = 1e-8, **kw: Any):
@@ -399,6 +423,8 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba 2015) with bias correction:
     ``m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g**2;
     p -= lr * (m / (1-b1**t)) / (sqrt(v / (1-b2**t)) + eps)``."""
+
+    eps_based = True
 
     def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, **kw: Any):

@@ -141,6 +141,8 @@ class Softmax(Module):
     """Softmax over ``axis`` (default 1, the class axis). For training use
     :class:`xpnet.losses.SoftmaxCrossEntropy`, which fuses softmax into the loss."""
 
+    autocast = False  # float32 under xpnet.autocast (xpnet.precision)
+
     def __init__(self, axis: int = 1):
         super().__init__()
         self.axis = axis

@@ -238,6 +238,8 @@ class Conv2d(Module):
     output (N, out_channels, OH, OW) with OH = (H + 2*padding - k) // stride + 1.
     """
 
+    autocast = True  # runs in the low dtype under xpnet.autocast (xpnet.precision)
+
     #: "auto" (the backend's own convolution where it has one, :func:`xpnet.ops.native_conv2d`:
     #: torch; else the grid where it applies: stride 1 and padding <= k - 1; else im2col),
     #: "grid" (the grid; im2col where it does not apply) or "im2col" (im2col + one matmul; the

@@ -26,6 +26,8 @@ class Linear(Module):
     (:func:`xpnet.manual_seed`), which advances so that every layer gets its own weights.
     """
 
+    autocast = True  # runs in the low dtype under xpnet.autocast (xpnet.precision)
+
     def __init__(self, in_features: int, out_features: int, *, init: InitSpec = "he",
                  bias: bool = True, rng: Generator | None = None, dtype: str = "float32",
                  backend: Backend | None = None):

@@ -35,6 +35,7 @@ class BatchNorm(Module):
     and step. In one process ``sync=True`` computes the same as ``sync=False``.
     """
 
+    autocast = False  # statistics in float32 under xpnet.autocast (xpnet.precision)
     running_mean: Array  # buffers (add_buffer), (C,)
     running_var: Array
 
@@ -134,6 +135,8 @@ class LayerNorm(Module):
     ``normalized_shape`` is an int (the last axis) or a tuple; ``gamma`` (ones) and ``beta``
     (zeros) have that shape, as in PyTorch's ``LayerNorm(..., elementwise_affine=True)``.
     """
+
+    autocast = False  # statistics in float32 under xpnet.autocast (xpnet.precision)
 
     def __init__(self, normalized_shape: int | tuple[int, ...], *, eps: float = 1e-5,
                  dtype: str = "float32", backend: Backend | None = None):

@@ -15,7 +15,7 @@
 - trainer.py: :class:`Trainer`, a short loop that fires the callbacks' events.
 """
 
-from .callbacks import Callback, EarlyStopping, KeepBest, LRSchedule, SaveCheckpoint
+from .callbacks import Callback, EarlyStopping, KeepBest, LossScaling, LRSchedule, SaveCheckpoint
 from .checks import check_data
 from .evaluate import evaluate, predict
 from .guard import DivergenceGuard, TrainingDiverged
@@ -27,7 +27,7 @@ from .trainer import Trainer
 
 __all__ = [
     "Accuracy", "Callback", "DivergenceGuard", "EarlyStopping", "History", "KeepBest",
-    "LRSchedule", "MeanSquaredError", "Metric", "Progress", "RunState", "SaveCheckpoint",
-    "StepOutput", "Totals", "Trainer", "TrainingDiverged", "check_data", "default_metrics",
-    "epoch_line", "evaluate", "predict", "train_step",
+    "LRSchedule", "LossScaling", "MeanSquaredError", "Metric", "Progress", "RunState",
+    "SaveCheckpoint", "StepOutput", "Totals", "Trainer", "TrainingDiverged", "check_data",
+    "default_metrics", "epoch_line", "evaluate", "predict", "train_step",
 ]

@@ -30,9 +30,11 @@ from typing import Any
 
 from .. import validate
 from ..module import StateDictError
+from ..precision import LossScaler
 from ..schedules import Schedule
 
-__all__ = ["Callback", "EarlyStopping", "KeepBest", "LRSchedule", "SaveCheckpoint"]
+__all__ = ["Callback", "EarlyStopping", "KeepBest", "LRSchedule", "LossScaling",
+           "SaveCheckpoint"]
 
 
 class Callback:
@@ -127,6 +129,39 @@ class LRSchedule(Callback):
 
     def __repr__(self) -> str:
         return f"LRSchedule({type(self.schedule).__name__})"
+
+
+class LossScaling(Callback):
+    """Dynamic loss scaling for ``precision="mixed16"`` (the Trainer adds one there unless
+    given): the Trainer's steps scale the loss by ``scaler.scale`` and unscale the gradients
+    before the optimizer step (see :class:`xpnet.precision.LossScaler`); a step with inf/NaN
+    gradients is skipped and the scale halved. Each epoch record gets ``loss_scale`` (the
+    scale now) and ``skipped_steps`` (skipped so far in the run); the scaler is saved with the
+    run, so a resumed run scales as an uninterrupted one. ``bf16`` has float32's range and
+    needs none."""
+
+    key = "loss_scaling"
+
+    def __init__(self, scaler: LossScaler | None = None):
+        self.scaler: LossScaler = validate.instance(
+            "LossScaling", "scaler", scaler if scaler is not None else LossScaler(),
+            LossScaler, "an xpnet.precision.LossScaler")
+
+    def on_epoch_end(self, trainer: Any, record: dict[str, float]) -> None:
+        record["loss_scale"] = self.scaler.scale
+        record["skipped_steps"] = self.scaler.skipped
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scaler.state_dict()
+
+    def check_state_dict(self, state: Any) -> None:
+        self.scaler.check_state_dict(state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scaler.load_state_dict(state)
+
+    def __repr__(self) -> str:
+        return f"LossScaling(scale={self.scaler.scale:g})"
 
 
 class SaveCheckpoint(Callback):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from .. import precision
 from ..module import Module
 from ..optim import Optimizer
+from ..precision import LossScaler
 
 __all__ = ["StepOutput", "train_step"]
 
@@ -21,7 +23,8 @@ class StepOutput(NamedTuple):
 
 
 def train_step(model: Module, loss: Any, optimizer: Optimizer | None, xb: Array, yb: Array,
-               *, step: bool = True, grad_scale: float = 1.0) -> StepOutput:
+               *, step: bool = True, grad_scale: float = 1.0,
+               scaler: LossScaler | None = None) -> StepOutput:
     """Forward ``xb``, the loss against ``yb``, backward into ``param.grad``, then
     ``optimizer.step()`` unless ``step`` is False (a micro-batch of gradient accumulation) or
     there is no optimizer.
@@ -31,13 +34,21 @@ def train_step(model: Module, loss: Any, optimizer: Optimizer | None, xb: Array,
     carries this rank's weight in an unevenly split global batch. The loss value returned is
     not scaled.
 
+    With a :class:`~xpnet.precision.LossScaler` the loss gradient is also multiplied by its
+    scale, and the gradients are unscaled before the optimizer step, which is skipped when one
+    is not finite. Under :func:`xpnet.precision.autocast` the model output is cast to float32
+    before the loss.
+
     The model is not put into training mode here (the caller decides); nothing is synced with
     the host, so a GPU run keeps queueing work.
     """
-    out = model.forward(xb)
+    out = precision.output(model.forward(xb))
     value = loss.forward(out, yb)
     dout = loss.backward()
+    if scaler is not None:
+        grad_scale *= scaler.scale
     model.backward(dout if grad_scale == 1.0 else dout * grad_scale, input_grad=False)
     if step and optimizer is not None:
-        optimizer.step()
+        if scaler is None or scaler.unscale(optimizer.trainable()):
+            optimizer.step()
     return StepOutput(value, out)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import precision as mp
 from .. import validate
 from ..backend import Backend, as_host, current, to_device
 from ..data.loader import BatchLoader
@@ -28,7 +29,7 @@ from ..optim import Optimizer
 from ..rng import Generator
 from ..schedules import Schedule
 from ..threads import adapt_threads
-from .callbacks import Callback, KeepBest, LRSchedule, SaveCheckpoint
+from .callbacks import Callback, KeepBest, LossScaling, LRSchedule, SaveCheckpoint
 from .checks import check_arrays, check_data, input_dtype, label_dtype, num_examples
 from .evaluate import evaluate, predict
 from .guard import DivergenceGuard
@@ -91,6 +92,11 @@ class Trainer:
         are averaged before each update, and only rank 0 prints and writes checkpoints (see
         :mod:`xpnet.train.parallel`).
     bucket_bytes : size of the gradient buckets reduced together (default: one per dtype).
+    precision : "float32" (default), "mixed16" or "bf16": the forward and backward of Linear
+        and Conv2d run in float16 / bfloat16 while parameters, optimizer state, the loss and
+        normalisation statistics stay float32 (see :mod:`xpnet.precision`). "mixed16" adds a
+        :class:`LossScaling` callback unless one is given; "bf16" needs none. Evaluation and
+        prediction use the float32 weights.
 
     Examples
     --------
@@ -105,7 +111,8 @@ class Trainer:
                  accumulate: int = 1, metrics: list[Metric] | None = None,
                  callbacks: Iterable[Callback] = (), log_interval: int = 50,
                  eval_batch_size: int = 1000, backend: Backend | None = None,
-                 comm: Communicator | None = None, bucket_bytes: int | None = None):
+                 comm: Communicator | None = None, bucket_bytes: int | None = None,
+                 precision: str = "float32"):
         self.model = validate.instance("Trainer", "model", model, Module, "an xpnet Module")
         self.optimizer = validate.instance("Trainer", "optimizer", optimizer, Optimizer,
                                            "an xpnet Optimizer (e.g. xpnet.Adam(model))")
@@ -115,12 +122,20 @@ class Trainer:
         self.accumulate = validate.positive_int("Trainer", "accumulate", accumulate)
         self.log_interval = validate.positive_int("Trainer", "log_interval", log_interval)
         self.drop_last = bool(drop_last)
+        self.precision = mp.check("Trainer", precision)
+        self.backend = backend or current()
+        mp.low_dtype(self.backend.xp, self.precision)  # refused here if the library lacks it
         self.callbacks = self._with_defaults(callbacks)
         self.loss = loss if loss is not None else SoftmaxCrossEntropy(check_range=False)
         self.metrics = default_metrics(self.loss) if metrics is None else list(metrics)
-        self.backend = backend or current()
         self.state = RunState(seed)
         self.parallel = DataParallel(model, optimizer, comm, bucket_bytes=bucket_bytes)
+        found = [c.scaler for c in self.callbacks if isinstance(c, LossScaling)]
+        self.scaler = found[0] if found else None
+        if self.scaler is not None and self.parallel.active:
+            raise ValueError("Trainer: loss scaling over N ranks is not supported (each rank "
+                             "would decide alone to skip a step); expected one process, or "
+                             "precision='bf16', which needs no scaling")
         self.stopped_early = False
         self.batches_per_epoch = 0
         self.train_size: int | None = None  # examples in the last fit's training set
@@ -139,7 +154,10 @@ class Trainer:
             if isinstance(c, LRSchedule) and c.schedule.optimizer is not self.optimizer:
                 raise ValueError("Trainer: the schedule drives another optimizer than the "
                                  "trainer's; expected a schedule built on this optimizer")
-        for kind in (Progress, DivergenceGuard):
+        kinds: list[type[Callback]] = [Progress, DivergenceGuard]
+        if self.precision == "mixed16":
+            kinds.append(LossScaling)
+        for kind in kinds:
             if not any(isinstance(c, kind) for c in callbacks):
                 callbacks.append(kind())
         files = [(type(c).__name__, c.path.resolve()) for c in callbacks
@@ -223,8 +241,9 @@ class Trainer:
             if sizes is not None:  # this rank's share of global batch i
                 local.append(int(xb.shape[0]))
                 scale *= self.parallel.grad_weight(local[-1], sizes[i])
-            out = train_step(self.model, self.loss, self.optimizer, xb, yb, step=stepping,
-                             grad_scale=scale)
+            with mp.autocast(self.precision):
+                out = train_step(self.model, self.loss, self.optimizer, xb, yb,
+                                 step=stepping, grad_scale=scale, scaler=self.scaler)
             if stepping:
                 if k > 1:
                     self.model.zero_grad()
