@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ArgumentTypeError", "choice", "env_choice", "file_path", "finite_float", "flag",
+__all__ = ["ArgumentTypeError", "choice", "env_choice", "file_path", "flag",
            "function", "instance", "int_at_least", "layer_input", "non_negative_float",
            "non_negative_int", "not_nan", "pair", "positive_float", "positive_int",
            "positive_int_shape", "probability", "real_in_range", "shape_of"]
@@ -82,11 +82,6 @@ def real_in_range(owner: str, name: str, value: Any, expected: str, *,
             or (high_open and v == high):
         _fail(owner, name, expected, value)
     return v
-
-
-def finite_float(owner: str, name: str, value: Any) -> float:
-    """``value`` as a finite ``float`` of any sign."""
-    return real_in_range(owner, name, value, "a finite number")
 
 
 def positive_float(owner: str, name: str, value: Any) -> float:
