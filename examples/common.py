@@ -36,6 +36,7 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import xpnet
 from xpnet import distributed, validate
+from xpnet.backend import is_out_of_memory
 from xpnet.data import load_mnist as _load_mnist
 from xpnet.io.checkpoint import load_checkpoint
 from xpnet.precision import POLICIES
@@ -101,6 +102,8 @@ class Parser(argparse.ArgumentParser):
         argv = list(sys.argv[1:] if args is None else args)
         parsed = super().parse_args(argv, namespace)
         parsed.explicit = self._explicit(argv)
+        if getattr(parsed, "batch_size", None):
+            _RUN["batch_size"] = str(parsed.batch_size)  # named if the run runs out of memory
         if getattr(parsed, "plot", None):
             parsed.plot = str(check_plot_path(self, parsed.plot))
         data_dir = getattr(parsed, "data_dir", None)
@@ -282,7 +285,7 @@ def use_saved_lr(args: argparse.Namespace) -> dict[str, float] | None:
 
 # ---------------------------------------------------------------------------- running
 # the run's --checkpoint PATH, once parsed (check_resume): what an interrupted run names
-_RUN: dict[str, str | None] = {"checkpoint": None}
+_RUN: dict[str, str | None] = {"checkpoint": None, "batch_size": None}
 
 
 class Terminated(KeyboardInterrupt):
@@ -292,6 +295,14 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
+
+
+def out_of_memory_line(name: str, exc: BaseException) -> str:
+    """The one line a run that ran out of memory prints: the batch size to lower."""
+    size = _RUN["batch_size"]
+    hint = (f"lower --batch-size (now {size}; try {max(1, int(size) // 2)})" if size
+            else "lower --batch-size")
+    return f"{name}: error: out of memory ({type(exc).__name__}); {hint}"
 
 
 def interrupted_line(name: str, exc: KeyboardInterrupt) -> tuple[str, int]:
@@ -323,7 +334,7 @@ def cli(main: Callable[..., int]) -> Callable[..., int]:
     @functools.wraps(main)
     def wrapper(argv: Sequence[str] | None = None) -> int:
         comm = distributed.world()  # one process unless an MPI launcher started several
-        _RUN["checkpoint"] = None
+        _RUN["checkpoint"] = _RUN["batch_size"] = None
         try:
             previous = signal.signal(signal.SIGTERM, _raise_terminated)
         except ValueError:  # not the main thread: SIGTERM keeps its handler
@@ -337,6 +348,14 @@ def cli(main: Callable[..., int]) -> Callable[..., int]:
                     if comm.size > 1:
                         distributed.report_and_abort(comm, exc, f"{name}: error: {message}")
                     print(f"{name}: error: {message}", file=sys.stderr)
+                    return 1
+                except Exception as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    line = out_of_memory_line(name, exc)
+                    if comm.size > 1:
+                        distributed.report_and_abort(comm, exc, line)
+                    print(line, file=sys.stderr)
                     return 1
                 except KeyboardInterrupt as exc:
                     line, code = interrupted_line(name, exc)

@@ -374,3 +374,48 @@ def test_mnist_cnn_one_epoch_accuracy():
     # measured 0.9285 with the default warm-up + per-step cosine (0.9178 with the old
     # constant-in-epoch rate); the floor leaves room for BLAS rounding differences
     assert out["test_accuracy"] >= 0.92, out["test_accuracy"]
+
+
+# ---------------------------------------------------------------------------- out of memory
+def test_out_of_memory_is_one_line_naming_the_batch_size(monkeypatch, capsys):
+    """An allocation that fails mid-run (NumPy's MemoryError, torch's or CuPy's
+    OutOfMemoryError) ends an example with one line naming --batch-size and a smaller one."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    had_common = "common" in sys.modules
+    common = importlib.import_module("common")
+    try:
+        class OutOfMemoryError(RuntimeError):  # torch's, by name (a RuntimeError)
+            pass
+
+        for error in (MemoryError("Unable to allocate 7.5 GiB"), OutOfMemoryError("CUDA")):
+            def main(argv=None, error=error):
+                parser = common.make_parser("examples/fake.py", "A fake example.", epochs=1,
+                                            lr=0.1, batch_size=100)
+                parser.parse_args(argv)
+                raise error
+
+            code = common.cli(main)(["--batch-size", "64"])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert code == 1 and len(err) == 1, err
+            assert "out of memory" in err[0] and type(error).__name__ in err[0]
+            assert "--batch-size (now 64; try 32)" in err[0]
+
+        def broken(argv=None):
+            raise RuntimeError("not a memory problem")
+
+        with pytest.raises(RuntimeError, match="not a memory problem"):  # still a traceback
+            common.cli(broken)([])
+    finally:
+        if not had_common:
+            sys.modules.pop("common", None)
+
+
+def test_is_out_of_memory_knows_each_backends_error():
+    from xpnet.backend import is_out_of_memory
+
+    class OutOfMemoryError(MemoryError):  # CuPy's is a MemoryError
+        pass
+
+    assert is_out_of_memory(MemoryError()) and is_out_of_memory(OutOfMemoryError())
+    assert not is_out_of_memory(RuntimeError("out of range")) and not is_out_of_memory(
+        ValueError())

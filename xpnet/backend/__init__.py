@@ -16,7 +16,7 @@ Adding a backend: a factory in ``selection``, its transfers in ``transfer``/``bu
 fast paths in :mod:`xpnet.ops` (and a device random kernel in ``random`` where it has one).
 """
 
-from .memory import free_device_memory
+from .memory import free_device_memory, is_out_of_memory
 from .probe import cuda_status, explain_cuda_error
 from .selection import (
     BACKENDS,
@@ -40,6 +40,6 @@ from .transfer import (
 __all__ = [
     "BACKENDS", "Backend", "BackendError", "DeviceMismatchError", "as_host", "available_backends",
     "check_same_device", "cuda_status", "current", "describe", "device_scope",
-    "explain_cuda_error", "free_device_memory", "resolve_backend", "set_backend", "to_device",
-    "to_numpy",
+    "explain_cuda_error", "free_device_memory", "is_out_of_memory", "resolve_backend",
+    "set_backend", "to_device", "to_numpy",
 ]

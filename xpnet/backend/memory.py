@@ -8,7 +8,7 @@ import ctypes.util
 import os
 from typing import Any
 
-__all__ = ["computes_on_host", "free_device_memory", "keep_freed_memory"]
+__all__ = ["computes_on_host", "free_device_memory", "is_out_of_memory", "keep_freed_memory"]
 
 
 def computes_on_host(name: str, device: Any) -> bool:
@@ -66,3 +66,12 @@ def keep_freed_memory() -> bool:
     _tuned = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(
         mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
     return _tuned
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True when ``exc`` says an allocation failed on any backend: NumPy's ``MemoryError``
+    (CuPy's ``OutOfMemoryError`` is one too) or torch's ``OutOfMemoryError`` (a RuntimeError,
+    matched by its class name so that nothing imports torch here)."""
+    if isinstance(exc, MemoryError):
+        return True
+    return any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__)
