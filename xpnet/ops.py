@@ -32,7 +32,7 @@ function            fallback (standard only)                     fast paths
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import array_api_compat
@@ -51,7 +51,7 @@ __all__ = ["NativeConv2d", "add_windows", "alloc", "col2im", "fast_path_kind",
 Array = Any
 
 
-def alloc(make: Callable, shape: Any, dtype: Any, dev: Any) -> Array:
+def alloc(make: Callable[..., Array], shape: Any, dtype: Any, dev: Any) -> Array:
     """``make(shape, dtype=, device=)`` on ``dev``: CuPy's creation functions ignore
     ``device=`` under array-api-compat and allocate on the current GPU instead."""
     with device_scope(dev):
@@ -69,7 +69,8 @@ def fast_path_kind(xp: Any) -> str:
     return "generic"
 
 
-def _dispatch(table: dict[str, Callable], fallback: Callable, xp: Any) -> Callable:
+def _dispatch(table: dict[str, Callable[..., Array]], fallback: Callable[..., Array],
+              xp: Any) -> Callable[..., Array]:
     return table.get(fast_path_kind(xp), fallback)
 
 
@@ -79,7 +80,8 @@ def out_size(size: int, k: int, stride: int, pad: int = 0) -> int:
 
 
 def offset_slices(kh: int, kw: int, stride: int, oh: int, ow: int,
-                  start: tuple[int, int] = (0, 0)):
+                  start: tuple[int, int] = (0, 0)
+                  ) -> Iterator[tuple[int, int, tuple[slice, slice, slice, slice]]]:
     """Yield (i, j, index) for each kernel offset; ``x[index]`` is the (N, C, OH, OW) strided
     slice of an NCHW array that offset (i, j) of every window reads (windows whose first one
     begins at row, column ``start``)."""
@@ -92,7 +94,7 @@ def offset_slices(kh: int, kw: int, stride: int, oh: int, ow: int,
 
 
 # ----------------------------------------------------------------------------------- pad2d
-def _pad2d_generic(xp, x, pad, value):
+def _pad2d_generic(xp: Any, x: Array, pad: int, value: float) -> Array:
     n, c, h, w = x.shape
     with device_scope(device(x)):  # CuPy: array-api-compat drops device= here
         out = xp.full((n, c, h + 2 * pad, w + 2 * pad), value, dtype=x.dtype,
@@ -101,7 +103,7 @@ def _pad2d_generic(xp, x, pad, value):
     return out
 
 
-def _pad2d_native(xp, x, pad, value):
+def _pad2d_native(xp: Any, x: Array, pad: int, value: float) -> Array:
     # array-api-extra's pad hands constant padding to the library's own pad where one exists
     return xpx.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=value, xp=xp)
 
@@ -118,7 +120,7 @@ def pad2d(x: Array, pad: int, value: float = 0.0, *, xp: Any = None) -> Array:
 
 
 # --------------------------------------------------------------------------------- windows
-def _windows_generic(xp, x, kh, kw, stride):
+def _windows_generic(xp: Any, x: Array, kh: int, kw: int, stride: int) -> Array:
     n, c, h, w = x.shape
     oh, ow = out_size(h, kh, stride), out_size(w, kw, stride)
     parts = [x[index] for _, _, index in offset_slices(kh, kw, stride, oh, ow)]
@@ -126,7 +128,7 @@ def _windows_generic(xp, x, kh, kw, stride):
     return xp.reshape(stacked, (n, c, oh, ow, kh, kw))
 
 
-def _windows_strided(xp, x, kh, kw, stride):
+def _windows_strided(xp: Any, x: Array, kh: int, kw: int, stride: int) -> Array:
     n, c, h, w = x.shape
     oh, ow = out_size(h, kh, stride), out_size(w, kw, stride)
     sn, sc, sh, sw = x.strides
@@ -137,7 +139,7 @@ def _windows_strided(xp, x, kh, kw, stride):
     return cupy.lib.stride_tricks.as_strided(x, shape, strides)
 
 
-def _windows_torch(xp, x, kh, kw, stride):
+def _windows_torch(xp: Any, x: Array, kh: int, kw: int, stride: int) -> Array:
     return x.unfold(2, kh, stride).unfold(3, kw, stride)
 
 
@@ -157,14 +159,16 @@ def windows(x: Array, kh: int, kw: int, stride: int = 1, *, xp: Any = None) -> A
 
 
 # ----------------------------------------------------------------------------- add_windows
-def _add_windows_generic(xp, img, patches, stride, start):
+def _add_windows_generic(xp: Any, img: Array, patches: Array, stride: int,
+                         start: tuple[int, int]) -> Array:
     _, _, oh, ow, kh, kw = patches.shape
     for i, j, index in offset_slices(kh, kw, stride, oh, ow, start):
         img[index] += patches[:, :, :, :, i, j]
     return img
 
 
-def _add_windows_torch(xp, img, patches, stride, start):
+def _add_windows_torch(xp: Any, img: Array, patches: Array, stride: int,
+                       start: tuple[int, int]) -> Array:
     n, c, oh, ow, kh, kw = patches.shape
     if stride >= kh and stride >= kw:  # windows do not overlap: the slice loop is cheapest
         return _add_windows_generic(xp, img, patches, stride, start)
@@ -201,14 +205,14 @@ def add_windows(img: Array, patches: Array, stride: int = 1, *,
 _COLS_FROM_WINDOWS = (6, 7, 1, 3, 5, 0, 2, 4)  # (N, C, A, P, B, P, kh, kw) -> column order
 
 
-def _blocked_windows(xp, win, pool):
+def _blocked_windows(xp: Any, win: Array, pool: int) -> Array:
     n, c, oh, ow, kh, kw = win.shape
     a, b = oh // pool, ow // pool  # outputs a floor-mode pool would drop are never computed
     win = win[:, :, :a * pool, :b * pool, ...]
     return xp.permute_dims(xp.reshape(win, (n, c, a, pool, b, pool, kh, kw)), _COLS_FROM_WINDOWS)
 
 
-def _im2col_generic(xp, win, pool, ones_row):
+def _im2col_generic(xp: Any, win: Array, pool: int, ones_row: bool) -> Array:
     blocked = _blocked_windows(xp, win, pool)
     rows = blocked.shape[0] * blocked.shape[1] * blocked.shape[2]
     cols = xp.reshape(blocked, (rows, -1))
@@ -219,7 +223,7 @@ def _im2col_generic(xp, win, pool, ones_row):
     return xp.concat([cols, ones], axis=0)
 
 
-def _im2col_copy_into(xp, win, pool, ones_row):
+def _im2col_copy_into(xp: Any, win: Array, pool: int, ones_row: bool) -> Array:
     # one copy of the (strided view of the) windows straight into the result, ones row included
     blocked = _blocked_windows(xp, win, pool)
     shape = tuple(blocked.shape)
@@ -278,7 +282,8 @@ def col2im(cols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int, st
 # shifted by i*Wg + j. The column matrix is then k*k plain copies of long contiguous rows (no
 # strided gather), and the matmul's (F, N*Hg*Wg) output, seen as (F, N, Hg, Wg), holds the
 # convolution in its top-left (OH, OW) corner (the rest, where windows wrap, is discarded).
-def _to_grid_generic(xp, x, grid_hw, start, tail, ws, key):
+def _to_grid_generic(xp: Any, x: Array, grid_hw: tuple[int, int], start: tuple[int, int], tail: int,
+                     ws: Workspace | None, key: str) -> Array:
     n, c, h, w = x.shape
     hg, wg = grid_hw
     r0, c0 = start
@@ -290,7 +295,8 @@ def _to_grid_generic(xp, x, grid_hw, start, tail, ws, key):
     return xp.concat([flat, alloc(xp.zeros, (c, tail), x.dtype, device(x))], axis=1)
 
 
-def _to_grid_into(xp, x, grid_hw, start, tail, ws, key):
+def _to_grid_into(xp: Any, x: Array, grid_hw: tuple[int, int], start: tuple[int, int], tail: int,
+                  ws: Workspace | None, key: str) -> Array:
     n, c, h, w = x.shape
     hg, wg = grid_hw
     r0, c0 = start
@@ -321,14 +327,16 @@ def to_grid(x: Array, grid_hw: tuple[int, int], start: tuple[int, int] = (0, 0),
     return fn(xp, x, tuple(grid_hw), tuple(start), tail, ws, key)
 
 
-def _grid_cols_generic(xp, flat, k, wg, length, ones_row, ws, key):
+def _grid_cols_generic(xp: Any, flat: Array, k: int, wg: int, length: int,
+                       ones_row: bool, ws: Workspace | None, key: str) -> Array:
     parts = [flat[:, i * wg + j:i * wg + j + length] for i in range(k) for j in range(k)]
     if ones_row:
         parts.append(alloc(xp.ones, (1, length), flat.dtype, device(flat)))
     return xp.concat(parts, axis=0)
 
 
-def _grid_cols_into(xp, flat, k, wg, length, ones_row, ws, key):
+def _grid_cols_into(xp: Any, flat: Array, k: int, wg: int, length: int,
+                    ones_row: bool, ws: Workspace | None, key: str) -> Array:
     c = flat.shape[0]
     shape = (k * k * c + int(ones_row), length)
     if ws is None:
@@ -389,14 +397,15 @@ def grid_threading() -> str:
                                {"blas": "", "tasks": ""})
 
 
-def _grid_chunks(rows: int, length: int, itemsize: int, threads: int):
+def _grid_chunks(rows: int, length: int, itemsize: int, threads: int) -> list[tuple[int, int]]:
     # cache-sized, and at least 4 per thread where the columns allow (load balance)
     step = min(GRID_CHUNK_BYTES // max(1, rows * itemsize), -(-length // (4 * threads)))
     step = max(256, step)
     return [(a, min(a + step, length)) for a in range(0, length, step)]
 
 
-def _grid_chunk_cols(xp, flat, k, wg, a, b, ones_row, ws):
+def _grid_chunk_cols(xp: Any, flat: Array, k: int, wg: int, a: int, b: int,
+                     ones_row: bool, ws: Workspace) -> Array:
     c = flat.shape[0]
     cols, _ = ws.get("chunk", (k * k * c + int(ones_row), b - a), flat.dtype, xp=xp, like=flat)
     for i in range(k):
@@ -409,12 +418,14 @@ def _grid_chunk_cols(xp, flat, k, wg, a, b, ones_row, ws):
     return cols
 
 
-def _grid_matmul_generic(xp, w, flat, k, wg, length, ones_row, transpose):
+def _grid_matmul_generic(xp: Any, w: Array, flat: Array, k: int, wg: int,
+                         length: int, ones_row: bool, transpose: bool) -> Array:
     cols = _grid_cols_generic(xp, flat, k, wg, length, ones_row, None, "cols")
     return w @ cols.T if transpose else w @ cols
 
 
-def _grid_matmul_chunked(xp, w, flat, k, wg, length, ones_row, transpose):
+def _grid_matmul_chunked(xp: Any, w: Array, flat: Array, k: int, wg: int,
+                         length: int, ones_row: bool, transpose: bool) -> Array:
     # One cache-sized block of columns at a time: copied, then multiplied while still in cache.
     # grid_threading() "blas": one thread, the BLAS threads each product. "tasks": the blocks
     # are independent tasks spread over copy_threads() Python threads that each call a
@@ -423,7 +434,8 @@ def _grid_matmul_chunked(xp, w, flat, k, wg, length, ones_row, transpose):
     tasks = grid_threading() == "tasks"
     rows = k * k * flat.shape[0] + int(ones_row)
     chunks = _grid_chunks(rows, length, flat.itemsize, copy_threads() if tasks else 1)
-    out = None if transpose else xp.empty((w.shape[0], length), dtype=flat.dtype)
+    # None when transposing (partials are summed instead); task() writes it only otherwise
+    out: Array = None if transpose else xp.empty((w.shape[0], length), dtype=flat.dtype)
     partials: list[Array] = [None] * len(chunks)  # summed in chunk order: deterministic
 
     def task(i: int) -> None:
@@ -478,12 +490,13 @@ class NativeConv2d(NamedTuple):
     backward: Callable[..., tuple[Array | None, Array, Array]]
 
 
-def _conv2d_torch_forward(x, w, b, stride, padding):
+def _conv2d_torch_forward(x: Array, w: Array, b: Array, stride: int, padding: int) -> Array:
     import torch
     return torch.nn.functional.conv2d(x, w, b, stride=stride, padding=padding)
 
 
-def _conv2d_torch_backward(dout, x, w, stride, padding, input_grad):
+def _conv2d_torch_backward(dout: Array, x: Array, w: Array, stride: int, padding: int,
+                           input_grad: bool) -> tuple[Array | None, Array, Array]:
     import torch
     # the kernel autograd itself calls for conv2d (one call: all three gradients)
     dx, dw, db = torch.ops.aten.convolution_backward(

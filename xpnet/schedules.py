@@ -27,7 +27,7 @@ class Schedule:
             raise TypeError(f"{type(self).__name__}: per_step must be True or False, "
                             f"got {per_step!r}")
         self.optimizer = optimizer
-        self.base_lr = optimizer.lr
+        self.base_lr: float = optimizer.lr
         self.epoch = 0
         self.per_step = per_step
 
@@ -38,7 +38,8 @@ class Schedule:
         """Advance one epoch; set and return the new learning rate."""
         self.epoch += 1
         self.optimizer.lr = self.rate(self.epoch)
-        return self.optimizer.lr
+        lr: float = self.optimizer.lr
+        return lr
 
     def config(self) -> dict[str, Any]:
         """The settings that shape the curve; a saved state only fits a schedule with the

@@ -7,7 +7,7 @@ and reads all of them back in a single host sync.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from array_api_compat import array_namespace
 
@@ -100,7 +100,8 @@ class Totals:
     def mean_loss(self) -> float:
         """The running mean loss: one host sync (call it once per log interval)."""
         denominator = self.seen if self.weighted else self.steps
-        return float(self.loss_sum) / denominator
+        # read only after add(); before it, float(None) raises TypeError as it always has
+        return float(cast(Array, self.loss_sum)) / denominator
 
     def read(self) -> tuple[dict[str, float], list[float]]:
         """``({"loss": ..., <metric name>: ...}, per-step losses)`` in one host sync."""

@@ -138,7 +138,8 @@ class DataParallel:
         """``run(x, y)`` (an evaluate returning means) on this rank's share of ``(x, y)``,
         combined over ranks into the means over all of it."""
         if not self.active:
-            return run(x, y)
+            means: dict[str, float] = run(x, y)
+            return means
         n = num_examples(x)
         a, b = shard_bounds(n, self.comm.rank, self.comm.size)
         part = run(x[a:b], y[a:b]) if b > a else None
