@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 from array_api_compat import array_namespace, device
@@ -25,7 +25,7 @@ __all__ = ["SGD", "AdaGrad", "Adam", "AdamW", "Momentum", "Nesterov", "Optimizer
            "clip_grad_norm"]
 
 Array = Any
-Params = "dict[str, Parameter] | Module"
+Params = Union[dict[str, Parameter], Module]  # a model, or its parameters by name
 
 
 def _is_weight(name: str, p: Parameter) -> bool:
@@ -359,7 +359,7 @@ class SGD(Optimizer):
     def __init__(self, params: Params, lr: float = 0.01, **kw: Any):
         super().__init__(params, lr, **kw)
 
-    def _update(self, name, p, g, xp, h):
+    def _update(self, name: str, p: Parameter, g: Array, xp: Any, h: _Hyper) -> None:
         p.data -= h.lr * g
 
 
@@ -372,7 +372,7 @@ class Momentum(Optimizer):
         super().__init__(params, lr, **kw)
         self.momentum = validate.probability(type(self).__name__, "momentum", momentum)
 
-    def _update(self, name, p, g, xp, h):
+    def _update(self, name: str, p: Parameter, g: Array, xp: Any, h: _Hyper) -> None:
         v = self._slot(name, "v", p.data)
         v *= self.momentum
         v += g
@@ -395,7 +395,7 @@ class AdaGrad(Optimizer):
         super().__init__(params, lr, **kw)
         self.eps = validate.positive_float("AdaGrad", "eps", eps)
 
-    def _update(self, name, p, g, xp, hyper):
+    def _update(self, name: str, p: Parameter, g: Array, xp: Any, hyper: _Hyper) -> None:
         h = self._slot(name, "h", p.data)
         h += g * g
         p.data -= hyper.lr * g / (xp.sqrt(h) + self.eps)
@@ -412,7 +412,7 @@ class RMSProp(Optimizer):
         self.alpha = validate.probability("RMSProp", "alpha", alpha)
         self.eps = validate.positive_float("RMSProp", "eps", eps)
 
-    def _update(self, name, p, g, xp, h):
+    def _update(self, name: str, p: Parameter, g: Array, xp: Any, h: _Hyper) -> None:
         v = self._slot(name, "v", p.data)
         v *= self.alpha
         v += (1.0 - self.alpha) * (g * g)
@@ -436,7 +436,7 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = b1, b2
         self.eps = validate.positive_float(owner, "eps", eps)
 
-    def _update(self, name, p, g, xp, h):
+    def _update(self, name: str, p: Parameter, g: Array, xp: Any, h: _Hyper) -> None:
         m = self._slot(name, "m", p.data)
         v = self._slot(name, "v", p.data)
         b1, b2 = self.beta1, self.beta2
@@ -461,13 +461,13 @@ class AdamW(Adam):
                  eps: float = 1e-8, weight_decay: float = 0.01, **kw: Any):
         super().__init__(params, lr, betas, eps, weight_decay=weight_decay, **kw)
 
-    def _grad(self, name, p, xp, h):
+    def _grad(self, name: str, p: Parameter, xp: Any, h: _Hyper) -> Array:
         g = p.grad
         if h.l1 and self.decay_filter(name, p):
             g = g + h.l1 * xp.sign(p.data)
         return g
 
-    def _update(self, name, p, g, xp, h):
+    def _update(self, name: str, p: Parameter, g: Array, xp: Any, h: _Hyper) -> None:
         if h.weight_decay and self.decay_filter(name, p):
             p.data *= 1.0 - h.lr * h.weight_decay
         super()._update(name, p, g, xp, h)
