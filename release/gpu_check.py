@@ -422,24 +422,49 @@ def _pair(c: Check, a: list[str], b: list[str], backends: tuple[str, str]) -> tu
 
 
 def accuracy(c: Check):
+    """mnist_cnn 1 epoch, same seed: the backend under test against NumPy, and its mixed16
+    (float16 with float32 master weights and loss scaling) against its own float32, all three
+    at once (two on the GPU, one on the CPU). The self-test's array_api_strict has no float16:
+    there the mixed16 run is left out and said so."""
     limit = c.args.train_limit
     extra = ["--epochs", "1", *(["--train-limit", str(limit)] if limit else [])]
-    ours, ref = _pair(c, _mnist_cnn(c, c.backend, *extra), _mnist_cnn(c, "numpy", *extra),
-                      (c.backend, "numpy"))
-    data = {c.backend: {k: ours.get(k) for k in ("backend", "device", "test_accuracy",
-                                                  "train_seconds", "train_images")},
-            "numpy": {k: ref.get(k) for k in ("backend", "device", "test_accuracy",
-                                              "train_seconds", "train_images")}}
-    for out, b in ((ours, c.backend), (ref, "numpy")):
+    half = None if c.args.self_test else c.start(
+        _mnist_cnn(c, c.backend, *extra, "--precision", "mixed16"), c.backend_env(c.backend))
+    try:
+        ours, ref = _pair(c, _mnist_cnn(c, c.backend, *extra), _mnist_cnn(c, "numpy", *extra),
+                          (c.backend, "numpy"))
+    except BaseException:
+        if half is not None:
+            os.killpg(half.pid, signal.SIGKILL)
+            half.communicate()
+        raise
+    mixed = c.json_of(c.finish(half)) if half is not None else None
+    keys = ("backend", "device", "test_accuracy", "train_seconds", "train_images")
+    data: dict = {c.backend: {k: ours.get(k) for k in keys},
+                  "numpy": {k: ref.get(k) for k in keys}}
+    runs = [(ours, c.backend), (ref, "numpy")]
+    if mixed is not None:
+        data[f"{c.backend} mixed16"] = {k: mixed.get(k) for k in keys}
+        runs.append((mixed, c.backend))
+    for out, b in runs:
         why = _names_backend(out, b, c)
         if why:
             return "FAIL", why, data
     diff = abs(ours["test_accuracy"] - ref["test_accuracy"])
     data["difference"] = round(diff, 5)
-    status = "PASS" if diff <= ACCURACY_TOLERANCE else "FAIL"
-    return status, (f"mnist_cnn 1 epoch on {ours['train_images']} images: {c.backend} "
-                    f"{ours['test_accuracy']:.4f} vs numpy {ref['test_accuracy']:.4f}, "
-                    f"difference {diff:.4f} (limit {ACCURACY_TOLERANCE})"), data
+    detail = (f"mnist_cnn 1 epoch on {ours['train_images']} images: {c.backend} "
+              f"{ours['test_accuracy']:.4f} vs numpy {ref['test_accuracy']:.4f}, "
+              f"difference {diff:.4f} (limit {ACCURACY_TOLERANCE})")
+    ok = diff <= ACCURACY_TOLERANCE
+    if mixed is None:
+        detail += "; mixed16 not run (array_api_strict has no float16)"
+    else:
+        half_diff = abs(mixed["test_accuracy"] - ours["test_accuracy"])
+        data["mixed16_difference"] = round(half_diff, 5)
+        detail += (f"; {c.backend} mixed16 {mixed['test_accuracy']:.4f} vs float32, "
+                   f"difference {half_diff:.4f} (limit {ACCURACY_TOLERANCE})")
+        ok = ok and half_diff <= ACCURACY_TOLERANCE
+    return ("PASS" if ok else "FAIL"), detail, data
 
 
 def checkpoint(c: Check):

@@ -225,3 +225,26 @@ def test_state_roundtrip_is_bit_exact_on_strict_device1(check, tmp_path, monkeyp
 
     monkeypatch.setattr(SimpleConvNet, "state_dict", nudged)
     assert check.state_roundtrip(str(path), "array_api_strict")["differ"] == [next(iter(state))]
+
+
+@pytest.mark.parametrize("half_accuracy, verdict", [(0.9890, "PASS"), (0.9850, "FAIL")])
+def test_accuracy_also_holds_mixed16_to_float32(check, data_dir, tmp_path, monkeypatch,
+                                                half_accuracy, verdict):
+    """On the GPU the accuracy item also runs mixed16 on CuPy, at the same time, and passes
+    only when it is within the tolerance of CuPy's float32 run."""
+    c = _check(check, data_dir, tmp_path / "out")
+
+    def run(backend, acc):
+        return {"backend": backend, "device": "cuda:0" if backend == "cupy" else "cpu",
+                "test_accuracy": acc, "train_seconds": 1.0, "train_images": 60000}
+
+    started = []
+    monkeypatch.setattr(c, "start", lambda cmd, env=None: started.append(cmd) or "half")
+    monkeypatch.setattr(c, "finish", lambda proc: proc)
+    monkeypatch.setattr(c, "json_of", lambda proc: run("cupy", half_accuracy))
+    monkeypatch.setattr(check, "_pair", lambda c, a, b, backends: (run("cupy", 0.9880),
+                                                                   run("numpy", 0.9875)))
+    status, detail, data = check.accuracy(c)
+    assert status == verdict, detail
+    assert ["--precision", "mixed16"] == started[0][-2:] and "mixed16" in detail
+    assert data["mixed16_difference"] == round(abs(half_accuracy - 0.9880), 5)
