@@ -60,11 +60,9 @@ class History:
         return head + (f"; best: {', '.join(best)})" if best else ")")
 
     def table(self) -> str:
-        """One row per epoch, one column per recorded value, numbers as people read them::
-
-            epoch    loss  train_acc      lr  seconds  test_loss  test_acc
-                1  0.4866     0.8503  0.001      8.4     0.2315    0.9321
-        """
+        """One row per epoch, one column per recorded value (``epoch``, ``loss``,
+        ``train_acc``, ``lr``, ``seconds``, ``test_loss``, ``test_acc``, ...), numbers as people
+        read them (4 significant digits), the columns right-aligned under their names."""
         cols = _columns(self.records)
         rows = [[_num(r.get(k, math.nan), k) for k in cols] for r in self.records]
         widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(cols)]
