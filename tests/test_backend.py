@@ -235,6 +235,32 @@ def test_check_same_device_accepts_matching_arrays(backend):
     backend_module.check_same_device(a, b, "a", "b")  # no error
 
 
+def test_same_device_agrees_with_array_api_compat_device():
+    """The fast ``.device`` comparison answers as array-api-compat's device() would, for
+    arrays of one type on one or two devices, arrays of two types, and arrays that carry no
+    ``.device`` attribute (NumPy 1.x)."""
+    strict = pytest.importorskip("array_api_strict")
+    cpu, other = strict.Device("CPU_DEVICE"), strict.Device("device1")
+    arrays = [np.ones(2), np.zeros(3), strict.ones(2, device=cpu), strict.ones(2, device=other),
+              strict.zeros(1, device=other)]
+    try:
+        import torch
+        arrays += [torch.ones(2), torch.zeros(1)]
+    except ImportError:
+        pass
+
+    class NoDeviceAttribute(np.ndarray):  # a NumPy 1.x array: no .device
+        device = None
+
+    arrays.append(np.ones(2).view(NoDeviceAttribute))
+    for a in arrays:
+        for b in arrays:
+            expected = type(a) is type(b) and (
+                array_api_compat.device(a) == array_api_compat.device(b))
+            assert backend_module.same_device(a, b) == expected, (a, b)
+    assert not backend_module.same_device(arrays[2], arrays[3])  # CPU_DEVICE vs device1
+
+
 @pytest.mark.parametrize("target", OTHER_BACKEND_PARAMS)
 def test_module_to_device_moves_a_model(monkeypatch, target):
     monkeypatch.delenv("XPNET_DEVICE", raising=False)

@@ -328,3 +328,46 @@ def test_grid_threading_is_read_from_the_environment_and_checked(monkeypatch):
     with pytest.raises(ValueError, match="XPNET_GRID_THREADING='fast': expected 'blas' or "
                                          "'tasks'"):
         ops.grid_threading()
+
+
+def _ref_adam(p, g, m, v, lr, b1, b2, eps, step):
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    p = p - lr / (1 - b1 ** step) * m / (np.sqrt(v) / np.sqrt(1 - b2 ** step) + eps)
+    return p, m, v
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(7,), (5, 3), (2, 3, 2, 2)], ids=["1d", "2d", "4d"])
+def test_adam_update_fast_matches_generic_and_reference(backend, dtype, shape):
+    rng = np.random.default_rng(3)
+    p0, g0 = rng.standard_normal(shape), rng.standard_normal(shape)
+    m0, v0 = rng.standard_normal(shape), rng.random(shape)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
+    ref = (p0, m0, v0)
+    results = {}
+    for generic in (False, True):
+        p, g, m, v = (dev(a, dtype=dtype) for a in (p0, g0, m0, v0))
+        with fast_paths(not generic):
+            for step in (1, 2, 3):  # the bias correction changes with the step
+                ops.adam_update(p, g, m, v, lr=0.01, beta1=0.9, beta2=0.99, eps=1e-8,
+                                step=step)
+        assert p.dtype == g.dtype and m.dtype == g.dtype
+        results[generic] = [to_np(a) for a in (p, m, v)]
+    for step in (1, 2, 3):
+        ref = _ref_adam(*ref[:1], g0, *ref[1:], 0.01, 0.9, 0.99, 1e-8, step)
+    for got in results.values():
+        for a, b in zip(got, ref):
+            np.testing.assert_allclose(a, b, **tol)
+
+
+def test_adam_update_takes_the_fallback_for_a_non_contiguous_gradient(backend):
+    """A transposed gradient (a view) gives the same update as its contiguous copy."""
+    rng = np.random.default_rng(4)
+    g0 = rng.standard_normal((3, 4))
+    out = []
+    for g in (dev(g0.T.copy()), dev(g0).T):
+        p, m, v = dev(np.ones((4, 3))), dev(np.zeros((4, 3))), dev(np.zeros((4, 3)))
+        ops.adam_update(p, g, m, v, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, step=1)
+        out.append(to_np(p))
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-12)

@@ -9,7 +9,6 @@ BatchNorm scales) are decayed, as in the textbook. AdamW decays decoupled from t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Union
@@ -17,8 +16,8 @@ from typing import Any, Union
 import numpy as np
 from array_api_compat import array_namespace, device
 
-from . import validate
-from .backend import to_device, to_numpy
+from . import ops, validate
+from .backend import same_device, to_device, to_numpy
 from .module import Module, Parameter, StateDictError, _dtype_name
 
 __all__ = ["SGD", "AdaGrad", "Adam", "AdamW", "Momentum", "Nesterov", "Optimizer", "RMSProp",
@@ -208,7 +207,7 @@ class Optimizer:
         s = slots.get(key)
         if s is None:
             s = slots[key] = array_namespace(like).zeros_like(like)
-        elif type(s) is not type(like) or s.dtype != like.dtype or device(s) != device(like):
+        elif s.dtype != like.dtype or not same_device(s, like):
             # the model moved (to_device / to_dtype): the state follows its parameter
             s = slots[key] = array_namespace(like).asarray(
                 np.asarray(to_numpy(s)), dtype=like.dtype, device=device(like))
@@ -439,18 +438,8 @@ class Adam(Optimizer):
     def _update(self, name: str, p: Parameter, g: Array, xp: Any, h: _Hyper) -> None:
         m = self._slot(name, "m", p.data)
         v = self._slot(name, "v", p.data)
-        b1, b2 = self.beta1, self.beta2
-        m *= b1
-        m += (1.0 - b1) * g
-        v *= b2
-        v += (1.0 - b2) * (g * g)
-        # in-place on one temporary: every full-size allocation is memory traffic
-        update = xp.sqrt(v)
-        update *= 1.0 / math.sqrt(1.0 - b2 ** self.t)
-        update += self.eps
-        update = m / update
-        update *= h.lr / (1.0 - b1 ** self.t)
-        p.data -= update
+        ops.adam_update(p.data, g, m, v, lr=h.lr, beta1=self.beta1, beta2=self.beta2,
+                        eps=self.eps, step=self.t)
 
 
 class AdamW(Adam):

@@ -33,6 +33,7 @@ from .transfer import (
     check_same_device,
     describe,
     device_scope,
+    same_device,
     to_device,
     to_numpy,
 )
@@ -41,5 +42,5 @@ __all__ = [
     "BACKENDS", "Backend", "BackendError", "DeviceMismatchError", "as_host", "available_backends",
     "check_same_device", "cuda_status", "current", "describe", "device_scope",
     "explain_cuda_error", "free_device_memory", "is_out_of_memory", "resolve_backend",
-    "set_backend", "to_device", "to_numpy",
+    "same_device", "set_backend", "to_device", "to_numpy",
 ]

@@ -14,7 +14,7 @@ import numpy as np
 from .selection import Backend, current
 
 __all__ = ["DeviceMismatchError", "as_host", "check_same_device", "describe", "device_scope",
-           "to_device", "to_numpy"]
+           "same_device", "to_device", "to_numpy"]
 
 
 class DeviceMismatchError(ValueError):
@@ -189,9 +189,22 @@ def describe(x: Any) -> str:
     return f"{lib} array on {array_api_compat.device(x)}"
 
 
+def same_device(a: Any, b: Any) -> bool:
+    """True when arrays a and b are of one array type on one device. Called on every step
+    (layer inputs, optimizer slots): it reads the standard's ``.device`` attribute, which
+    NumPy 2, CuPy, torch and array_api_strict arrays carry, and asks array-api-compat only
+    for arrays without one (NumPy 1.x)."""
+    if type(a) is not type(b):
+        return False
+    da, db = getattr(a, "device", None), getattr(b, "device", None)
+    if da is None or db is None or callable(da):
+        return bool(array_api_compat.device(a) == array_api_compat.device(b))
+    return bool(da == db)
+
+
 def check_same_device(a: Any, b: Any, a_name: str, b_name: str) -> None:
     """Raise DeviceMismatchError naming both sides when a and b cannot be combined."""
-    if type(a) is type(b) and array_api_compat.device(a) == array_api_compat.device(b):
+    if same_device(a, b):
         return
     da, db = describe(a), describe(b)
     if da == db:
