@@ -232,7 +232,7 @@ def summarize(runs: list[dict[str, Any]], sides: Sequence[str]) -> list[dict[str
                 "runs_ms_per_step": [p["ms_per_step"] for p in pts],
                 "runs_flagged": [p["flagged"] for p in pts]}
         row["ratio_vs_torch"], row["ratio_vs_torch_rounds"] = {}, {}
-        if "torch" in by_side:
+        if "torch" in sides and "torch" in by_side:
             ref = {p["round"]: p for p in by_side["torch"] if not p["flagged"]}
             for side in sides:
                 if side == "torch":
