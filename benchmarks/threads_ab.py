@@ -137,21 +137,10 @@ def xpnet_side(model_name: str, x, y):
 def torch_side(model_name: str, x, y):
     import torch
     import torch.nn.functional as F
-    from torch import nn
+    from torch_nets import torch_net  # benchmarks/torch_nets.py
 
     torch.manual_seed(0)
-    if model_name == "cnn":
-        net = nn.Sequential(nn.Conv2d(1, 30, 5), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Flatten(),
-                            nn.Linear(30 * 12 * 12, 100), nn.ReLU(), nn.Linear(100, 10))
-    elif model_name == "deep":
-        def conv(c, f, pad=1):
-            return [nn.Conv2d(c, f, 3, padding=pad), nn.ReLU()]
-        net = nn.Sequential(*conv(1, 16), *conv(16, 16), nn.MaxPool2d(2, 2), *conv(16, 32),
-                            *conv(32, 32, 2), nn.MaxPool2d(2, 2), *conv(32, 64), *conv(64, 64),
-                            nn.MaxPool2d(2, 2), nn.Flatten(), nn.Linear(64 * 4 * 4, 50),
-                            nn.ReLU(), nn.Dropout(0.5), nn.Linear(50, 10), nn.Dropout(0.5))
-    else:
-        net = nn.Sequential(nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10))
+    net = torch_net(model_name)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
