@@ -51,7 +51,9 @@ class Linear(Module):
             raise ValueError(f"{self!r}: input x has shape {tuple(x.shape)}; expected {expect}")
         self.save_for_backward(x)
         y = x @ self.W.data
-        return y + self.b.data if self.b is not None else y
+        if self.b is not None:
+            y += self.b.data  # in place: the product is a fresh array, no second allocation
+        return y
 
     def backward(self, dout: Array, *, input_grad: bool = True) -> Array | None:
         (x,) = self.saved()
