@@ -38,7 +38,7 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
 from xpnet import distributed, validate
 from xpnet.backend import is_out_of_memory
 from xpnet.data import load_mnist as _load_mnist
-from xpnet.io.checkpoint import load_checkpoint
+from xpnet.io.checkpoint import read_checkpoint_meta
 from xpnet.precision import POLICIES
 from xpnet.train import TrainingDiverged
 
@@ -277,7 +277,7 @@ def use_saved_lr(args: argparse.Namespace) -> dict[str, float] | None:
         return None
     if "lr" in getattr(args, "explicit", {"lr"}):
         return {"lr": args.lr}
-    saved = load_checkpoint(args.checkpoint).meta.get("base_lr")
+    saved = read_checkpoint_meta(args.checkpoint).get("base_lr")  # no array is read
     if saved is not None:
         args.lr = saved
     return None

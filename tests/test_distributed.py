@@ -255,6 +255,19 @@ def test_ranks_that_disagree_all_stop_with_one_message_naming_rank_and_field():
     assert "OK disagreements refused on every rank" in out and "truncated" not in out, out
 
 
+def test_a_check_failing_on_one_rank_stops_every_rank_with_its_message():
+    """xpnet as a library, no abort: rank 1 alone gets NaN inputs, out-of-range labels or no
+    labels (then rank 0 alone bad labels); the refusing rank raises its own error, the other
+    RankRefused naming it (asserted in the worker), within the timeout; then both train."""
+    result = launch("refuse", timeout=90)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    for r in (0, 1):
+        assert f"OK rank {r} stopped with the refusing rank" in out, out
+    assert "rank 0 NaN input: RankRefused: rank 1 refused: ValueError: x_train: row 3" in out
+    assert "rank 1 NaN input: ValueError: x_train: row 3 holds NaN" in out
+
+
 def test_an_exception_on_one_rank_ends_the_job_once():
     result = launch("raise", timeout=60)
     out = result.stdout + result.stderr

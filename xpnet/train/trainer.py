@@ -281,34 +281,27 @@ class Trainer:
         anything changes; the callbacks then see the events described in
         :mod:`xpnet.train.callbacks`.
         """
-        validate.non_negative_int("fit", "epochs", epochs)
-        check_arrays("fit", x_train=x_train, y_train=y_train)
-        if (x_test is None) != (y_test is None):
-            given, missing = ("x_test", "y_test") if y_test is None else ("y_test", "x_test")
-            raise ValueError(f"fit: {given} was given without {missing}; expected both (test "
-                             "data to evaluate on after each epoch) or neither")
-        if x_test is not None:
-            check_arrays("fit", x_test=x_test, y_test=y_test)
-        check_data(self.model, self.loss, x_train, y_train, "training data",
-                   names=("x_train", "y_train"))
-        if x_test is not None:
-            check_data(self.model, self.loss, x_test, y_test, "test data",
-                       names=("x_test", "y_test"))
-        n = num_examples(x_train)
-        self._check_plan(n, x_test is not None)
-        # one example of each set through the model and loss in evaluation mode (no state
-        # changes): a shape the model or loss refuses is named now, not after an epoch
-        self._probe(x_train, y_train, "x_train/y_train")
-        if x_test is not None:
-            self._probe(x_test, y_test, "x_test/y_test")
-        # N ranks: the same data, batches, model, optimizer and seeds everywhere (checked
-        # before anything whose sizes could differ), then rank 0's model and optimizer
-        # everywhere, verified
-        batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-        self.parallel.start({"epoch": self.state.epoch, "step": self.state.step,
-                             "batch order": self.rng.get_state(), "batch_size": self.batch_size,
-                             "accumulate": self.accumulate, "drop_last": self.drop_last,
-                             "dataset size": n, "batches per epoch": batches})
+        # this rank's own checks; with N ranks their outcome goes through the agreement
+        # below, so that a rank refusing its input stops every rank instead of leaving
+        # them waiting in the first collective
+        refused: Exception | None = None
+        run: dict[str, Any] = {}
+        n = 0
+        try:
+            n = self._check_fit(x_train, y_train, epochs, x_test, y_test)
+            batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+            run = {"epoch": self.state.epoch, "step": self.state.step,
+                   "batch order": self.rng.get_state(), "batch_size": self.batch_size,
+                   "accumulate": self.accumulate, "drop_last": self.drop_last,
+                   "dataset size": n, "batches per epoch": batches}
+        except Exception as exc:
+            if not self.parallel.active:
+                raise
+            refused = exc
+        # N ranks: every rank's checks passed, and the same data, batches, model, optimizer
+        # and seeds everywhere (checked before anything whose sizes could differ), then rank
+        # 0's model and optimizer everywhere, verified
+        self.parallel.start(run, refused)
         adapt_threads()  # BLAS threads for the cores free now (xpnet.threads: the policy)
         loader = self._loader(x_train, y_train)  # draws nothing until iterated
         self.train_size, self._resumed_size = n, None
@@ -347,6 +340,32 @@ class Trainer:
                 p.accumulate = was[name]
             self._fire("on_fit_end")
         return self.history
+
+    def _check_fit(self, x_train: Any, y_train: Any, epochs: int, x_test: Any, y_test: Any
+                   ) -> int:
+        """Every check of :meth:`fit`'s arguments against the model, loss and callbacks, run
+        before anything changes; returns the number of training examples."""
+        validate.non_negative_int("fit", "epochs", epochs)
+        check_arrays("fit", x_train=x_train, y_train=y_train)
+        if (x_test is None) != (y_test is None):
+            given, missing = ("x_test", "y_test") if y_test is None else ("y_test", "x_test")
+            raise ValueError(f"fit: {given} was given without {missing}; expected both (test "
+                             "data to evaluate on after each epoch) or neither")
+        if x_test is not None:
+            check_arrays("fit", x_test=x_test, y_test=y_test)
+        check_data(self.model, self.loss, x_train, y_train, "training data",
+                   names=("x_train", "y_train"))
+        if x_test is not None:
+            check_data(self.model, self.loss, x_test, y_test, "test data",
+                       names=("x_test", "y_test"))
+        n = num_examples(x_train)
+        self._check_plan(n, x_test is not None)
+        # one example of each set through the model and loss in evaluation mode (no state
+        # changes): a shape the model or loss refuses is named now, not after an epoch
+        self._probe(x_train, y_train, "x_train/y_train")
+        if x_test is not None:
+            self._probe(x_test, y_test, "x_test/y_test")
+        return n
 
     def _check_plan(self, n: int, has_test: bool) -> None:
         """Refuse, before anything changes, a run that would fail part-way."""
