@@ -359,8 +359,8 @@ def cli(main: Callable[..., int]) -> Callable[..., int]:
                     return 1
                 except KeyboardInterrupt as exc:
                     line, code = interrupted_line(name, exc)
-                    if comm.size > 1:
-                        distributed.report_and_abort(comm, exc, line)
+                    if comm.size > 1:  # the job ends with 130 or 143 as well
+                        distributed.report_and_abort(comm, exc, line, code)
                     print(line, file=sys.stderr)
                     return code
         finally:

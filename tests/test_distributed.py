@@ -12,8 +12,10 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import xpnet
 from xpnet import distributed
 from xpnet.data import BatchLoader
 from xpnet.gradcheck import check_module
+from xpnet.io.checkpoint import read_checkpoint_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_worker.py"
@@ -384,3 +387,46 @@ def test_mnist_cnn_under_mpiexec_prints_one_summary_equal_to_one_process():
     assert runs[2]["global_batch_size"] == runs[1]["global_batch_size"] == 100
     assert abs(runs[2]["test_accuracy"] - runs[1]["test_accuracy"]) <= 0.003
     assert abs(runs[2]["train_loss"] - runs[1]["train_loss"]) < 1e-5
+
+
+@pytest.mark.parametrize("sig, code, target", [
+    (signal.SIGINT, 130, "group"),      # Ctrl-C in a terminal: the launcher and every rank
+    (signal.SIGINT, 130, "launcher"),   # kill -INT of mpiexec, which forwards it
+    (signal.SIGTERM, 143, "launcher"),  # a scheduler ending the job
+    (signal.SIGTERM, 143, "group"),
+])
+def test_a_signal_under_mpiexec_ends_the_job_with_one_line_and_the_conventional_code(
+        sig, code, target, tmp_path):
+    """The example under ``mpiexec -n 2``, signalled after its first checkpoint: the job
+    exits 128 + the signal (not the abort's 1), with one 'interrupted' line, no traceback and
+    no MPI abort notice on stderr; the checkpoint holds a finished epoch."""
+    data = ROOT.parent / "shared" / "data"
+    if not (data / "mnist").is_dir():
+        pytest.skip(f"MNIST not found in {data}")
+    ck = tmp_path / "ck.npz"
+    cmd = [mpiexec(), "-n", "2", sys.executable, str(ROOT / "examples" / "mnist_mlp.py"),
+           "--epochs", "1000", "--train-limit", "300", "--data-dir", str(data),
+           "--checkpoint", str(ck)]
+    proc = subprocess.Popen(cmd, env=clean_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT
+        while not ck.exists():  # the first epoch is saved: stop in a later one
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, f"no checkpoint within {LAUNCH_TIMEOUT} s"
+            time.sleep(0.05)
+        if target == "group":
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "MPI_Abort" not in err, err
+    said = [line for line in err.splitlines() if "interrupted" in line]
+    assert said == [f"[rank 0/2] examples/mnist_mlp.py: interrupted by {sig.name}; {ck} holds "
+                    f"the last finished epoch; continue with --checkpoint {ck} --resume"], err
+    assert read_checkpoint_meta(ck)["epoch"] >= 1

@@ -108,8 +108,9 @@ class Communicator:
     def barrier(self) -> None:
         """Wait until every rank gets here."""
 
-    def abort(self, code: int = 1) -> None:
-        """End every rank of the job now with exit status ``code``."""
+    def abort(self, code: int = 1, *, quiet: bool = False) -> None:
+        """End every rank of the job now with exit status ``code``; ``quiet``: without the
+        MPI library's own notice (for an interrupted run, whose one line is already out)."""
         sys.stderr.flush()
         os._exit(code)
 
