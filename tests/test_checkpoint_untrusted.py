@@ -432,7 +432,8 @@ BAD_META = [
     ("base_lr", "0.01"), ("base_lr", float("inf")), ("base_lr", -1.0), ("batch_size", 0),
     ("batch_size", "10"), ("callbacks", []), ("rng", "seed"), ("layer_rngs", [1]),
     ("backend", 3), ("optimizer", {"class": 3}), ("optimizer", {"t": -1}),
-    ("optimizer", [1]), ("optimizer_params", "0.W"),
+    ("optimizer", [1]), ("optimizer_params", "0.W"), ("threads", 0), ("threads", "2"),
+    ("threads", 1.5),
     ("arrays", {"model/0.W": {"dtype": "|O", "shape": [4, 3]}}),
     ("arrays", {"model/0.W": {"dtype": "<f4", "shape": [-4, 3]}}),
 ]

@@ -163,6 +163,8 @@ META_SCHEMA: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "batch_size": ("an int >= 1", lambda v: _is_int(v, 1)),
     "accumulate": ("an int >= 1", lambda v: _is_int(v, 1)),
     "train_size": ("an int >= 0 or None", lambda v: v is None or _is_int(v)),
+    "threads": ("an int >= 1 or None (the thread count the run trained with)",
+                lambda v: v is None or _is_int(v, 1)),
     "callbacks": ("a dict of callback states keyed by name",
                   lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v)),
 }

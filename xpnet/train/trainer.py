@@ -28,7 +28,7 @@ from ..module import Module
 from ..optim import Optimizer
 from ..rng import Generator
 from ..schedules import Schedule
-from ..threads import adapt_threads
+from ..threads import adapt_threads, pinned_threads
 from .callbacks import Callback, KeepBest, LossScaling, LRSchedule, SaveCheckpoint
 from .checks import check_arrays, check_data, input_dtype, label_dtype, num_examples
 from .evaluate import evaluate, predict
@@ -143,6 +143,8 @@ class Trainer:
         self.resumed_epoch = -1  # the epoch count the resume restored
         self._resumed_size: int | None = None  # what the next fit must be given, on resume
         self._global_sizes: list[int] | None = None
+        self.threads: int | None = None  # the thread count fit trains with (saved)
+        self._resumed_threads: int | None = None  # the count the resumed run trained with
 
     def _with_defaults(self, callbacks: Iterable[Callback]) -> list[Callback]:
         """The callbacks checked, the default Progress and DivergenceGuard added, in firing
@@ -302,7 +304,9 @@ class Trainer:
         # and seeds everywhere (checked before anything whose sizes could differ), then rank
         # 0's model and optimizer everywhere, verified
         self.parallel.start(run, refused)
-        adapt_threads()  # BLAS threads for the cores free now (xpnet.threads: the policy)
+        # BLAS threads for the cores free now (xpnet.threads: the policy), or, resumed, the
+        # count the run trained with (it changes the rounding); a count the user set wins
+        self.threads = adapt_threads(self._resumed_threads) or pinned_threads()
         loader = self._loader(x_train, y_train)  # draws nothing until iterated
         self.train_size, self._resumed_size = n, None
         self.batches_per_epoch = len(loader)
@@ -441,6 +445,7 @@ class Trainer:
         meta = {**self.state.state_dict(self.model), "backend": self.backend.name,
                 "base_lr": self.lr, "batch_size": self.batch_size,
                 "accumulate": self.accumulate, "train_size": self.train_size,
+                "threads": self.threads,
                 "callbacks": {c.key: c.state_dict() for c in self.callbacks if c.key}}
         return save_checkpoint(path, self.model.state_dict(), self.optimizer.state_dict(), meta)
 
@@ -457,6 +462,9 @@ class Trainer:
         position and shape). A callback whose state the file lacks starts afresh. The next
         ``fit`` must be given a training set of the saved size.
 
+        The next ``fit`` trains with the thread count the saved run used (it changes the
+        rounding; see :func:`xpnet.threads.adapt_threads`), unless the user set one.
+
         Weights or optimizer slots holding NaN or inf are refused unless
         ``allow_nonfinite=True`` (to inspect a diverged state, e.g. ``<name>.diverged.npz``).
         """
@@ -466,4 +474,6 @@ class Trainer:
         check_resume(self, ck, path, override, allow_nonfinite=allow_nonfinite)
         apply_resume(self, ck, override, allow_nonfinite=allow_nonfinite)
         self.train_size = self._resumed_size = ck.meta["train_size"]
+        # a file without it (written before it was saved): the thread policy decides
+        self.threads = self._resumed_threads = ck.meta.get("threads")
         self.resumed_from, self.resumed_epoch = Path(path), self.state.epoch
