@@ -111,7 +111,6 @@ def _conv_trainer(seed: int = 0):
     import xpnet
     from xpnet.train import Trainer
 
-    xpnet.set_backend("numpy")
     rng = xpnet.Generator(seed)
     model = xpnet.Sequential(xpnet.Conv2d(1, 4, 3, padding=1, rng=rng), xpnet.ReLU(),
                              xpnet.Flatten(), xpnet.Linear(4 * 12 * 12, 10, rng=rng))
@@ -135,8 +134,12 @@ def _weights(trainer):
 
 @pytest.fixture
 def tasks_grid(monkeypatch, no_user_threads):
+    """NumPy (the grid's chunked path), its blocks spread over the thread count."""
+    from conftest import use_backend
+
     monkeypatch.setenv("XPNET_GRID_THREADING", "tasks")
-    return no_user_threads
+    with use_backend("numpy"):
+        yield no_user_threads
 
 
 def test_the_thread_count_changes_this_nets_rounding(monkeypatch, tasks_grid):
