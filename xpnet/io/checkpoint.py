@@ -432,6 +432,11 @@ EXPECTED = "an .npz checkpoint written by xpnet (Trainer.save or save_checkpoint
 STEPS = "history/steps"  # the per-step history: one float64 row per optimizer step
 META_MAX = 64 << 20  # bytes of JSON metadata read at most
 STEPS_MAX_ROWS = 1 << 22  # per-step history rows read at most
+# the per-step history becomes Python records, so it may inflate at most this many times its
+# stored bytes, plus the allowance (xpnet stores it as is: 1x; deflate takes a real history
+# to about 3-6x)
+STEPS_FILE_FACTOR = 8
+STEPS_ALLOWANCE = 4 << 20
 HEADER_SLACK = 4096  # bytes an .npy header may take (NumPy writes 128)
 DEFLATE_RATIO = 1032  # deflate's largest inflation ratio
 MEMBER = re.compile(r"^(meta|history/steps|model/[^/\x00-\x1f]+|optim/[^\x00-\x1f]+/[^/\x00-\x1f]+)"
@@ -544,6 +549,15 @@ def _announced(path: Path, meta: dict[str, Any], infos: dict[str, zipfile.ZipInf
         raise CheckpointMemberError(f"checkpoint {path}: member {STEPS!r} announces "
                                     f"{announced[STEPS][0][0]} rows; expected at most "
                                     f"{STEPS_MAX_ROWS}")
+    if STEPS in announced:  # read into Python records (~10x its bytes): bounded by the file
+        shape, info = announced[STEPS][0], infos[STEPS]
+        cap = STEPS_FILE_FACTOR * info.compress_size + STEPS_ALLOWANCE
+        if math.prod(shape) * 8 > cap:
+            raise CheckpointBudgetError(
+                f"checkpoint {path}: member {STEPS!r} announces {shape[0]} rows "
+                f"({math.prod(shape) * 8} bytes) from {info.compress_size} stored bytes; a "
+                f"per-step history is read up to {STEPS_FILE_FACTOR}x its stored size + "
+                f"{STEPS_ALLOWANCE} bytes (xpnet stores it uncompressed)")
     return announced
 
 
