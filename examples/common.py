@@ -46,7 +46,9 @@ from xpnet.train import TrainingDiverged
 # (BackendError), a bad backend name, argument, data file or checkpoint (ValueError, which
 # covers xpnet.data.DataError and CheckpointError), a missing file or failed download (OSError)
 # and a diverged run (TrainingDiverged).
-EXPECTED_ERRORS = (xpnet.BackendError, ValueError, OSError, TrainingDiverged)
+# a RankRefused names another rank's expected error (bad input on that rank alone)
+EXPECTED_ERRORS = (xpnet.BackendError, ValueError, OSError, TrainingDiverged,
+                   distributed.RankRefused)
 
 DRY_RUN_IMAGES = 200  # MNIST train and test images used by --dry-run
 

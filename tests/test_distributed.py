@@ -430,3 +430,43 @@ def test_a_signal_under_mpiexec_ends_the_job_with_one_line_and_the_conventional_
     assert said == [f"[rank 0/2] examples/mnist_mlp.py: interrupted by {sig.name}; {ck} holds "
                     f"the last finished epoch; continue with --checkpoint {ck} --resume"], err
     assert read_checkpoint_meta(ck)["epoch"] >= 1
+
+
+REFUSING_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import common
+import xpnet
+from xpnet.models import TwoLayerNet
+from xpnet.train import Trainer
+
+@common.cli
+def main(argv=None):
+    comm = xpnet.distributed.world()
+    x = np.random.default_rng(0).random((40, 4))
+    if comm.rank == 1:
+        x[3, 2] = np.nan
+    model = TwoLayerNet(4, 8, 2)
+    Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=10).fit(x, np.arange(40) % 2, 1)
+    return 0
+
+sys.exit(main())
+"""
+
+
+def test_an_example_with_bad_input_on_one_rank_prints_one_line_naming_it(tmp_path):
+    """Under the examples' cli, rank 1 alone refusing its input ends the job with exit 1 and
+    one line (rank 0's RankRefused naming rank 1 and its error), no traceback."""
+    script = tmp_path / "refusing.py"
+    script.write_text(REFUSING_SCRIPT)
+    cmd = [mpiexec(), "-n", "2", sys.executable, str(script), str(ROOT / "examples")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT,
+                            env=clean_env(), cwd=ROOT)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    said = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert said == ["[rank 0/2] examples/refusing.py: error: rank 1 refused: ValueError: "
+                    "x_train: row 3 holds NaN (1 of 40 rows hold NaN or inf); expected finite "
+                    "values: clean or drop those rows; this rank (0) stops with it rather than "
+                    "wait"], result.stderr

@@ -281,7 +281,9 @@ class Trainer:
         """Train until ``epochs`` epochs are done in total (a resumed trainer continues),
         evaluating on (x_test, y_test) after each epoch when given. Every check runs before
         anything changes; the callbacks then see the events described in
-        :mod:`xpnet.train.callbacks`.
+        :mod:`xpnet.train.callbacks`. With N ranks the checks' outcomes are exchanged first:
+        a rank that refuses its input raises its error, every other rank a
+        :class:`~xpnet.distributed.RankRefused` naming it (none is left waiting).
         """
         # this rank's own checks; with N ranks their outcome goes through the agreement
         # below, so that a rank refusing its input stops every rank instead of leaving
