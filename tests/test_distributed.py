@@ -398,8 +398,8 @@ def test_mnist_cnn_under_mpiexec_prints_one_summary_equal_to_one_process():
 def test_a_signal_under_mpiexec_ends_the_job_with_one_line_and_the_conventional_code(
         sig, code, target, tmp_path):
     """The example under ``mpiexec -n 2``, signalled after its first checkpoint: the job
-    exits 128 + the signal (not the abort's 1), with one 'interrupted' line, no traceback and
-    no MPI abort notice on stderr; the checkpoint holds a finished epoch."""
+    exits 128 + the signal (not the abort's 1), with one 'interrupted' line from one rank, no
+    traceback and no MPI abort notice on stderr; the checkpoint holds a finished epoch."""
     data = ROOT.parent / "shared" / "data"
     if not (data / "mnist").is_dir():
         pytest.skip(f"MNIST not found in {data}")
@@ -426,9 +426,12 @@ def test_a_signal_under_mpiexec_ends_the_job_with_one_line_and_the_conventional_
             proc.wait()
     assert proc.returncode == code, err
     assert "Traceback" not in err and "MPI_Abort" not in err, err
+    # the rank that reports is the first that can: one blocked in a collective with a rank
+    # already stopping never sees its signal (rank 0 otherwise; another waits 2 s first)
     said = [line for line in err.splitlines() if "interrupted" in line]
-    assert said == [f"[rank 0/2] examples/mnist_mlp.py: interrupted by {sig.name}; {ck} holds "
-                    f"the last finished epoch; continue with --checkpoint {ck} --resume"], err
+    assert len(said) == 1 and said[0] in [
+        f"[rank {r}/2] examples/mnist_mlp.py: interrupted by {sig.name}; {ck} holds the last "
+        f"finished epoch; continue with --checkpoint {ck} --resume" for r in (0, 1)], err
     assert read_checkpoint_meta(ck)["epoch"] >= 1
 
 
