@@ -44,6 +44,9 @@ MODULES = [
     ("xpnet.precision", "Mixed precision: the autocast policy layers follow and dynamic loss "
                         "scaling."),
     ("xpnet.data", "Data sets (synthetic and MNIST) and the batch loader."),
+    ("xpnet.io.checkpoint", "Training checkpoints: writing them atomically, and reading them as "
+                            "untrusted input within a memory budget (or their metadata "
+                            "alone)."),
     ("xpnet.backend", "Choosing the array library and device; moving arrays to and from it."),
     ("xpnet.validate", "The argument checks every public entry point uses, and their message "
                        "format."),

@@ -38,7 +38,7 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
 from xpnet import distributed, validate
 from xpnet.backend import is_out_of_memory
 from xpnet.data import load_mnist as _load_mnist
-from xpnet.io.checkpoint import load_checkpoint
+from xpnet.io.checkpoint import read_checkpoint_meta
 from xpnet.precision import POLICIES
 from xpnet.train import TrainingDiverged
 
@@ -46,7 +46,9 @@ from xpnet.train import TrainingDiverged
 # (BackendError), a bad backend name, argument, data file or checkpoint (ValueError, which
 # covers xpnet.data.DataError and CheckpointError), a missing file or failed download (OSError)
 # and a diverged run (TrainingDiverged).
-EXPECTED_ERRORS = (xpnet.BackendError, ValueError, OSError, TrainingDiverged)
+# a RankRefused names another rank's expected error (bad input on that rank alone)
+EXPECTED_ERRORS = (xpnet.BackendError, ValueError, OSError, TrainingDiverged,
+                   distributed.RankRefused)
 
 DRY_RUN_IMAGES = 200  # MNIST train and test images used by --dry-run
 
@@ -277,7 +279,7 @@ def use_saved_lr(args: argparse.Namespace) -> dict[str, float] | None:
         return None
     if "lr" in getattr(args, "explicit", {"lr"}):
         return {"lr": args.lr}
-    saved = load_checkpoint(args.checkpoint).meta.get("base_lr")
+    saved = read_checkpoint_meta(args.checkpoint).get("base_lr")  # no array is read
     if saved is not None:
         args.lr = saved
     return None
@@ -359,8 +361,8 @@ def cli(main: Callable[..., int]) -> Callable[..., int]:
                     return 1
                 except KeyboardInterrupt as exc:
                     line, code = interrupted_line(name, exc)
-                    if comm.size > 1:
-                        distributed.report_and_abort(comm, exc, line)
+                    if comm.size > 1:  # the job ends with 130 or 143 as well
+                        distributed.report_and_abort(comm, exc, line, code)
                     print(line, file=sys.stderr)
                     return code
         finally:

@@ -379,6 +379,47 @@ def check_disagreements(comm) -> None:
         assert trainer.epoch == 0 and trainer.step_count == 0
 
 
+def check_one_rank_refuses(comm) -> None:
+    """Used as a library (no abort_on_error): one rank alone gets input its own checks refuse;
+    it raises its error, the other a RankRefused naming it, and neither waits; both then
+    train together on good input."""
+    from xpnet.train import Trainer
+
+    xpnet.set_backend("numpy")
+    x, y, _, _ = data()
+    x, y = x[:200].reshape(200, -1), y[:200]
+    r = comm.rank
+    nan_x = x.copy()
+    nan_x[3, 5] = np.nan
+    bad_y = y.copy()
+    bad_y[7] = 10
+    cases = {  # the refusing rank: (x, y) it gets, what it raises
+        "NaN input": (1, (nan_x, y), "ValueError: x_train: row 3 holds NaN"),
+        "label range": (1, (x, bad_y), "ValueError: y_train: row 7 holds label 10"),
+        "no labels": (1, (x, 5), "ArgumentTypeError: fit: y_train must be an array"),
+        "rank 0": (0, (x, bad_y), "ValueError: y_train: row 7 holds label 10"),
+    }
+    from xpnet.models import TwoLayerNet
+
+    model = TwoLayerNet(x.shape[1], 16, 10, dtype="float64")
+    for case, (who, bad, said) in cases.items():
+        trainer = Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=50, comm=comm)
+        try:
+            trainer.fit(*(bad if r == who else (x, y)), 1)
+            raise AssertionError(f"{case}: rank {r} was not stopped")
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}"
+        if r == who:
+            assert text.startswith(said), (case, text)
+        else:
+            assert text.startswith(f"RankRefused: rank {who} refused: {said}"), (case, text)
+        assert trainer.epoch == 0 and trainer.step_count == 0
+        print(f"rank {r} {case}: {text[:60]}", flush=True)
+    trainer = Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=50, comm=comm)
+    trainer.fit(x, y, 1)  # the ranks are still in step
+    assert trainer.step_count == 4
+
+
 def main(scenario: str) -> None:
     comm = distributed.world()
     assert comm.size == 2, f"expected 2 ranks, got {comm.size}"
@@ -406,6 +447,10 @@ def main(scenario: str) -> None:
             check_disagreements(comm)
             if comm.is_root:
                 print("OK disagreements refused on every rank", flush=True)
+    elif scenario == "refuse":  # no abort_on_error: as a library would be used
+        check_one_rank_refuses(comm)
+        comm.barrier()
+        print(f"OK rank {comm.rank} stopped with the refusing rank", flush=True)
     elif scenario == "raise":
         with distributed.abort_on_error(comm):
             if comm.rank == 1:

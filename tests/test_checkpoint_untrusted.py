@@ -26,10 +26,13 @@ from hypothesis import strategies as st
 import xpnet
 import xpnet.train
 from xpnet.io.checkpoint import (
+    CheckpointBudgetError,
     CheckpointError,
     CheckpointMemberError,
     CheckpointMetaError,
+    default_max_bytes,
     load_checkpoint,
+    read_checkpoint_meta,
     save_checkpoint,
 )
 from xpnet.models import TwoLayerNet
@@ -227,28 +230,56 @@ def test_fortran_order_and_trailing_bytes_are_refused(saved, tmp_path):
 
 
 # ---------------------------------------------------------------- bombs, bounded memory
-def _deflate_bomb(saved: Path, dst: Path, *, announce: bool) -> Path:
-    """``saved`` with model/0.W replaced by 1 GiB of float32 zeros, deflated to about 1 MB;
-    ``announce``: the metadata announces that array too (else it keeps the (4, 3) shape)."""
+def _deflate_member(saved: Path, dst: Path, meta: dict, member: str, nbytes: int) -> Path:
+    """``saved`` with ``meta`` and its ``member`` replaced by ``nbytes`` of float32 zeros,
+    deflated (about 1 MB per GiB)."""
     out = _members(saved)
-    meta = json.loads(np.load(io.BytesIO(out.pop("meta.npy"))).tobytes())
-    count = GiB // 4
-    if announce:
-        meta["arrays"]["model/0.W"] = {"dtype": "<f4", "shape": [count]}
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        header, {"descr": "<f4", "fortran_order": False, "shape": (count,)})
+        header, {"descr": "<f4", "fortran_order": False, "shape": (nbytes // 4,)})
     with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("meta.npy", _meta_npy(meta))
         for name, data in out.items():
-            if name != "model/0.W.npy":
+            if name not in ("meta.npy", member):
                 zf.writestr(name, data)
-        with zf.open("model/0.W.npy", "w", force_zip64=True) as f:
+        with zf.open(member, "w", force_zip64=True) as f:
             f.write(header.getvalue())
             zeros = bytes(16 << 20)
-            for _ in range(GiB // len(zeros)):
+            for _ in range(nbytes // len(zeros)):
                 f.write(zeros)
     assert dst.stat().st_size < 2 << 20
+    return dst
+
+
+def _deflate_bomb(saved: Path, dst: Path, *, announce: bool) -> Path:
+    """``saved`` with model/0.W replaced by 1 GiB of float32 zeros, deflated to about 1 MB;
+    ``announce``: the metadata announces that array too (else it keeps the (4, 3) shape)."""
+    meta = _meta(saved)
+    if announce:
+        meta["arrays"]["model/0.W"] = {"dtype": "<f4", "shape": [GiB // 4]}
+    return _deflate_member(saved, dst, meta, "model/0.W.npy", GiB)
+
+
+def _history_bomb(saved: Path, dst: Path, rows: int = 1 << 21) -> Path:
+    """``saved`` with a per-step history of ``rows`` identical rows (64 MiB for 2**21),
+    deflated to about 170 kB: within the schema's row limit, the model's budget left out."""
+    meta = _meta(saved)
+    meta["arrays"]["history/steps"] = {"dtype": "<f8", "shape": [rows, 4]}
+    out = _members(saved)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (rows, 4)})
+    block = np.tile([1.0, 1.0, 0.5, 0.01], (1 << 16, 1)).tobytes()
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("meta.npy", _meta_npy(meta))
+        for name, data in out.items():
+            if name not in ("meta.npy", "history/steps.npy"):
+                zf.writestr(name, data)
+        with zf.open("history/steps.npy", "w", force_zip64=True) as f:
+            f.write(header.getvalue())
+            for _ in range(rows >> 16):
+                f.write(block)
+    assert dst.stat().st_size < 1 << 20
     return dst
 
 
@@ -259,7 +290,31 @@ def bombs(tmp_path_factory) -> dict[str, Path]:
     t.fit(*_data(), 1)
     base = t.save(d / "run.npz")
     return {"plain": _deflate_bomb(base, d / "plain.npz", announce=False),
-            "announced": _deflate_bomb(base, d / "announced.npz", announce=True)}
+            "announced": _deflate_bomb(base, d / "announced.npz", announce=True),
+            "history": _history_bomb(base, d / "history.npz")}
+
+
+def test_a_history_bomb_is_refused_by_its_stored_size_even_with_a_model(bombs):
+    """The model bounds its arrays, not the per-step history, which becomes Python records:
+    that is bounded by the bytes the file stores for it."""
+    stored = zipfile.ZipFile(bombs["history"]).getinfo("history/steps.npy").compress_size
+    _resume_refused(bombs["history"], CheckpointBudgetError, "'history/steps' announces "
+                    f"2097152 rows (67108864 bytes) from {stored} stored bytes",
+                    "8x its stored size + 4194304 bytes")
+
+
+def test_a_long_deflated_history_still_loads(tmp_path):
+    """200,000 steps (6.4 MB as a table; deflate takes it to about 3x less) load."""
+    rng = np.random.default_rng(0)
+    n = 200_000
+    steps = [{"step": i + 1, "epoch": i // 600 + 1, "loss": float(v), "lr": 1e-3}
+             for i, v in enumerate(2.3 * np.exp(-np.arange(n) / 2e4) + 0.1 * rng.random(n))]
+    src = save_checkpoint(tmp_path / "h.npz", {"0.W": np.ones((2, 2), np.float32)},
+                          meta={"history": {"records": [], "steps": steps}})
+    path = _rewrite(src, tmp_path / "hz.npz", compression=zipfile.ZIP_DEFLATED)
+    stored = zipfile.ZipFile(path).getinfo("history/steps.npy").compress_size
+    assert 8 * stored + (4 << 20) > n * 32 > 4 << 20 and n * 32 > 2 * stored
+    assert load_checkpoint(path).meta["history"]["steps"] == steps
 
 
 def test_a_deflate_bomb_is_refused_from_the_directory(bombs):
@@ -272,39 +327,160 @@ def test_an_announced_bomb_is_refused_by_the_models_budget(bombs):
                     "this model")
 
 
+def test_an_announced_bomb_is_refused_without_a_model_by_the_files_budget(bombs):
+    path = bombs["announced"]
+    announced = sum(np.prod(s["shape"]) * np.dtype(s["dtype"]).itemsize
+                    for s in _meta(path)["arrays"].values())
+    budget = 4 * path.stat().st_size + (64 << 20)
+    assert default_max_bytes(path) == budget < 80 << 20 and announced > GiB
+    with pytest.raises(CheckpointBudgetError) as info:
+        load_checkpoint(path)
+    for text in (str(path), f"announce {announced} bytes", f"budget of {budget}", "model=model",
+                 "max_bytes", "read_checkpoint_meta"):
+        assert text in str(info.value)
+    with pytest.raises(CheckpointBudgetError, match=r"budget of 1000 \(max_bytes\)"):
+        load_checkpoint(path, max_bytes=1000)
+
+
+def test_the_metadata_alone_is_read_from_a_bomb(bombs):
+    meta = read_checkpoint_meta(bombs["announced"])
+    assert meta["arrays"]["model/0.W"]["shape"] == [GiB // 4]
+    assert meta["base_lr"] == 0.01 and meta["epoch"] == 1
+    assert meta["history"]["steps"] == {"columns": [["step", "int"], ["epoch", "int"],
+                                                    ["loss", "float"], ["lr", "float"]]}
+
+
+def test_read_checkpoint_meta_refuses_what_load_checkpoint_refuses(saved, tmp_path):
+    path = _rewrite(saved, tmp_path / "c.npz")
+    _patch_directory(path, flags=0x1)
+    with pytest.raises(CheckpointMemberError, match="encrypted"):
+        read_checkpoint_meta(path)
+    with pytest.raises(CheckpointMetaError, match="'epoch'"):
+        read_checkpoint_meta(_rewrite(saved, tmp_path / "e.npz",
+                                      meta={**_meta(saved), "epoch": -1}))
+    assert read_checkpoint_meta(saved) == _meta(saved)
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_checkpoints_xpnet_and_savez_compressed_write_load_without_a_model(tmp_path,
+                                                                           compression):
+    """Within the default budget: what save_checkpoint writes (stored), the same deflated, a
+    np.savez_compressed file of a 30 MB model with zero-filled Adam slots, the Trainer's."""
+    rng = np.random.default_rng(0)
+    state = {"0.W": rng.standard_normal((2500, 1000)).astype(np.float32),
+             "0.b": np.zeros(1000, np.float32)}
+    slots = {"0.W": {"m": np.zeros((2500, 1000), np.float32),
+                     "v": np.zeros((2500, 1000), np.float32)}}
+    src = save_checkpoint(tmp_path / "a.npz", state, {"class": "Adam", "state": slots})
+    path = _rewrite(src, tmp_path / "b.npz", compression=compression)
+    assert path.stat().st_size < (13 << 20 if compression == zipfile.ZIP_DEFLATED else 1 << 40)
+    ck = load_checkpoint(path)
+    np.testing.assert_array_equal(ck.model["0.W"], state["0.W"])
+    np.testing.assert_array_equal(ck.optimizer["state"]["0.W"]["v"], slots["0.W"]["v"])
+    members = {k: v for k, v in _members(path).items()}
+    npz = tmp_path / "c.npz"
+    with zipfile.ZipFile(npz, "w", zipfile.ZIP_DEFLATED) as zf:  # np.savez_compressed's form
+        for name, data in members.items():
+            zf.writestr(name, data)
+    assert load_checkpoint(npz).model.keys() == state.keys()
+
+
+def test_max_bytes_is_checked_and_bounds_a_model_load_as_well(saved):
+    with pytest.raises(xpnet.validate.ArgumentTypeError, match="max_bytes"):
+        load_checkpoint(saved, max_bytes="1e9")
+    with pytest.raises(ValueError, match="max_bytes"):
+        load_checkpoint(saved, max_bytes=0)
+    with pytest.raises(CheckpointBudgetError, match="max_bytes"):
+        load_checkpoint(saved, model=TwoLayerNet(4, 3, 2), max_bytes=8)
+    assert load_checkpoint(saved, model=TwoLayerNet(4, 3, 2), max_bytes=1 << 20).model
+
+
 RSS_PROBE = """
-import resource, sys
+import argparse, sys
 sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[1] + "/examples")
 import numpy as np
 import xpnet
 import xpnet.train
-from xpnet.io.checkpoint import CheckpointError, load_checkpoint
+from xpnet.io.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta
 from xpnet.models import TwoLayerNet
+import common
+def status(field):  # this process's own figures (getrusage's ru_maxrss survives exec: it
+    # would start at the peak of the forked test process, and could hide any growth)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 model = TwoLayerNet(4, 3, 2)
 opt = xpnet.Adam(model, lr=0.01)
 trainer = xpnet.train.Trainer(model, opt, batch_size=5,
                               callbacks=[xpnet.train.LRSchedule(xpnet.StepLR(opt, 1, 0.5))])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = status("VmRSS")
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak so far := now
+except OSError:
+    pass  # then the peak of the imports counts too: stricter, never laxer
 try:
     if sys.argv[3] == "load":
         load_checkpoint(sys.argv[2])
+    elif sys.argv[3] == "meta":
+        read_checkpoint_meta(sys.argv[2])
+    elif sys.argv[3] == "saved_lr":
+        args = argparse.Namespace(resume=True, explicit=set(), checkpoint=sys.argv[2], lr=1.0)
+        common.use_saved_lr(args)
+        assert args.lr == 0.01, args.lr
     else:
         trainer.resume(sys.argv[2])
 except CheckpointError:
     pass
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+print((status("VmHWM") - base) // 1024)
 """
 
 
-# without a model, a bomb that its metadata announces is bounded only by deflate's ratio
-# (1032 x the file); with one (Trainer.resume), the model's budget bounds it
+# without a model, a file is read within a few times its size (its arrays within
+# 4 x the file + 64 MiB, or its metadata alone); with one (Trainer.resume), the model's
+# budget bounds it; the per-step history, either way, 8 x its stored bytes + 4 MiB
 @pytest.mark.parametrize(("bomb", "how"), [("plain", "load"), ("plain", "resume"),
-                                           ("announced", "resume")])
+                                           ("announced", "resume"), ("announced", "load"),
+                                           ("announced", "meta"), ("announced", "saved_lr"),
+                                           ("history", "resume"), ("history", "load")])
 def test_loading_a_bomb_stays_within_a_fixed_memory_cap(bombs, bomb, how):
+    if not Path("/proc/self/status").exists():
+        pytest.skip("no /proc/self/status to read the peak memory from")
     out = subprocess.run([sys.executable, "-c", RSS_PROBE, ROOT, str(bombs[bomb]), how],
                          capture_output=True, text=True, timeout=300, check=True)
     grew_mib = int(out.stdout.split()[-1])
     assert grew_mib < 200, f"loading a 2 MB file grew the process by {grew_mib} MiB"
+
+
+def test_the_export_cli_builds_the_model_before_reading_arrays(bombs, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "xpnet", "export", str(bombs["announced"]),
+                          "--model", "TwoLayerNet", "--safetensors", str(tmp_path / "w.st")],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, lines
+    assert "cannot rebuild TwoLayerNet" in lines[0] and "[268435456]" in lines[0]
+
+
+def test_the_export_cli_reads_a_checkpoint_within_its_models_budget(bombs, tmp_path):
+    src = bombs["announced"].parent / "run.npz"
+    meta = _meta(src)
+    meta["arrays"]["model/2.b"] = {"dtype": "<f4", "shape": [GiB // 4]}  # the model: (4,3,2)
+    path = _deflate_member(src, tmp_path / "b2.npz", meta, "model/2.b.npy", GiB)
+    out = subprocess.run([sys.executable, "-m", "xpnet", "export", str(path), "--model",
+                          "TwoLayerNet", "--safetensors", str(tmp_path / "w.st")],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
+    assert out.returncode == 2 and len(lines) == 1, lines
+    assert str(path) in lines[0] and "this model" in lines[0] and "arrays announce" in lines[0]
+    out = subprocess.run([sys.executable, "-m", "xpnet", "export", str(src), "--model",
+                          "TwoLayerNet", "--safetensors", str(tmp_path / "ok.st")],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_array_equal(xpnet.io.read_weights(tmp_path / "ok.st")[0]["0.W"],
+                                  load_checkpoint(src).model["0.W"])
 
 
 # ---------------------------------------------------------------- the metadata schema
@@ -315,7 +491,8 @@ BAD_META = [
     ("base_lr", "0.01"), ("base_lr", float("inf")), ("base_lr", -1.0), ("batch_size", 0),
     ("batch_size", "10"), ("callbacks", []), ("rng", "seed"), ("layer_rngs", [1]),
     ("backend", 3), ("optimizer", {"class": 3}), ("optimizer", {"t": -1}),
-    ("optimizer", [1]), ("optimizer_params", "0.W"),
+    ("optimizer", [1]), ("optimizer_params", "0.W"), ("threads", 0), ("threads", "2"),
+    ("threads", 1.5),
     ("arrays", {"model/0.W": {"dtype": "|O", "shape": [4, 3]}}),
     ("arrays", {"model/0.W": {"dtype": "<f4", "shape": [-4, 3]}}),
 ]

@@ -12,8 +12,10 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import xpnet
 from xpnet import distributed
 from xpnet.data import BatchLoader
 from xpnet.gradcheck import check_module
+from xpnet.io.checkpoint import read_checkpoint_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_worker.py"
@@ -255,6 +258,19 @@ def test_ranks_that_disagree_all_stop_with_one_message_naming_rank_and_field():
     assert "OK disagreements refused on every rank" in out and "truncated" not in out, out
 
 
+def test_a_check_failing_on_one_rank_stops_every_rank_with_its_message():
+    """xpnet as a library, no abort: rank 1 alone gets NaN inputs, out-of-range labels or no
+    labels (then rank 0 alone bad labels); the refusing rank raises its own error, the other
+    RankRefused naming it (asserted in the worker), within the timeout; then both train."""
+    result = launch("refuse", timeout=90)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    for r in (0, 1):
+        assert f"OK rank {r} stopped with the refusing rank" in out, out
+    assert "rank 0 NaN input: RankRefused: rank 1 refused: ValueError: x_train: row 3" in out
+    assert "rank 1 NaN input: ValueError: x_train: row 3 holds NaN" in out
+
+
 def test_an_exception_on_one_rank_ends_the_job_once():
     result = launch("raise", timeout=60)
     out = result.stdout + result.stderr
@@ -371,3 +387,89 @@ def test_mnist_cnn_under_mpiexec_prints_one_summary_equal_to_one_process():
     assert runs[2]["global_batch_size"] == runs[1]["global_batch_size"] == 100
     assert abs(runs[2]["test_accuracy"] - runs[1]["test_accuracy"]) <= 0.003
     assert abs(runs[2]["train_loss"] - runs[1]["train_loss"]) < 1e-5
+
+
+@pytest.mark.parametrize("sig, code, target", [
+    (signal.SIGINT, 130, "group"),      # Ctrl-C in a terminal: the launcher and every rank
+    (signal.SIGINT, 130, "launcher"),   # kill -INT of mpiexec, which forwards it
+    (signal.SIGTERM, 143, "launcher"),  # a scheduler ending the job
+    (signal.SIGTERM, 143, "group"),
+])
+def test_a_signal_under_mpiexec_ends_the_job_with_one_line_and_the_conventional_code(
+        sig, code, target, tmp_path):
+    """The example under ``mpiexec -n 2``, signalled after its first checkpoint: the job
+    exits 128 + the signal (not the abort's 1), with one 'interrupted' line from one rank, no
+    traceback and no MPI abort notice on stderr; the checkpoint holds a finished epoch."""
+    data = ROOT.parent / "shared" / "data"
+    if not (data / "mnist").is_dir():
+        pytest.skip(f"MNIST not found in {data}")
+    ck = tmp_path / "ck.npz"
+    cmd = [mpiexec(), "-n", "2", sys.executable, str(ROOT / "examples" / "mnist_mlp.py"),
+           "--epochs", "1000", "--train-limit", "300", "--data-dir", str(data),
+           "--checkpoint", str(ck)]
+    proc = subprocess.Popen(cmd, env=clean_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT
+        while not ck.exists():  # the first epoch is saved: stop in a later one
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, f"no checkpoint within {LAUNCH_TIMEOUT} s"
+            time.sleep(0.05)
+        if target == "group":
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "MPI_Abort" not in err, err
+    # the rank that reports is the first that can: one blocked in a collective with a rank
+    # already stopping never sees its signal (rank 0 otherwise; another waits 2 s first)
+    said = [line for line in err.splitlines() if "interrupted" in line]
+    assert len(said) == 1 and said[0] in [
+        f"[rank {r}/2] examples/mnist_mlp.py: interrupted by {sig.name}; {ck} holds the last "
+        f"finished epoch; continue with --checkpoint {ck} --resume" for r in (0, 1)], err
+    assert read_checkpoint_meta(ck)["epoch"] >= 1
+
+
+REFUSING_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import common
+import xpnet
+from xpnet.models import TwoLayerNet
+from xpnet.train import Trainer
+
+@common.cli
+def main(argv=None):
+    comm = xpnet.distributed.world()
+    x = np.random.default_rng(0).random((40, 4))
+    if comm.rank == 1:
+        x[3, 2] = np.nan
+    model = TwoLayerNet(4, 8, 2)
+    Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=10).fit(x, np.arange(40) % 2, 1)
+    return 0
+
+sys.exit(main())
+"""
+
+
+def test_an_example_with_bad_input_on_one_rank_prints_one_line_naming_it(tmp_path):
+    """Under the examples' cli, rank 1 alone refusing its input ends the job with exit 1 and
+    one line (rank 0's RankRefused naming rank 1 and its error), no traceback."""
+    script = tmp_path / "refusing.py"
+    script.write_text(REFUSING_SCRIPT)
+    cmd = [mpiexec(), "-n", "2", sys.executable, str(script), str(ROOT / "examples")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT,
+                            env=clean_env(), cwd=ROOT)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    said = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert said == ["[rank 0/2] examples/refusing.py: error: rank 1 refused: ValueError: "
+                    "x_train: row 3 holds NaN (1 of 40 rows hold NaN or inf); expected finite "
+                    "values: clean or drop those rows; this rank (0) stops with it rather than "
+                    "wait"], result.stderr

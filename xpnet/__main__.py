@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -148,10 +149,18 @@ def _shape_arg(text: str) -> tuple[int, ...]:
                          f"got {text!r}") from None
 
 
+def _announced_shapes(meta: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The model arrays a checkpoint's metadata announces, as zero-strided stand-ins of their
+    shape and dtype (no memory): what :func:`~xpnet.io.textbook.build_textbook` sizes from."""
+    return {k[len("model/"):]: np.broadcast_to(np.zeros((), spec["dtype"]), spec["shape"])
+            for k, spec in meta["arrays"].items() if k.startswith("model/")}
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .io import export_onnx, load_weights, save_weights
+    from .io.checkpoint import read_checkpoint_meta
     from .io.textbook import TEXTBOOK, build_textbook
-    from .io.weights import _read_any
+    from .io.weights import is_checkpoint, read_weights
 
     if not (args.onnx or args.safetensors):
         return _error("nothing to write: give --onnx OUT.onnx and/or --safetensors OUT")
@@ -163,7 +172,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if not isinstance(overrides, dict):
         return _error(f"--model-args must be a JSON object, got {args.model_args!r}")
     try:
-        state, meta = _read_any(Path(args.source))
+        source = Path(args.source)
+        if is_checkpoint(source):  # sizes from the metadata alone; the arrays are read
+            # once the model is built, within its budget (load_weights below)
+            state = _announced_shapes(read_checkpoint_meta(source))
+            meta: dict[str, str] = {}
+        else:
+            state, meta = read_weights(source)
         name = args.model or meta.get("model")
         if name is None:
             return _error(f"{args.source} does not name its model (a checkpoint holds only "

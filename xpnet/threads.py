@@ -7,6 +7,7 @@ Used by :mod:`xpnet.ops` (the grid convolution's block copies and matmuls) and b
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -19,7 +20,10 @@ from array_api_compat import device
 from .backend import device_scope
 
 __all__ = ["THREAD_VARIABLES", "Workspace", "adapt_threads", "choose_threads", "copy_threads",
-           "in_threads", "other_load", "share_cores", "single_threaded_blas", "thread_scratch"]
+           "in_threads", "other_load", "pinned_threads", "share_cores", "single_threaded_blas",
+           "thread_scratch"]
+
+log = logging.getLogger("xpnet")
 
 Array = Any
 
@@ -103,6 +107,16 @@ def _user_threads() -> bool:
     return any(os.environ.get(v, "").strip() for v in THREAD_VARIABLES)
 
 
+def pinned_threads() -> int | None:
+    """The thread count the user set: the first of :data:`THREAD_VARIABLES` that holds a
+    positive integer; None when none does."""
+    for var in THREAD_VARIABLES:
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
 def _own_running() -> int:
     """This process's runnable threads now (at least 1: the caller); a BLAS pool that still
     spins after its last call counts here, not as another process's load."""
@@ -144,16 +158,28 @@ def choose_threads(cores: int, others: float) -> int:
     return max(1, min(cores, cores - int(others + 0.5)))
 
 
-def adapt_threads() -> int | None:
+def adapt_threads(saved: int | None = None) -> int | None:
     """Fit the BLAS and copy thread counts to the cores free now (:func:`choose_threads` of
-    :func:`other_load`); called at the start of training. A thread count the user set in one
-    of :data:`THREAD_VARIABLES` is left alone (returns None); so is a BLAS that threadpoolctl
-    cannot reach. Returns the count chosen."""
+    :func:`other_load`); called at the start of training. Returns the count chosen.
+
+    ``saved`` is the count a resumed run was trained with (its checkpoint keeps it): the
+    thread count changes the rounding, so it is reused instead of the load's choice, and the
+    resumed run goes on exactly as the uninterrupted one. A thread count the user set in one
+    of :data:`THREAD_VARIABLES` is left alone (returns None); if it differs from ``saved``,
+    one line is logged (``logging``, logger ``xpnet``, level INFO: quiet unless configured)
+    that the resume may then differ from an uninterrupted run by rounding. A BLAS that
+    threadpoolctl cannot reach keeps its threads; the copies still follow."""
     global _ADAPTED
     if _user_threads():
         _ADAPTED = None
+        pinned = pinned_threads()
+        if saved is not None and pinned != saved:
+            log.info("xpnet: resuming a run trained with %d threads with %s set by the user; "
+                     "the result may differ from an uninterrupted run by rounding (unset "
+                     "the thread variables, or set %d, for an exact resume)", saved,
+                     f"{pinned} threads" if pinned else "a thread count", saved)
         return None
-    threads = choose_threads(_cores(), other_load())
+    threads = saved if saved is not None else choose_threads(_cores(), other_load())
     if threads != _ADAPTED:
         try:
             from threadpoolctl import threadpool_limits

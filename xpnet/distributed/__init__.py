@@ -18,6 +18,7 @@ from .averager import GradientAverager
 from .communicator import (
     CollectiveError,
     Communicator,
+    RankRefused,
     ReplicaMismatch,
     SingleProcess,
     device_for_local_rank,
@@ -29,5 +30,6 @@ from .communicator import (
 from .nccl import NcclUnavailableError
 
 __all__ = ["CollectiveError", "Communicator", "GradientAverager", "NcclUnavailableError",
-           "ReplicaMismatch", "SingleProcess", "abort_on_error", "device_for_local_rank",
-           "launcher_world_size", "report_and_abort", "reset", "shard_bounds", "world"]
+           "RankRefused", "ReplicaMismatch", "SingleProcess", "abort_on_error",
+           "device_for_local_rank", "launcher_world_size", "report_and_abort", "reset",
+           "shard_bounds", "world"]

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import validate
 
-__all__ = ["CollectiveError", "Communicator", "ReplicaMismatch", "SingleProcess",
+__all__ = ["CollectiveError", "Communicator", "RankRefused", "ReplicaMismatch", "SingleProcess",
            "device_for_local_rank", "launcher_world_size", "reset", "shard_bounds", "world"]
 
 Array = Any
@@ -37,6 +37,12 @@ class CollectiveError(RuntimeError):
 
 class ReplicaMismatch(CollectiveError):
     """Ranks hold different parameters where they must be identical."""
+
+
+class RankRefused(CollectiveError):
+    """Another rank refused to go on at a point every rank reaches together (its own check
+    failed there); raised by the ranks whose own checks passed, naming that rank and its
+    error, so that none waits for it."""
 
 
 def launcher_world_size(environ: Mapping[str, str] | None = None) -> int:
@@ -102,8 +108,9 @@ class Communicator:
     def barrier(self) -> None:
         """Wait until every rank gets here."""
 
-    def abort(self, code: int = 1) -> None:
-        """End every rank of the job now with exit status ``code``."""
+    def abort(self, code: int = 1, *, quiet: bool = False) -> None:
+        """End every rank of the job now with exit status ``code``; ``quiet``: without the
+        MPI library's own notice (for an interrupted run, whose one line is already out)."""
         sys.stderr.flush()
         os._exit(code)
 

@@ -88,7 +88,10 @@ class MPICommunicator(Communicator):
     def barrier(self) -> None:
         self.comm.Barrier()
 
-    def abort(self, code: int = 1) -> None:
+    def abort(self, code: int = 1, *, quiet: bool = False) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        if quiet:  # the MPI library's own notice ("Abort(130) on node 0 ...") is not shown
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
         self.comm.Abort(code)
+        os._exit(code)  # a launcher already ending the job (it got the Ctrl-C) can return

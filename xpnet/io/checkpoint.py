@@ -10,6 +10,7 @@ host once (:func:`xpnet.backend.as_host`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -18,19 +19,21 @@ import re
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
 
+from .. import validate
 from ..backend import as_host
 
-__all__ = ["META_SCHEMA", "Checkpoint", "CheckpointCorruptError", "CheckpointError",
-           "CheckpointMemberError", "CheckpointMetaError", "CheckpointNotFoundError",
-           "ResumeMismatchError", "check_meta", "clean_stale_temp_files", "load_checkpoint",
-           "save_checkpoint"]
+__all__ = ["META_SCHEMA", "Checkpoint", "CheckpointBudgetError", "CheckpointCorruptError",
+           "CheckpointError", "CheckpointMemberError", "CheckpointMetaError",
+           "CheckpointNotFoundError", "ResumeMismatchError", "check_meta",
+           "clean_stale_temp_files", "default_max_bytes", "load_checkpoint",
+           "read_checkpoint_meta", "save_checkpoint"]
 
 FORMAT = "xpnet-checkpoint-2"
 
@@ -58,6 +61,12 @@ class CheckpointMemberError(CheckpointError):
     """A zip member of a checkpoint is refused before it is inflated: an unexpected name, a
     compression other than stored or deflate, encryption, a size or ``.npy`` header that
     differs from what the metadata (and the model) announce, or a non-numeric dtype."""
+
+
+class CheckpointBudgetError(CheckpointMemberError):
+    """The arrays a checkpoint announces exceed what the reader allows: what the model needs
+    (with ``model=``) or ``max_bytes`` (see :func:`load_checkpoint`); refused before any array
+    is inflated."""
 
 
 class CheckpointMetaError(CheckpointError):
@@ -154,6 +163,8 @@ META_SCHEMA: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "batch_size": ("an int >= 1", lambda v: _is_int(v, 1)),
     "accumulate": ("an int >= 1", lambda v: _is_int(v, 1)),
     "train_size": ("an int >= 0 or None", lambda v: v is None or _is_int(v)),
+    "threads": ("an int >= 1 or None (the thread count the run trained with)",
+                lambda v: v is None or _is_int(v, 1)),
     "callbacks": ("a dict of callback states keyed by name",
                   lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v)),
 }
@@ -320,34 +331,90 @@ def _verify(path: Path, arrays: dict[str, np.ndarray]) -> None:
                 raise CheckpointError(f"{path}: verification failed for {k!r} after writing")
 
 
-def load_checkpoint(path: str | os.PathLike[str], *, model: Any = None) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`, treating the file as untrusted.
-
-    The zip's directory is read first and each array's ``.npy`` header before its data: a
-    member the metadata does not announce, a compression other than stored or deflate, an
-    encrypted member, a size or header that differs from the announcement, or a dtype that
-    is not a plain number is refused before anything is inflated. Every metadata field is
-    checked against :data:`META_SCHEMA`. No pickle is ever loaded. With ``model`` (a
-    :class:`~xpnet.Module`), the arrays together may not exceed what that model and one
-    float64 slot per announced optimizer slot need, so memory stays bounded by the model,
-    not by the file. Every refusal is a :class:`CheckpointError` naming the file and field.
-    """
-    path = Path(path)
-    _check_file(path)
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Errors of a damaged zip or deflate stream as one CheckpointCorruptError naming ``path``
+    (a CheckpointError passes as it is)."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            infos = _directory(path, zf)
-            meta = _read_meta(path, zf, infos.pop("meta", None))
-            announced = _announced(path, meta, infos)
-            if model is not None:
-                _check_budget(path, announced, meta, model)
-            files = {k: _read_array(path, zf, infos[k], spec) for k, spec in announced.items()}
+        yield
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError,
             NotImplementedError, RuntimeError) as exc:
         raise CheckpointCorruptError(f"checkpoint {path} is truncated or corrupt ({exc}); "
                                      f"expected {EXPECTED}") from exc
+
+
+def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of a checkpoint, validated against :data:`META_SCHEMA`, without reading
+    any array: only the zip's directory and the ``meta`` member (at most :data:`META_MAX`
+    bytes) are read, so memory stays bounded whatever the file announces.
+
+    For callers that need a setting, not the weights (the saved ``base_lr``, ``epoch``, the
+    announced ``arrays`` and their shapes). The per-step history is an array, so
+    ``meta["history"]["steps"]`` holds only its column list here. Refusals are the
+    :class:`CheckpointError` subclasses :func:`load_checkpoint` raises.
+    """
+    path = Path(path)
+    _check_file(path)
+    with _reading(path), zipfile.ZipFile(path) as zf:
+        infos = _directory(path, zf)
+        meta = _read_meta(path, zf, infos.pop("meta", None))
+        _announced(path, meta, infos)
+    return meta
+
+
+#: what a model-less :func:`load_checkpoint` may inflate: this many times the file's size ...
+BUDGET_FILE_FACTOR = 4
+#: ... plus this many bytes (see :func:`default_max_bytes`)
+BUDGET_ALLOWANCE = 64 << 20
+
+
+def default_max_bytes(path: str | os.PathLike[str]) -> int:
+    """The arrays' total a model-less :func:`load_checkpoint` of ``path`` allows:
+    ``4 x the file's size + 64 MiB``.
+
+    A stored member (what :func:`save_checkpoint` writes) costs exactly its size in the file,
+    so every file xpnet writes fits within 1x. A deflated one (``np.savez_compressed``) of
+    trained weights shrinks little; the factor 4 leaves room for zero-filled optimizer slots
+    (two per parameter for Adam) and the allowance for any small model. A deflate bomb, at
+    up to 1032x, is refused: memory stays within a few times what the file occupies on disk.
+    """
+    return BUDGET_FILE_FACTOR * Path(path).stat().st_size + BUDGET_ALLOWANCE
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, model: Any = None,
+                    max_bytes: int | None = None) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`, treating the file as untrusted.
+
+    The zip's directory is read first and each array's ``.npy`` header before its data: a
+    member the metadata does not announce, a compression other than stored or deflate, an
+    encrypted member, a size or header that differs from the announcement, or a dtype that
+    is not a plain number is refused before anything is inflated. Every metadata field is
+    checked against :data:`META_SCHEMA`. No pickle is ever loaded.
+
+    Memory is bounded by what the caller knows, never by what the file claims. With
+    ``model`` (a :class:`~xpnet.Module`), the arrays together may not exceed what that model
+    and one float64 slot per announced optimizer slot need. Without one, they may not exceed
+    ``max_bytes`` (default :func:`default_max_bytes`: 4 x the file's size + 64 MiB); a
+    ``max_bytes`` given with a model applies as well. A file over its budget raises
+    :class:`CheckpointBudgetError` before any array is inflated. Every refusal is a
+    :class:`CheckpointError` naming the file and field. To read only the settings, use
+    :func:`read_checkpoint_meta`.
+    """
+    path = Path(path)
+    if max_bytes is not None:
+        max_bytes = validate.positive_int("load_checkpoint", "max_bytes", max_bytes)
+    _check_file(path)
+    with _reading(path), zipfile.ZipFile(path) as zf:
+        infos = _directory(path, zf)
+        meta = _read_meta(path, zf, infos.pop("meta", None))
+        announced = _announced(path, meta, infos)
+        if model is not None:
+            _check_budget(path, announced, meta, model)
+        if max_bytes is not None or model is None:
+            _check_max_bytes(path, announced, max_bytes)
+        files = {k: _read_array(path, zf, infos[k], spec) for k, spec in announced.items()}
     _unpack_history(path, meta, files.pop(STEPS, None))
     model_state = {k[len("model/"):]: v for k, v in files.items() if k.startswith("model/")}
     optim = None
@@ -365,6 +432,11 @@ EXPECTED = "an .npz checkpoint written by xpnet (Trainer.save or save_checkpoint
 STEPS = "history/steps"  # the per-step history: one float64 row per optimizer step
 META_MAX = 64 << 20  # bytes of JSON metadata read at most
 STEPS_MAX_ROWS = 1 << 22  # per-step history rows read at most
+# the per-step history becomes Python records, so it may inflate at most this many times its
+# stored bytes, plus the allowance (xpnet stores it as is: 1x; deflate takes a real history
+# to about 3-6x)
+STEPS_FILE_FACTOR = 8
+STEPS_ALLOWANCE = 4 << 20
 HEADER_SLACK = 4096  # bytes an .npy header may take (NumPy writes 128)
 DEFLATE_RATIO = 1032  # deflate's largest inflation ratio
 MEMBER = re.compile(r"^(meta|history/steps|model/[^/\x00-\x1f]+|optim/[^\x00-\x1f]+/[^/\x00-\x1f]+)"
@@ -477,6 +549,15 @@ def _announced(path: Path, meta: dict[str, Any], infos: dict[str, zipfile.ZipInf
         raise CheckpointMemberError(f"checkpoint {path}: member {STEPS!r} announces "
                                     f"{announced[STEPS][0][0]} rows; expected at most "
                                     f"{STEPS_MAX_ROWS}")
+    if STEPS in announced:  # read into Python records (~10x its bytes): bounded by the file
+        shape, info = announced[STEPS][0], infos[STEPS]
+        cap = STEPS_FILE_FACTOR * info.compress_size + STEPS_ALLOWANCE
+        if math.prod(shape) * 8 > cap:
+            raise CheckpointBudgetError(
+                f"checkpoint {path}: member {STEPS!r} announces {shape[0]} rows "
+                f"({math.prod(shape) * 8} bytes) from {info.compress_size} stored bytes; a "
+                f"per-step history is read up to {STEPS_FILE_FACTOR}x its stored size + "
+                f"{STEPS_ALLOWANCE} bytes (xpnet stores it uncompressed)")
     return announced
 
 
@@ -495,9 +576,24 @@ def _check_budget(path: Path, announced: dict[str, tuple[tuple[int, ...], np.dty
             budget += 8 * math.prod(shape)  # bounded by STEPS_MAX_ROWS and its column count
         total += math.prod(shape) * dtype.itemsize
     if total > budget:
-        raise CheckpointMemberError(
+        raise CheckpointBudgetError(
             f"checkpoint {path}: its arrays announce {total} bytes; this model "
             f"({sum(state.values())} numbers) and its optimizer slots need at most {budget}")
+
+
+def _check_max_bytes(path: Path, announced: dict[str, tuple[tuple[int, ...], np.dtype]],
+                     max_bytes: int | None) -> None:
+    """Refuse arrays that together announce more than ``max_bytes`` (default: the file's)."""
+    budget = default_max_bytes(path) if max_bytes is None else max_bytes
+    total = sum(math.prod(shape) * dtype.itemsize for shape, dtype in announced.values())
+    if total > budget:
+        how = ("the default for a file of its size, 4 x its bytes + 64 MiB" if max_bytes is None
+               else "max_bytes")
+        raise CheckpointBudgetError(
+            f"checkpoint {path}: its arrays announce {total} bytes, over the budget of "
+            f"{budget} ({how}); to read it, pass the model it belongs to "
+            f"(load_checkpoint(path, model=model)) or a larger max_bytes, or read only its "
+            f"settings with read_checkpoint_meta(path)")
 
 
 def _header(path: Path, name: str, f: Any) -> tuple[tuple[int, ...], bool, np.dtype]:

@@ -64,7 +64,13 @@ def build_textbook(name: str, state: dict[str, np.ndarray], overrides: dict[str,
     if name not in TEXTBOOK:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(TEXTBOOK)} "
                          "(export another Module with xpnet.io.export_onnx in Python)")
-    kw = {**_inferred(name, state), **overrides}
+    try:
+        inferred = _inferred(name, state)
+    except (IndexError, ZeroDivisionError) as exc:  # a crafted shape
+        shapes = {k: list(v.shape) for k, v in state.items()}
+        raise ValueError(f"cannot rebuild {name} from weights of shapes {shapes} "
+                         f"({exc})") from None
+    kw = {**inferred, **overrides}
     dtypes = {str(v.dtype) for v in state.values()}
     if "dtype" not in kw and len(dtypes) == 1:
         kw["dtype"] = dtypes.pop()

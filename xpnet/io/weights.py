@@ -228,14 +228,22 @@ def _check_header(where: str, header: Any, data_bytes: int
     return out
 
 
-def _read_any(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """A safetensors file's tensors and metadata, or a checkpoint's model state."""
-    if path.is_file():
-        with open(path, "rb") as f:
-            if f.read(4) == b"PK\x03\x04":  # a zip: an .npz training checkpoint
-                from .checkpoint import load_checkpoint
+def is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a file that starts as a zip (an .npz training checkpoint)."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
-                return load_checkpoint(path).model, {"layout": "xpnet"}
+
+def _read_any(path: Path, model: Module | None = None
+              ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A safetensors file's tensors and metadata, or a checkpoint's model state (read within
+    ``model``'s budget when given, see :func:`~xpnet.io.checkpoint.load_checkpoint`)."""
+    if is_checkpoint(path):
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint(path, model=model).model, {"layout": "xpnet"}
     return read_weights(path)
 
 
@@ -274,7 +282,7 @@ def load_weights(model: Module, path: str | os.PathLike[str]) -> Module:
                         f"{type(path).__name__}; for a dict of arrays use "
                         "model.load_state_dict(state)")
     path = Path(path)
-    raw, meta = _read_any(path)
+    raw, meta = _read_any(path, model)
     state = _to_xpnet_names(model, raw, meta.get("layout"))
     for k, want in model.state_dict().items():
         got = state.get(k)

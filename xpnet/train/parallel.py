@@ -26,6 +26,7 @@ from typing import Any
 from ..distributed import (
     Communicator,
     GradientAverager,
+    RankRefused,
     ReplicaMismatch,
     shard_bounds,
     world,
@@ -66,19 +67,34 @@ class DataParallel:
     def shard(self) -> tuple[int, int] | None:
         return (self.comm.rank, self.comm.size) if self.active else None
 
-    def start(self, run: dict[str, Any] | None = None) -> None:
+    def start(self, run: dict[str, Any] | None = None,
+              refused: Exception | None = None) -> None:
         """Make every rank hold rank 0's model and optimizer, then verify it.
 
-        First (one allgather of a small dict) every rank must agree on ``run`` (epoch, step,
+        First (one allgather of a small dict) the ranks exchange the outcome of their own
+        checks (``refused``: this rank's error, or None) and, like torchrun's fail-fast
+        rendezvous, stop together: a rank that refused raises its own error, every other rank
+        a :class:`~xpnet.distributed.RankRefused` naming the first rank that refused and its
+        error, so that none waits for it. Then every rank must agree on ``run`` (epoch, step,
         batch-order RNG state, batch size, dataset size, batches per epoch...), the model's
         structure (parameter and buffer names and shapes) and the optimizer's class and
         settings; otherwise every rank raises the same ReplicaMismatch naming the first rank
         and field that differ from rank 0 (a per-rank seed, a training set one example short),
-        before any collective whose sizes could disagree."""
+        before any collective whose sizes could disagree. With one process, ``refused`` is
+        raised at once."""
         if not self.active:
+            if refused is not None:
+                raise refused
             return
-        mine = {**(run or {}), **self.plan()}
+        outcome = None if refused is None else f"{type(refused).__name__}: {refused}"
+        mine = {"refused": outcome, **(run or {}), **self.plan()}
         ranks = self.comm.allgather_object(mine)
+        if refused is not None:
+            raise refused
+        for r, other in enumerate(ranks):
+            if other.get("refused") is not None:
+                raise RankRefused(f"rank {r} refused: {other['refused']}; this rank "
+                                  f"({self.comm.rank}) stops with it rather than wait")
         for r, other in enumerate(ranks):
             keys = sorted((set(other) | set(ranks[0])), key=str)
             differ = [f"{k} ({_short(other.get(k))} vs {_short(ranks[0].get(k))})"

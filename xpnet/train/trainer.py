@@ -28,7 +28,7 @@ from ..module import Module
 from ..optim import Optimizer
 from ..rng import Generator
 from ..schedules import Schedule
-from ..threads import adapt_threads
+from ..threads import adapt_threads, pinned_threads
 from .callbacks import Callback, KeepBest, LossScaling, LRSchedule, SaveCheckpoint
 from .checks import check_arrays, check_data, input_dtype, label_dtype, num_examples
 from .evaluate import evaluate, predict
@@ -143,6 +143,8 @@ class Trainer:
         self.resumed_epoch = -1  # the epoch count the resume restored
         self._resumed_size: int | None = None  # what the next fit must be given, on resume
         self._global_sizes: list[int] | None = None
+        self.threads: int | None = None  # the thread count fit trains with (saved)
+        self._resumed_threads: int | None = None  # the count the resumed run trained with
 
     def _with_defaults(self, callbacks: Iterable[Callback]) -> list[Callback]:
         """The callbacks checked, the default Progress and DivergenceGuard added, in firing
@@ -279,37 +281,34 @@ class Trainer:
         """Train until ``epochs`` epochs are done in total (a resumed trainer continues),
         evaluating on (x_test, y_test) after each epoch when given. Every check runs before
         anything changes; the callbacks then see the events described in
-        :mod:`xpnet.train.callbacks`.
+        :mod:`xpnet.train.callbacks`. With N ranks the checks' outcomes are exchanged first:
+        a rank that refuses its input raises its error, every other rank a
+        :class:`~xpnet.distributed.RankRefused` naming it (none is left waiting).
         """
-        validate.non_negative_int("fit", "epochs", epochs)
-        check_arrays("fit", x_train=x_train, y_train=y_train)
-        if (x_test is None) != (y_test is None):
-            given, missing = ("x_test", "y_test") if y_test is None else ("y_test", "x_test")
-            raise ValueError(f"fit: {given} was given without {missing}; expected both (test "
-                             "data to evaluate on after each epoch) or neither")
-        if x_test is not None:
-            check_arrays("fit", x_test=x_test, y_test=y_test)
-        check_data(self.model, self.loss, x_train, y_train, "training data",
-                   names=("x_train", "y_train"))
-        if x_test is not None:
-            check_data(self.model, self.loss, x_test, y_test, "test data",
-                       names=("x_test", "y_test"))
-        n = num_examples(x_train)
-        self._check_plan(n, x_test is not None)
-        # one example of each set through the model and loss in evaluation mode (no state
-        # changes): a shape the model or loss refuses is named now, not after an epoch
-        self._probe(x_train, y_train, "x_train/y_train")
-        if x_test is not None:
-            self._probe(x_test, y_test, "x_test/y_test")
-        # N ranks: the same data, batches, model, optimizer and seeds everywhere (checked
-        # before anything whose sizes could differ), then rank 0's model and optimizer
-        # everywhere, verified
-        batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-        self.parallel.start({"epoch": self.state.epoch, "step": self.state.step,
-                             "batch order": self.rng.get_state(), "batch_size": self.batch_size,
-                             "accumulate": self.accumulate, "drop_last": self.drop_last,
-                             "dataset size": n, "batches per epoch": batches})
-        adapt_threads()  # BLAS threads for the cores free now (xpnet.threads: the policy)
+        # this rank's own checks; with N ranks their outcome goes through the agreement
+        # below, so that a rank refusing its input stops every rank instead of leaving
+        # them waiting in the first collective
+        refused: Exception | None = None
+        run: dict[str, Any] = {}
+        n = 0
+        try:
+            n = self._check_fit(x_train, y_train, epochs, x_test, y_test)
+            batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+            run = {"epoch": self.state.epoch, "step": self.state.step,
+                   "batch order": self.rng.get_state(), "batch_size": self.batch_size,
+                   "accumulate": self.accumulate, "drop_last": self.drop_last,
+                   "dataset size": n, "batches per epoch": batches}
+        except Exception as exc:
+            if not self.parallel.active:
+                raise
+            refused = exc
+        # N ranks: every rank's checks passed, and the same data, batches, model, optimizer
+        # and seeds everywhere (checked before anything whose sizes could differ), then rank
+        # 0's model and optimizer everywhere, verified
+        self.parallel.start(run, refused)
+        # BLAS threads for the cores free now (xpnet.threads: the policy), or, resumed, the
+        # count the run trained with (it changes the rounding); a count the user set wins
+        self.threads = adapt_threads(self._resumed_threads) or pinned_threads()
         loader = self._loader(x_train, y_train)  # draws nothing until iterated
         self.train_size, self._resumed_size = n, None
         self.batches_per_epoch = len(loader)
@@ -347,6 +346,32 @@ class Trainer:
                 p.accumulate = was[name]
             self._fire("on_fit_end")
         return self.history
+
+    def _check_fit(self, x_train: Any, y_train: Any, epochs: int, x_test: Any, y_test: Any
+                   ) -> int:
+        """Every check of :meth:`fit`'s arguments against the model, loss and callbacks, run
+        before anything changes; returns the number of training examples."""
+        validate.non_negative_int("fit", "epochs", epochs)
+        check_arrays("fit", x_train=x_train, y_train=y_train)
+        if (x_test is None) != (y_test is None):
+            given, missing = ("x_test", "y_test") if y_test is None else ("y_test", "x_test")
+            raise ValueError(f"fit: {given} was given without {missing}; expected both (test "
+                             "data to evaluate on after each epoch) or neither")
+        if x_test is not None:
+            check_arrays("fit", x_test=x_test, y_test=y_test)
+        check_data(self.model, self.loss, x_train, y_train, "training data",
+                   names=("x_train", "y_train"))
+        if x_test is not None:
+            check_data(self.model, self.loss, x_test, y_test, "test data",
+                       names=("x_test", "y_test"))
+        n = num_examples(x_train)
+        self._check_plan(n, x_test is not None)
+        # one example of each set through the model and loss in evaluation mode (no state
+        # changes): a shape the model or loss refuses is named now, not after an epoch
+        self._probe(x_train, y_train, "x_train/y_train")
+        if x_test is not None:
+            self._probe(x_test, y_test, "x_test/y_test")
+        return n
 
     def _check_plan(self, n: int, has_test: bool) -> None:
         """Refuse, before anything changes, a run that would fail part-way."""
@@ -422,6 +447,7 @@ class Trainer:
         meta = {**self.state.state_dict(self.model), "backend": self.backend.name,
                 "base_lr": self.lr, "batch_size": self.batch_size,
                 "accumulate": self.accumulate, "train_size": self.train_size,
+                "threads": self.threads,
                 "callbacks": {c.key: c.state_dict() for c in self.callbacks if c.key}}
         return save_checkpoint(path, self.model.state_dict(), self.optimizer.state_dict(), meta)
 
@@ -438,6 +464,9 @@ class Trainer:
         position and shape). A callback whose state the file lacks starts afresh. The next
         ``fit`` must be given a training set of the saved size.
 
+        The next ``fit`` trains with the thread count the saved run used (it changes the
+        rounding; see :func:`xpnet.threads.adapt_threads`), unless the user set one.
+
         Weights or optimizer slots holding NaN or inf are refused unless
         ``allow_nonfinite=True`` (to inspect a diverged state, e.g. ``<name>.diverged.npz``).
         """
@@ -447,4 +476,6 @@ class Trainer:
         check_resume(self, ck, path, override, allow_nonfinite=allow_nonfinite)
         apply_resume(self, ck, override, allow_nonfinite=allow_nonfinite)
         self.train_size = self._resumed_size = ck.meta["train_size"]
+        # a file without it (written before it was saved): the thread policy decides
+        self.threads = self._resumed_threads = ck.meta.get("threads")
         self.resumed_from, self.resumed_epoch = Path(path), self.state.epoch
