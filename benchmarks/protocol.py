@@ -138,21 +138,27 @@ def timed_run(cmd: Sequence[str], env: Mapping[str, str], cwd: Path) -> dict[str
     return res
 
 
+# stops at its deadline, or as soon as the process that started it is gone (killed by a
+# signal, its finally blocks never run)
 BUSY_LOOP = ("import os, sys, time\n"
              "os.sched_setaffinity(0, {int(sys.argv[1])})\n"
              "end = time.monotonic() + float(sys.argv[2])\n"
-             "while time.monotonic() < end:\n"
-             "    pass\n")
+             "parent = int(sys.argv[3])\n"
+             "while time.monotonic() < end and os.getppid() == parent:\n"
+             "    for _ in range(100000):\n"
+             "        pass\n")
 
 
 @contextlib.contextmanager
 def busy_core(core: int | None = None, max_seconds: float = 3600.0) -> Iterator[int]:
     """One busy-loop process pinned to one core (default: the last usable one) while the
     block runs. It is stopped on exit, whatever happens inside, and stops itself after
-    ``max_seconds`` even if this process dies. Yields the process id."""
+    ``max_seconds``, or as soon as this process is gone (a SIGTERM or SIGKILL skips the
+    ``finally`` that stops it). Yields the process id."""
     if core is None:
         core = max(os.sched_getaffinity(0))
-    proc = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(core), str(max_seconds)])
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(core), str(max_seconds),
+                             str(os.getpid())])
     try:
         yield proc.pid
     finally:

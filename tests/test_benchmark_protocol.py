@@ -147,8 +147,25 @@ def test_busy_core_pins_one_process_and_always_stops_it():
 
 def test_busy_loop_stops_itself_after_its_bound():
     proc = subprocess.Popen([sys.executable, "-c", protocol.BUSY_LOOP,
-                             str(max(os.sched_getaffinity(0))), "0.2"])
+                             str(max(os.sched_getaffinity(0))), "0.2", str(os.getpid())])
     assert proc.wait(timeout=30) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux affinity")
+def test_busy_loop_stops_when_the_process_that_started_it_is_killed():
+    """A SIGKILLed benchmark never runs busy_core's finally: the loop notices its parent is
+    gone and stops instead of holding a core for its whole bound."""
+    starter = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; sys.path.insert(0, sys.argv[1]); import protocol\n"
+         "with protocol.busy_core() as pid:\n"
+         "    print(pid, flush=True); time.sleep(600)\n", str(ROOT / "benchmarks")],
+        stdout=subprocess.PIPE, text=True)
+    pid = int(starter.stdout.readline())
+    assert _alive(pid)
+    starter.kill()
+    starter.wait(timeout=30)
+    assert _wait_for(lambda: not _alive(pid))
 
 
 def test_the_scripts_json_carries_the_protocol(tmp_path):

@@ -30,6 +30,20 @@ def _loadavg(monkeypatch, text):
     monkeypatch.setattr(threads.Path, "read_text", read_text)
 
 
+def test_other_load_ignores_a_task_that_runs_for_one_instant(monkeypatch):
+    """The instant count is the least of several samples: a task awake for one of them (a
+    shell, a logger) does not take a core from the run, a neighbour in every one does."""
+    monkeypatch.setattr(threads, "_own_running", lambda: 1)
+    monkeypatch.setattr(threads, "LOAD_SAMPLE_GAP", 0.0)
+    readings = iter(["1.90 1.20 0.80 2/300 1234\n"] + ["1.90 1.20 0.80 1/300 1234\n"] * 9)
+    real = threads.Path.read_text
+    monkeypatch.setattr(threads.Path, "read_text", lambda self, *a, **kw: next(readings)
+                        if str(self) == "/proc/loadavg" else real(self, *a, **kw))
+    assert threads.other_load() == 0.0  # one blip, then nothing: no other load
+    _loadavg(monkeypatch, "1.90 1.20 0.80 2/300 1234\n")  # in every sample: a neighbour
+    assert threads.other_load() == 1.0
+
+
 def test_other_load_is_the_smaller_of_the_average_and_the_instant(monkeypatch):
     monkeypatch.setattr(threads, "_own_running", lambda: 1)
     _loadavg(monkeypatch, "1.90 1.20 0.80 2/300 1234\n")  # 1 other runnable: the neighbour
@@ -245,3 +259,41 @@ def test_a_checkpoint_without_the_thread_count_resumes_under_the_policy(
     resumed.resume(old)
     resumed.fit(*_conv_data(), 2)
     assert resumed.threads == 1 and resumed.epoch == 2
+
+
+def test_the_policy_sets_torchs_own_pool_on_the_torch_backend(monkeypatch, no_user_threads):
+    """torch's convolutions and products run on its intra-op pool, which threadpoolctl's BLAS
+    limit does not reach: on the torch backend the policy sets that pool too."""
+    torch = pytest.importorskip("torch")
+    from conftest import use_backend
+    before = torch.get_num_threads()
+    try:
+        with use_backend("torch"):
+            monkeypatch.setattr(threads, "other_load", lambda: 1.0)
+            assert threads.adapt_threads() == 1
+            assert torch.get_num_threads() == 1
+            monkeypatch.setattr(threads, "other_load", lambda: 0.0)
+            assert threads.adapt_threads() == 2
+            assert torch.get_num_threads() == 2
+        torch.set_num_threads(2)
+        with use_backend("numpy"):  # another backend leaves torch's pool alone
+            monkeypatch.setattr(threads, "other_load", lambda: 1.0)
+            assert threads.adapt_threads() == 1
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_count_the_user_set_leaves_torchs_pool_alone(monkeypatch, no_user_threads):
+    torch = pytest.importorskip("torch")
+    from conftest import use_backend
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        with use_backend("torch"):
+            monkeypatch.setattr(threads, "other_load", lambda: 1.0)
+            assert threads.adapt_threads() is None
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

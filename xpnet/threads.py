@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 from array_api_compat import device
 
-from .backend import device_scope
+from .backend import device_scope, set_compute_threads
 
 __all__ = ["THREAD_VARIABLES", "Workspace", "adapt_threads", "choose_threads", "copy_threads",
            "in_threads", "other_load", "pinned_threads", "share_cores", "single_threaded_blas",
@@ -133,21 +134,32 @@ def _own_running() -> int:
     return max(count, 1)
 
 
+#: instants sampled by :func:`other_load`, and the pause between them (seconds)
+LOAD_SAMPLES, LOAD_SAMPLE_GAP = 5, 0.01
+
+
 def other_load() -> float:
     """How many cores other processes keep busy now: the smaller of the 1-minute load average
     and the tasks runnable at this instant (``/proc/loadavg``) less this process's own. The
     average lags by a minute (it still counts a run that just ended); the instant count
-    jumps; a busy neighbour shows in both. 0.0 where neither can be read."""
+    jumps, so it is the least of :data:`LOAD_SAMPLES` instants 10 ms apart: a task that wakes
+    for a moment (a shell, a logger, a launcher) is gone at the next one, while a busy
+    neighbour shows in every one and in the average. 0.0 where neither can be read."""
     try:
-        fields = Path("/proc/loadavg").read_text().split()
+        running = None
+        for i in range(LOAD_SAMPLES):
+            if i:
+                time.sleep(LOAD_SAMPLE_GAP)
+            fields = Path("/proc/loadavg").read_text().split()
+            now = int(fields[3].split("/")[0]) - _own_running()
+            running = now if running is None else min(running, now)
         average = float(fields[0])
-        running = int(fields[3].split("/")[0]) - _own_running()
     except (OSError, IndexError, ValueError):
         try:
             return max(0.0, os.getloadavg()[0])
         except (AttributeError, OSError):
             return 0.0
-    return max(0.0, min(average, float(running)))
+    return max(0.0, min(average, float(running or 0)))
 
 
 def choose_threads(cores: int, others: float) -> int:
@@ -187,6 +199,7 @@ def adapt_threads(saved: int | None = None) -> int | None:
         except ImportError:  # BLAS threads stay as they are; copies still follow
             pass
         _ADAPTED = threads
+    set_compute_threads(threads)  # torch's own pool, on the torch backend
     return threads
 
 

@@ -26,6 +26,7 @@ from .selection import (
     current,
     resolve_backend,
     set_backend,
+    set_compute_threads,
 )
 from .transfer import (
     DeviceMismatchError,
@@ -42,5 +43,5 @@ __all__ = [
     "BACKENDS", "Backend", "BackendError", "DeviceMismatchError", "as_host", "available_backends",
     "check_same_device", "cuda_status", "current", "describe", "device_scope",
     "explain_cuda_error", "free_device_memory", "is_out_of_memory", "resolve_backend",
-    "same_device", "set_backend", "to_device", "to_numpy",
+    "same_device", "set_backend", "set_compute_threads", "to_device", "to_numpy",
 ]

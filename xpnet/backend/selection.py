@@ -247,6 +247,20 @@ def current() -> Backend:
     return _current if _current is not None else set_backend()
 
 
+def set_compute_threads(count: int) -> None:
+    """Give the current backend's own CPU kernels ``count`` threads. torch's convolutions and
+    matrix products run on its intra-op pool, which the BLAS limits of threadpoolctl do not
+    reach, so the thread policy sets it here (``torch.set_num_threads``) when the current
+    backend is torch on the CPU. NumPy's products are the BLAS's (set by the caller), and
+    CuPy and array_api_strict have no such pool: nothing to do for them."""
+    backend = _current
+    if backend is None or backend.name != "torch" or str(backend.device) != "cpu":
+        return
+    import torch
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+
+
 def available_backends() -> dict[str, str]:
     """Map of backend name to version (or the reason it is unavailable), for ``xpnet info``.
 
