@@ -126,6 +126,13 @@ def xp(backend):
     return backend.xp
 
 
+def class_data(n, d=5, classes=3, seed=0, dtype=np.float32):
+    """A toy classification set: ``n`` normal rows of ``d`` features, labels cycling
+    through ``classes`` (every class present once n >= classes)."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)).astype(dtype), np.arange(n) % classes
+
+
 def dev(a, dtype=None):
     """A copy of host data on the current backend (keeps a NumPy array's dtype unless told).
 

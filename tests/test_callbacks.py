@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import class_data
 
 import xpnet
 from xpnet.models import TwoLayerNet
@@ -20,11 +21,6 @@ from xpnet.train import (
     Trainer,
     train_step,
 )
-
-
-def _data(n=60, d=5, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((n, d)).astype(np.float32), (np.arange(n) % classes)
 
 
 class Recorder(Callback):
@@ -54,7 +50,7 @@ class Recorder(Callback):
 
 
 def test_events_fire_in_the_documented_order():
-    x, y = _data(n=60)
+    x, y = class_data(n=60)
     model = TwoLayerNet(5, 4, 3)
     log = []
     Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=20, accumulate=2, log_interval=2,
@@ -79,7 +75,7 @@ def test_events_fire_in_the_documented_order():
 
 
 def test_priorities_order_every_event_and_ties_keep_the_given_order():
-    x, y = _data(n=20)
+    x, y = class_data(n=20)
     model = TwoLayerNet(5, 4, 3)
     log = []
     cbs = [Recorder(log, "low", -5), Recorder(log, "a"), Recorder(log, "high", 7),
@@ -108,7 +104,7 @@ def test_defaults_are_added_unless_given():
 
 
 def test_a_callback_stops_training():
-    x, y = _data(n=20)
+    x, y = class_data(n=20)
     model = TwoLayerNet(5, 4, 3)
 
     class StopAfterTwo(Callback):
@@ -167,7 +163,7 @@ def test_the_state_round_trips():
 
 
 def test_train_step_grad_scale_scales_the_gradient_not_the_loss(backend):
-    x, y = _data(n=10)
+    x, y = class_data(n=10)
     a, b = TwoLayerNet(5, 4, 3, seed=1), TwoLayerNet(5, 4, 3, seed=1)
     loss = xpnet.SoftmaxCrossEntropy()
     xb, yb = xpnet.to_device(x), xpnet.to_device(y)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import dev, to_np
+from conftest import class_data, dev, to_np
 
 import xpnet
 from xpnet.models import TwoLayerNet
@@ -26,13 +26,8 @@ from xpnet.train import (
 from xpnet.train import metrics as metrics_module
 
 
-def _data(n=90, d=5, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((n, d)).astype(np.float32), (np.arange(n) % classes)
-
-
 def test_train_step_is_forward_backward_step(backend):
-    x, y = _data(n=20)
+    x, y = class_data(n=20)
     a, b = TwoLayerNet(5, 7, 3, seed=1), TwoLayerNet(5, 7, 3, seed=1)
     oa, ob = xpnet.SGD(a, lr=0.1), xpnet.SGD(b, lr=0.1)
     xb, yb = dev(x), dev(y)
@@ -50,7 +45,7 @@ def test_train_step_is_forward_backward_step(backend):
 
 
 def test_train_step_without_step_leaves_parameters(backend):
-    x, y = _data(n=20)
+    x, y = class_data(n=20)
     model = TwoLayerNet(5, 7, 3, seed=1)
     before = model.state_dict()
     train_step(model, xpnet.SoftmaxCrossEntropy(), xpnet.SGD(model, lr=0.1), dev(x), dev(y),
@@ -61,7 +56,7 @@ def test_train_step_without_step_leaves_parameters(backend):
 
 
 def test_evaluate_matches_a_manual_pass_with_one_host_read(backend, monkeypatch):
-    x, y = _data(n=250)
+    x, y = class_data(n=250)
     model = TwoLayerNet(5, 7, 3, seed=2)
     model.train()
     reads = []
@@ -93,7 +88,7 @@ def test_evaluate_regression_reports_mse_and_no_accuracy(backend):
 
 def test_evaluate_refuses_mismatched_or_empty_data():
     model = TwoLayerNet(5, 7, 3)
-    x, y = _data(n=10)
+    x, y = class_data(n=10)
     with pytest.raises(ValueError, match="10 inputs but 9 targets"):
         evaluate(model, xpnet.SoftmaxCrossEntropy(), x, y[:9])
     with pytest.raises(ValueError, match="x is empty"):
@@ -114,7 +109,7 @@ def test_totals_weighting_and_per_step_losses(backend):
 
 
 def test_history_has_one_record_per_step_without_extra_reads(backend):
-    x, y = _data(n=90)
+    x, y = class_data(n=90)
     model = TwoLayerNet(5, 7, 3, seed=3)
     trainer = Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=20)
     history = trainer.fit(x, y, 2)
@@ -141,7 +136,7 @@ def test_divergence_guard_names_where_and_the_checkpoint(tmp_path):
 
 
 def test_check_data_accepts_device_arrays(backend):
-    x, y = _data(n=12)
+    x, y = class_data(n=12)
     model = TwoLayerNet(5, 7, 3)
     check_data(model, xpnet.SoftmaxCrossEntropy(), dev(x), dev(y), "training data")
     with pytest.raises(ValueError, match=r"training data labels.*\[0, 2\]"):
@@ -153,7 +148,7 @@ def test_check_data_accepts_device_arrays(backend):
 
 
 def test_progress_disabled_prints_nothing(capsys):
-    x, y = _data(n=20)
+    x, y = class_data(n=20)
     model = TwoLayerNet(5, 7, 3)
     quiet = Progress(enabled=False, verbose=False)
     Trainer(model, xpnet.SGD(model, lr=0.1), batch_size=10, log_interval=1,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import class_data
 
 import xpnet
 from xpnet.distributed import SingleProcess
@@ -20,11 +21,6 @@ from xpnet.train import (
     Trainer,
     TrainingDiverged,
 )
-
-
-def _data(n=60, d=5, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((n, d)), np.arange(n) % classes
 
 
 def _net(seed=0):
@@ -84,7 +80,7 @@ def _records(history):
 def test_an_interrupted_fit_continues_exactly_as_an_uninterrupted_one(backend, batch):
     """Semantics: the interrupted epoch is rolled back to its start (weights, optimizer slots,
     schedule, callbacks, counters, Generators, history); fit again repeats it."""
-    x, y = _data()
+    x, y = class_data(60, dtype=np.float64)
     ref = _trainer(_net())
     ref.fit(x, y, 3, x_test=x, y_test=y)
 
@@ -127,7 +123,7 @@ def _assert_same(a, b):
     (np.zeros((4, 5)), np.zeros((4, 2, 2)), r"x_test/y_test do not fit"),
 ])
 def test_a_refused_fit_changes_nothing(backend, x_test, y_test, match):
-    x, y = _data()
+    x, y = class_data(60, dtype=np.float64)
     tr = _trainer(_net())
     before = _unchanged(tr)
     with pytest.raises(ValueError, match=match):
@@ -137,7 +133,7 @@ def test_a_refused_fit_changes_nothing(backend, x_test, y_test, match):
 
 
 def test_fit_names_the_argument_that_is_not_an_array():
-    x, y = _data()
+    x, y = class_data(60, dtype=np.float64)
     tr = _trainer(_net())
     with pytest.raises(TypeError, match=r"fit: y_train must be an array.*got 5"):
         tr.fit(x, 5, 1)
@@ -150,7 +146,7 @@ def test_fit_names_the_argument_that_is_not_an_array():
 
 # ---------------------------------------------------------------- resume settings
 def test_resume_refuses_another_accumulate_naming_both(tmp_path):
-    x, y = _data()
+    x, y = class_data(60, dtype=np.float64)
     tr = _trainer(_net(), SaveCheckpoint(tmp_path / "ck.npz"), accumulate=2)
     tr.fit(x, y, 1)
     other = _trainer(_net(1), accumulate=3)
@@ -161,7 +157,7 @@ def test_resume_refuses_another_accumulate_naming_both(tmp_path):
 
 
 def test_resume_refuses_another_training_set_size_naming_both(tmp_path):
-    x, y = _data()
+    x, y = class_data(60, dtype=np.float64)
     tr = _trainer(_net(), SaveCheckpoint(tmp_path / "ck.npz"))
     tr.fit(x, y, 1)
     again = _trainer(_net(1))
@@ -175,7 +171,7 @@ def test_resume_refuses_another_training_set_size_naming_both(tmp_path):
 
 
 def test_a_resumed_early_stopped_run_stops_where_it_stopped(tmp_path):
-    x, y = _data()
+    x, y = class_data(60, dtype=np.float64)
 
     def make(*callbacks):
         model = _net()
@@ -218,7 +214,7 @@ def test_nonfinite_weights_are_refused_unless_allowed(backend, bad):
 
 
 def test_resume_refuses_a_diverged_checkpoint_unless_allowed(tmp_path):
-    x, y = _data()
+    x, y = class_data(60, dtype=np.float64)
     tr = _trainer(_net())
     tr.fit(x, y, 1)
     tr.model[3].b.data = tr.model[3].b.data * np.nan
@@ -233,7 +229,7 @@ def test_resume_refuses_a_diverged_checkpoint_unless_allowed(tmp_path):
 
 
 def test_a_resume_that_diverges_at_once_names_the_checkpoint(tmp_path):
-    x, y = _data()
+    x, y = class_data(60, dtype=np.float64)
     tr = _trainer(_net())
     tr.fit(x, y, 1)
     # finite, but wrong: a negative second moment gives NaN weights at the first step
@@ -247,7 +243,7 @@ def test_a_resume_that_diverges_at_once_names_the_checkpoint(tmp_path):
 
 
 def test_a_fresh_run_that_diverges_blames_the_learning_rate():
-    x, y = _data()
+    x, y = class_data(60, dtype=np.float64)
     model = _net()
     model[0].W.data = model[0].W.data * 1e200
     tr = Trainer(model, xpnet.SGD(model, lr=1.0), batch_size=8, log_interval=1)
@@ -274,7 +270,7 @@ class Recording(SingleProcess):
 
 
 def test_sync_batchnorm_reduces_over_the_trainers_communicator():
-    x, y = _data()
+    x, y = class_data(60, dtype=np.float64)
     model = xpnet.Sequential(xpnet.Linear(5, 4, dtype="float64"),
                              xpnet.BatchNorm(4, sync=True, dtype="float64"), xpnet.ReLU(),
                              xpnet.Linear(4, 3, dtype="float64"))
