@@ -587,7 +587,8 @@ def _check_max_bytes(path: Path, announced: dict[str, tuple[tuple[int, ...], np.
     budget = default_max_bytes(path) if max_bytes is None else max_bytes
     total = sum(math.prod(shape) * dtype.itemsize for shape, dtype in announced.values())
     if total > budget:
-        how = ("the default for a file of its size, 4 x its bytes + 64 MiB" if max_bytes is None
+        how = (f"the default for a file of its size, {BUDGET_FILE_FACTOR} x its bytes + "
+               f"{BUDGET_ALLOWANCE >> 20} MiB" if max_bytes is None
                else "max_bytes")
         raise CheckpointBudgetError(
             f"checkpoint {path}: its arrays announce {total} bytes, over the budget of "
