@@ -157,7 +157,7 @@ def test_conv2d_native_keeps_nothing_in_eval_mode(backend):
     layer = _conv(3, 1, 1)
     layer.eval()
     y = layer(dev(rand(X_SHAPE)))
-    assert _ran(layer, backend.xp) == "native" and layer._calls[-1].record == (None,)
+    assert _ran(layer, backend.xp) == "native" and layer._calls[-1].record == (None, None)
     with pytest.raises(RuntimeError, match="needs a forward pass"):
         layer.backward(dev(np.ones(tuple(y.shape))))
 
@@ -206,8 +206,8 @@ def test_conv2d_forward_saves_one_record_of_its_path_and_no_loose_attributes(bac
     layer(dev(rand(X_SHAPE)))
     assert set(vars(layer)) - before <= {"_calls", "_ws"}  # the record list and workspace
     (call,) = layer._calls
-    (record,) = call.record
-    assert record.path.name == _ran(layer, backend.xp)
+    record, relu_output = call.record
+    assert record.path.name == _ran(layer, backend.xp) and relu_output is None
 
 
 def test_conv2d_auto_path_and_bad_path(backend):

@@ -26,6 +26,9 @@ function            fallback (standard only)                     fast paths
 ``native_conv2d``   None: the layer's own formulations (grid,    torch (F.conv2d and
                     im2col) are the fallback                     aten.convolution_backward:
                                                                  oneDNN on CPU, cuDNN on CUDA)
+``relu_``           maximum(a, 0), a new array                   numpy, cupy, torch (in place: a
+                                                                 convolution's epilogue on its
+                                                                 own fresh output)
 ``adam_update``     the Adam rule in ~10 in-place standard ops   torch (one fused kernel per
                                                                  parameter, the one
                                                                  ``torch.optim.Adam(fused=True)``
@@ -51,7 +54,7 @@ from .threads import Workspace, copy_threads, in_threads, single_threaded_blas, 
 
 __all__ = ["NativeConv2d", "adam_update", "add_windows", "alloc", "col2im", "fast_path_kind",
            "grid_cols", "im2col", "native_conv2d", "offset_slices", "out_size", "pad2d",
-           "to_grid", "windows"]
+           "relu_", "to_grid", "windows"]
 
 Array = Any
 
@@ -288,10 +291,12 @@ def col2im(cols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int, st
 # strided gather), and the matmul's (F, N*Hg*Wg) output, seen as (F, N, Hg, Wg), holds the
 # convolution in its top-left (OH, OW) corner (the rest, where windows wrap, is discarded).
 def _to_grid_generic(xp: Any, x: Array, grid_hw: tuple[int, int], start: tuple[int, int], tail: int,
-                     ws: Workspace | None, key: str) -> Array:
+                     ws: Workspace | None, key: str, where_positive: Array | None) -> Array:
     n, c, h, w = x.shape
     hg, wg = grid_hw
     r0, c0 = start
+    if where_positive is not None:
+        x = xp.where(where_positive > 0, x, xp.zeros_like(x))
     g = alloc(xp.zeros, (c, n, hg, wg), x.dtype, device(x))
     g[:, :, r0:r0 + h, c0:c0 + w] = xp.permute_dims(x, (1, 0, 2, 3))
     flat = xp.reshape(g, (c, n * hg * wg))
@@ -301,7 +306,7 @@ def _to_grid_generic(xp: Any, x: Array, grid_hw: tuple[int, int], start: tuple[i
 
 
 def _to_grid_into(xp: Any, x: Array, grid_hw: tuple[int, int], start: tuple[int, int], tail: int,
-                  ws: Workspace | None, key: str) -> Array:
+                  ws: Workspace | None, key: str, where_positive: Array | None) -> Array:
     n, c, h, w = x.shape
     hg, wg = grid_hw
     r0, c0 = start
@@ -312,7 +317,15 @@ def _to_grid_into(xp: Any, x: Array, grid_hw: tuple[int, int], start: tuple[int,
     else:  # only the interior is ever written: the zero borders of a reused buffer stay zero
         buf, _ = ws.get(key, shape, x.dtype, xp=xp, like=x, zero=True)
     grid = buf[:, :length].reshape(c, n, hg, wg)
-    grid[:, :, r0:r0 + h, c0:c0 + w] = xp.permute_dims(x, (1, 0, 2, 3))
+    src = xp.permute_dims(x, (1, 0, 2, 3))
+    if where_positive is None:
+        grid[:, :, r0:r0 + h, c0:c0 + w] = src
+    elif fast_path_kind(xp) == "numpy":  # the mask applied while copying: no masked temporary
+        np.multiply(src, xp.permute_dims(where_positive, (1, 0, 2, 3)) > 0,
+                    out=grid[:, :, r0:r0 + h, c0:c0 + w])
+    else:
+        grid[:, :, r0:r0 + h, c0:c0 + w] = src * (xp.permute_dims(where_positive,
+                                                                  (1, 0, 2, 3)) > 0)
     return buf
 
 
@@ -320,16 +333,20 @@ _TO_GRID = {"numpy": _to_grid_into, "cupy": _to_grid_into, "torch": _to_grid_int
 
 
 def to_grid(x: Array, grid_hw: tuple[int, int], start: tuple[int, int] = (0, 0), tail: int = 0,
-            *, ws: Workspace | None = None, key: str = "grid", xp: Any = None) -> Array:
+            *, ws: Workspace | None = None, key: str = "grid", where_positive: Array | None = None,
+            xp: Any = None) -> Array:
     """Place NCHW ``x`` into a zero grid of (N, C, Hg, Wg) at row, column ``start`` and return
     it channel-major and flat, (C, N*Hg*Wg + tail), the last ``tail`` columns zero.
+
+    ``where_positive`` (x's shape) masks x on the way: x where it is > 0, else 0 (a ReLU's
+    backward, fused into the copy a convolution's backward makes anyway).
 
     The fast paths keep the buffer in workspace ``ws`` under ``key`` (if given) and write only
     the interior on later calls; the result then stays valid until the next call with that key.
     """
     xp = xp or array_namespace(x)
     fn = _dispatch(_TO_GRID, _to_grid_generic, xp)
-    return fn(xp, x, tuple(grid_hw), tuple(start), tail, ws, key)
+    return fn(xp, x, tuple(grid_hw), tuple(start), tail, ws, key, where_positive)
 
 
 def _grid_cols_generic(xp: Any, flat: Array, k: int, wg: int, length: int,
@@ -486,6 +503,35 @@ def grid_matmul(w: Array, flat: Array, k: int, wg: int, length: int, *, ones_row
     xp = xp or array_namespace(flat)
     fn = _dispatch(_GRID_MATMUL, _grid_matmul_generic, xp)
     return fn(xp, w, flat, k, wg, length, ones_row, transpose)
+
+
+def _relu_generic(xp: Any, a: Array) -> Array:
+    return xp.maximum(a, xp.zeros_like(a))
+
+
+def _relu_numpy(xp: Any, a: Array) -> Array:
+    return np.maximum(a, 0, out=a)
+
+
+def _relu_cupy(xp: Any, a: Array) -> Array:
+    import cupy
+
+    return cupy.maximum(a, 0, out=a)
+
+
+def _relu_torch(xp: Any, a: Array) -> Array:
+    return a.relu_()
+
+
+_RELU = {"numpy": _relu_numpy, "cupy": _relu_cupy, "torch": _relu_torch}
+
+
+def relu_(a: Array, *, xp: Any = None) -> Array:
+    """max(a, 0), in place where the backend allows (the fallback returns a new array): the
+    ReLU epilogue of a convolution on the output it has just made, in one pass over contiguous
+    memory instead of a layer's passes over a strided view. Only for arrays nobody else holds."""
+    xp = xp or array_namespace(a)
+    return _dispatch(_RELU, _relu_generic, xp)(xp, a)
 
 
 # ------------------------------------------------------------------ the library's own convolution

@@ -19,6 +19,11 @@ A path is an object whose ``forward`` returns the output and ONE record, and who
   the kernel offsets) for the input gradient at stride > 1.
 
 The grid and im2col paths are the portable fallback every native path is tested against.
+
+``Conv2d.forward(x, relu=True)`` is ``relu(conv(x))`` with the ReLU as an epilogue: applied in
+place to the path's fresh, contiguous output (:func:`xpnet.ops.relu_`), and its backward mask
+read off that output and applied while backward copies the output gradient (:class:`Sequential
+<xpnet.layers.Sequential>` runs a Conv2d followed by a ReLU this way).
 """
 
 from __future__ import annotations
@@ -118,13 +123,21 @@ def _grid_input_grad(layer: Conv2d, xp: Any, dout: Array, x_shape: tuple[int, ..
     return xp.permute_dims(dx[:, :, :h, :w], (1, 0, 2, 3))
 
 
-def _dout_grid(layer: Conv2d, xp: Any, dout: Array, x_shape: tuple[int, ...]) -> Array:
-    """dout padded by k - 1 - p on the forward's grid (a transient workspace array)."""
+def _dout_grid(layer: Conv2d, xp: Any, dout: Array, x_shape: tuple[int, ...],
+               positive: Array | None = None) -> Array:
+    """dout padded by k - 1 - p on the forward's grid (a transient workspace array); with
+    ``positive`` (a ReLU epilogue's output), dout where it is > 0, else 0."""
     _, _, h, w = x_shape
     k, p = layer.k, layer.padding
     hg, wg, tail = grid_geometry(h, w, k, p)
     q = k - 1 - p
-    return ops.to_grid(dout, (hg, wg), (q, q), tail, ws=layer._workspace(), key="dout", xp=xp)
+    return ops.to_grid(dout, (hg, wg), (q, q), tail, ws=layer._workspace(), key="dout",
+                       where_positive=positive, xp=xp)
+
+
+def _relu_grad(xp: Any, dout: Array, positive: Array | None) -> Array:
+    """dout through a ReLU epilogue whose output was ``positive`` (None: no epilogue)."""
+    return dout if positive is None else xp.where(positive > 0, dout, xp.zeros_like(dout))
 
 
 class NativePath:
@@ -137,14 +150,18 @@ class NativePath:
     def __init__(self, impl: ops.NativeConv2d):
         self.impl = impl
 
-    def forward(self, layer: Conv2d, xp: Any, x: Array, slot: int) -> tuple[Array, Any]:
+    def forward(self, layer: Conv2d, xp: Any, x: Array, slot: int,
+                relu: bool = False) -> tuple[Array, Any]:
         y = self.impl.forward(x, layer.W.data, layer.b.data, layer.stride, layer.padding)
+        if relu:
+            y = ops.relu_(y, xp=xp)
         return y, NativeRecord(self, x) if layer.training else None
 
     def backward(self, layer: Conv2d, xp: Any, rec: NativeRecord, dout: Array,
-                 input_grad: bool) -> tuple[Array | None, Array, Array]:
-        return self.impl.backward(dout, rec.x, layer.W.data, layer.stride, layer.padding,
-                                  input_grad)
+                 input_grad: bool, positive: Array | None = None
+                 ) -> tuple[Array | None, Array, Array]:
+        return self.impl.backward(_relu_grad(xp, dout, positive), rec.x, layer.W.data,
+                                  layer.stride, layer.padding, input_grad)
 
 
 class GridPath:
@@ -152,7 +169,8 @@ class GridPath:
 
     name = "grid"
 
-    def forward(self, layer: Conv2d, xp: Any, x: Array, slot: int) -> tuple[Array, Any]:
+    def forward(self, layer: Conv2d, xp: Any, x: Array, slot: int,
+                relu: bool = False) -> tuple[Array, Any]:
         n, _, h, w = x.shape
         k, p, f = layer.k, layer.padding, layer.out_channels
         oh, ow = out_hw(layer, x, k, layer.stride, p)
@@ -164,12 +182,15 @@ class GridPath:
         grid = ops.to_grid(x, (hg, wg), (p, p), tail, ws=ws, key=f"x{slot}", xp=xp)
         out = ops.grid_matmul(_w_aug(layer, xp), grid, k, wg, n * hg * wg, ones_row=True,
                               xp=xp)
+        if relu:  # grid_matmul's output is fresh: the epilogue runs in place
+            out = ops.relu_(out, xp=xp)
         out = xp.reshape(out, (f, n, hg, wg))
         rec = GridRecord(self, grid, tuple(x.shape)) if layer.training else None
         return xp.permute_dims(out[:, :, :oh, :ow], (1, 0, 2, 3)), rec
 
     def backward(self, layer: Conv2d, xp: Any, rec: GridRecord, dout: Array,
-                 input_grad: bool) -> tuple[Array | None, Array, Array]:
+                 input_grad: bool, positive: Array | None = None
+                 ) -> tuple[Array | None, Array, Array]:
         n = dout.shape[0]
         _, _, h, w = rec.x_shape
         k = layer.k
@@ -178,7 +199,8 @@ class GridPath:
         # dout padded by q on the forward's grid (the input gradient's convolution reads it);
         # the same array shifted by q rows and q columns is dout at the grid's corner, zeros
         # elsewhere: the output gradient matching the forward's columns (weight gradient)
-        dflat = _dout_grid(layer, xp, dout, rec.x_shape)
+        # (through a ReLU epilogue's mask, applied during this copy)
+        dflat = _dout_grid(layer, xp, dout, rec.x_shape, positive)
         shift = q * wg + q
         dgrid = dflat[:, shift:shift + n * hg * wg]
         dw, db = _split_aug(layer, xp, ops.grid_matmul(dgrid, rec.grid, k, wg, n * hg * wg,
@@ -201,9 +223,12 @@ class Im2colPath:
         rec = Im2colRecord(self, cols, tuple(x.shape), pool) if layer.training else None
         return _w_aug(layer, xp) @ cols, rec
 
-    def forward(self, layer: Conv2d, xp: Any, x: Array, slot: int) -> tuple[Array, Any]:
+    def forward(self, layer: Conv2d, xp: Any, x: Array, slot: int,
+                relu: bool = False) -> tuple[Array, Any]:
         oh, ow = out_hw(layer, x, layer.k, layer.stride, layer.padding)
         out, rec = self.matrix_forward(layer, xp, x, 1)
+        if relu:  # the matmul's output is fresh: the epilogue runs in place
+            out = ops.relu_(out, xp=xp)
         out = xp.reshape(out, (layer.out_channels, x.shape[0], oh, ow))
         return xp.permute_dims(out, (1, 0, 2, 3)), rec
 
@@ -223,7 +248,9 @@ class Im2colPath:
         return dx, dw, db
 
     def backward(self, layer: Conv2d, xp: Any, rec: Im2colRecord, dout: Array,
-                 input_grad: bool) -> tuple[Array | None, Array, Array]:
+                 input_grad: bool, positive: Array | None = None
+                 ) -> tuple[Array | None, Array, Array]:
+        dout = _relu_grad(xp, dout, positive)
         d = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (layer.out_channels, -1))
         return self.matrix_backward(layer, xp, rec, d, dout, input_grad)
 
@@ -299,25 +326,32 @@ class Conv2d(Module):
         """Which use of this layer in the current pass a forward is (0 for the first)."""
         return len(self.__dict__.get("_calls") or ()) - 1
 
-    def forward(self, x: Array) -> Array:
+    def forward(self, x: Array, *, relu: bool = False) -> Array:
+        """The convolution of x; with ``relu=True``, relu of it, the ReLU fused as an epilogue
+        (in place on the fresh output; its mask applied during backward's own copy of the
+        output gradient). backward then takes the gradient of that ReLU's output. The output
+        is kept for that mask: like every input and output xpnet layers pass on, it must not
+        be changed in place before backward."""
         xp = self._check(x)
+        validate.flag(repr(self), "relu", relu)
         out_hw(self, x, self.k, self.stride, self.padding)
-        y, rec = self._select_path(xp).forward(self, xp, x, self._slot())
-        self.save_for_backward(rec)
+        y, rec = self._select_path(xp).forward(self, xp, x, self._slot(), relu)
+        self.save_for_backward(rec, y if relu and rec is not None else None)
         return y
 
-    def _record(self) -> Any:
-        (rec,) = self.saved()
+    def _record(self) -> tuple[Any, Array | None]:
+        rec, positive = self.saved()
         if rec is None:
             raise RuntimeError(f"{self!r}: backward needs a forward pass in training mode "
                                "first")
-        return rec
+        return rec, positive
 
     def backward(self, dout: Array, *, input_grad: bool = True) -> Array | None:
         """Fill W.grad and b.grad; return the input gradient, or None with
         ``input_grad=False`` (a first layer: the input gradient is then never computed)."""
-        rec = self._record()
-        dx, dw, db = rec.path.backward(self, array_namespace(dout), rec, dout, input_grad)
+        rec, positive = self._record()
+        dx, dw, db = rec.path.backward(self, array_namespace(dout), rec, dout, input_grad,
+                                       positive)
         self.W.grad, self.b.grad = dw, db
         return dx if input_grad else None
 
@@ -370,7 +404,11 @@ class ConvMaxPool2d(Conv2d):
         return [(slice(None), slice(None), slice(i, i + a * q, q), slice(j, j + b * q, q))
                 for i in range(q) for j in range(q)]
 
-    def forward(self, x: Array) -> Array:
+    def forward(self, x: Array, *, relu: bool = False) -> Array:
+        """The pooled convolution of x (``relu=True`` is refused: its epilogue is the max;
+        a ReLU layer after it runs on the pool*pool times smaller pooled output)."""
+        if validate.flag(repr(self), "relu", relu):
+            raise ValueError(f"{self!r}: relu=True is not supported; put a ReLU layer after it")
         xp = self._check(x)
         oh, ow = out_hw(self, x, self.k, self.stride, self.padding)
         a, b = self._pooled_hw(x, oh, ow)
