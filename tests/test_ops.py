@@ -295,6 +295,41 @@ def test_to_grid_and_grid_cols_fast_match_generic_and_reference(backend, shape, 
             np.testing.assert_array_equal(to_np(gen), expected)
 
 
+@pytest.mark.parametrize("reuse", [False, True], ids=["fresh", "workspace"])
+def test_to_grid_where_positive_masks_on_the_way(backend, reuse):
+    """A ReLU epilogue's backward: x where the mask array is > 0 (exactly 0 counts as not),
+    else 0; fast path and fallback against the reference, a reused buffer included."""
+    shape, k, p = (2, 3, 5, 6), 3, 1
+    ws = threads.Workspace() if reuse else None
+    for seed in range(2):
+        host = _rand(shape, seed=seed)
+        relu_out = np.maximum(_rand(shape, seed=seed + 7), 0.0)
+        relu_out[0, 0, 0, :3] = 0.0
+        flat_ref, _, wg, _ = _grid_ref(np.where(relu_out > 0, host, 0.0), k, p)
+        hw, tail = (shape[2] + 2 * p, wg), (k - 1) * (wg + 1)
+        fast = ops.to_grid(dev(host), hw, (p, p), tail, ws=ws, key="d",
+                           where_positive=dev(relu_out))
+        generic = fallback(ops.to_grid, dev(host), hw, (p, p), tail,
+                           where_positive=dev(relu_out))
+        np.testing.assert_array_equal(to_np(fast), flat_ref)
+        np.testing.assert_array_equal(to_np(generic), flat_ref)
+
+
+def test_relu_in_place_fast_matches_generic(backend):
+    host = _rand((3, 4, 5))
+    host[0, 0, :2] = 0.0
+    expected = np.maximum(host, 0.0)
+    fast_in = dev(host)
+    fast = ops.relu_(fast_in)
+    generic_in = dev(host)
+    generic = fallback(ops.relu_, generic_in)
+    np.testing.assert_array_equal(to_np(fast), expected)
+    np.testing.assert_array_equal(to_np(generic), expected)
+    np.testing.assert_array_equal(to_np(generic_in), host)  # the fallback writes a new array
+    if ops.fast_path_kind(array_api_compat.array_namespace(fast_in)) != "generic":
+        np.testing.assert_array_equal(to_np(fast_in), expected)  # in place
+
+
 @pytest.mark.parametrize("threading", ["blas", "tasks"])
 @pytest.mark.parametrize("chunk_bytes", [None, 64], ids=["whole", "chunked"])
 @pytest.mark.parametrize("shape,k,p", [*GRID_CASES, ((2, 3, 16, 16), 3, 1)])
