@@ -356,3 +356,18 @@ def test_image_smaller_than_kernel_is_refused(backend):
 def test_bad_constructor_arguments(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize("c,f,k,p", [(5, 4, 3, 1), (4, 6, 5, 2), (4, 4, 3, 0)])
+def test_conv2d_grid_with_channels_for_the_row_stacked_form(backend, c, f, k, p, grid_chunks):
+    """>= 4 input channels (and output channels, for the input gradient): on NumPy the grid's
+    products run in the row-stacked form (xpnet.ops.ROW_STACK_MIN_CHANNELS); checked against
+    the loop reference and central differences, whole and in blocks."""
+    layer = xpnet.Conv2d(c, f, k, padding=p, dtype="float64", rng=xpnet.Generator(4))
+    layer.b.data = dev(rand(f, seed=14), dtype="float64")
+    layer.path = "grid"
+    x = rand((2, c, 9, 7))
+    y = layer(dev(x))
+    expected = ref_conv(x, to_np(layer.W.data), to_np(layer.b.data), 1, p)
+    np.testing.assert_allclose(to_np(y), expected, rtol=1e-10, atol=1e-12)
+    assert_gradients_close(check_module(layer, dev(x)), {"x", "W", "b"})

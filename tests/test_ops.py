@@ -332,9 +332,13 @@ def test_relu_in_place_fast_matches_generic(backend):
 
 @pytest.mark.parametrize("threading", ["blas", "tasks"])
 @pytest.mark.parametrize("chunk_bytes", [None, 64], ids=["whole", "chunked"])
-@pytest.mark.parametrize("shape,k,p", [*GRID_CASES, ((2, 3, 16, 16), 3, 1)])
-def test_grid_matmul_fast_matches_generic(backend, shape, k, p, chunk_bytes, threading,
+@pytest.mark.parametrize("shape,k,p", [*GRID_CASES, ((2, 3, 16, 16), 3, 1), ((2, 5, 9, 7), 5, 2),
+                                       ((2, 6, 8, 8), 3, 1)])
+@pytest.mark.parametrize("form", ["rows", "shifts"])
+def test_grid_matmul_fast_matches_generic(backend, shape, k, p, chunk_bytes, threading, form,
                                           monkeypatch):
+    # the row-stacked form (k column shifts copied) or all k*k shifts, whatever the channels
+    monkeypatch.setattr(ops, "ROW_STACK_MIN_CHANNELS", 1 if form == "rows" else 10**9)
     monkeypatch.setenv("XPNET_GRID_THREADING", threading)
     if chunk_bytes:
         monkeypatch.setattr(ops, "GRID_CHUNK_BYTES", chunk_bytes)
@@ -343,15 +347,18 @@ def test_grid_matmul_fast_matches_generic(backend, shape, k, p, chunk_bytes, thr
     if chunk_bytes and length > 512:  # the long case really is split (blocks >= 256 columns)
         assert len(ops._grid_chunks(cols_ref.shape[0] + 1, length, 8, 2)) > 1
     flat = ops.to_grid(dev(host), (shape[2] + 2 * p, wg), (p, p), (k - 1) * (wg + 1))
-    w_host, g_host = _rand((4, cols_ref.shape[0] + 1), seed=1), _rand((4, length), seed=2)
-    cols1 = np.concatenate([cols_ref, np.ones((1, length))])
-    for generic in (False, True):
-        with fast_paths(not generic):
-            fwd = ops.grid_matmul(dev(w_host), flat, k, wg, length, ones_row=True)
-            wgrad = ops.grid_matmul(dev(g_host), flat, k, wg, length, ones_row=True,
-                                    transpose=True)
-        np.testing.assert_allclose(to_np(fwd), w_host @ cols1, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(to_np(wgrad), g_host @ cols1.T, rtol=1e-12, atol=1e-12)
+    g_host = _rand((4, length), seed=2)
+    for ones_row in (True, False):  # with a bias column (forward, weight gradient) or not
+        cols1 = np.concatenate([cols_ref, np.ones((1, length))]) if ones_row else cols_ref
+        w_host = _rand((4, cols1.shape[0]), seed=1)
+        for generic in (False, True):
+            with fast_paths(not generic):
+                fwd = ops.grid_matmul(dev(w_host), flat, k, wg, length, ones_row=ones_row)
+                wgrad = ops.grid_matmul(dev(g_host), flat, k, wg, length, ones_row=ones_row,
+                                        transpose=True)
+            np.testing.assert_allclose(to_np(fwd), w_host @ cols1, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(to_np(wgrad), g_host @ cols1.T, rtol=1e-12,
+                                       atol=1e-12)
 
 
 def test_grid_threading_is_read_from_the_environment_and_checked(monkeypatch):
