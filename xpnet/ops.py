@@ -432,6 +432,23 @@ def _grid_matmul_generic(xp: Any, w: Array, flat: Array, k: int, wg: int,
     return w @ cols.T if transpose else w @ cols
 
 
+def _run_blocks(task: Callable[[int], None], count: int, tasks: bool) -> None:
+    """task(0..count-1): on this thread (the BLAS threads each product), or with ``tasks``
+    spread over copy_threads() threads, each with a single-threaded BLAS."""
+    threads = min(copy_threads(), count) if tasks else 1
+    with single_threaded_blas(threads > 1) as blas:
+        # without control of the BLAS threads, one thread (no oversubscription)
+        in_threads(task, count, threads if blas.controlled else 1)
+
+
+def _sum_in_order(partials: list[Array]) -> Array:
+    """The blocks' partial sums added in block order (deterministic), into the first."""
+    total = partials[0]
+    for part in partials[1:]:
+        total += part
+    return total
+
+
 def _grid_chunk_cols(xp: Any, flat: Array, k: int, wg: int, a: int, b: int,
                      ones_row: bool, ws: Workspace) -> Array:
     c = flat.shape[0]
@@ -471,16 +488,10 @@ def _grid_matmul_shifts(xp: Any, w: Array, flat: Array, k: int, wg: int,
         else:
             np.matmul(w, cols, out=out[:, a:b])
 
-    threads = min(copy_threads(), len(chunks)) if tasks else 1
-    with single_threaded_blas(threads > 1) as blas:
-        # without control of the BLAS threads, one thread (no oversubscription)
-        in_threads(task, len(chunks), threads if blas.controlled else 1)
+    _run_blocks(task, len(chunks), tasks)
     if not transpose:
         return out
-    result = partials[0]
-    for part in partials[1:]:
-        result += part
-    return np.ascontiguousarray(result.T)
+    return np.ascontiguousarray(_sum_in_order(partials).T)
 
 
 def _row_cols(xp: Any, flat: Array, k: int, wg: int, a: int, n: int, ones_row: bool,
@@ -530,7 +541,7 @@ def _grid_matmul_rows(xp: Any, w: Array, flat: Array, k: int, wg: int,
     rows, ext = k * c + int(ones_row), (k - 1) * wg
     chunks = _grid_chunks(rows, length, flat.itemsize, copy_threads() if tasks else 1)
     m = w.shape[0]
-    stacked = None if transpose else _stack_rows(w, k, ones_row)
+    stacked: Array = None if transpose else _stack_rows(w, k, ones_row)
     out: Array = None if transpose else np.empty((m, length), dtype=flat.dtype)
     partials: list[Array] = [None] * len(chunks)  # summed in chunk order: deterministic
 
@@ -556,15 +567,10 @@ def _grid_matmul_rows(xp: Any, w: Array, flat: Array, k: int, wg: int,
         for i in range(2, k):
             block += y[i * m:(i + 1) * m, i * wg:i * wg + n]
 
-    threads = min(copy_threads(), len(chunks)) if tasks else 1
-    with single_threaded_blas(threads > 1) as blas:
-        # without control of the BLAS threads, one thread (no oversubscription)
-        in_threads(task, len(chunks), threads if blas.controlled else 1)
+    _run_blocks(task, len(chunks), tasks)
     if not transpose:
         return out
-    total = partials[0]
-    for part in partials[1:]:
-        total += part
+    total = _sum_in_order(partials)
     kc = k * c
     dw = np.empty((m, k * kc + int(ones_row)), dtype=flat.dtype)
     for i in range(k):
