@@ -247,3 +247,39 @@ def test_conv_max_pool_refuses_the_relu_epilogue(backend):
     with pytest.raises(ValueError, match="relu=True is not supported"):
         layer.forward(dev(rand((1, 1, 6, 6))), relu=True)
     assert not layer.__dict__.get("_calls")
+
+
+def test_an_output_changed_in_place_keeps_the_epilogue_gradient_right(backend):
+    """The epilogue keeps its own mask, not the output it returns: a caller that changes the
+    output in place before backward (a residual add, a shift) still gets the gradients of
+    the layer-by-layer run."""
+    class Shifted(xpnet.Module):
+        def __init__(self, fuse: bool):
+            super().__init__()
+            self.body = xpnet.Sequential(
+                xpnet.Conv2d(3, 4, 3, padding=1, dtype="float64", rng=xpnet.Generator(6)),
+                xpnet.ReLU())
+            self.body.fuse = fuse
+
+        def forward(self, x):
+            y = self.body(x)
+            y -= 10.0  # in place, on the array the fused convolution returned
+            return y
+
+        def backward(self, dout, *, input_grad=True):
+            return self.body.backward(dout, input_grad=input_grad)
+
+    x = rand((2, 3, 5, 5))
+    fused, plain = _run(Shifted(True), x), _run(Shifted(False), x)
+    np.testing.assert_allclose(fused[0], plain[0], **TIGHT)
+    np.testing.assert_allclose(fused[1], plain[1], **TIGHT)
+    for name in fused[2]:
+        np.testing.assert_allclose(fused[2][name], plain[2][name], err_msg=name, **TIGHT)
+
+
+def test_summary_lists_every_relu_of_a_fused_pair(backend):
+    """Module.summary spies on each layer's forward; a spied layer is not fused, so the
+    table keeps every ReLU (DeepConvNet has 7)."""
+    from xpnet.models import DeepConvNet
+    table = DeepConvNet().summary((1, 28, 28))
+    assert sum(" ReLU " in f" {line} " for line in table.splitlines()) == 7

@@ -296,21 +296,18 @@ def test_to_grid_and_grid_cols_fast_match_generic_and_reference(backend, shape, 
 
 
 @pytest.mark.parametrize("reuse", [False, True], ids=["fresh", "workspace"])
-def test_to_grid_where_positive_masks_on_the_way(backend, reuse):
-    """A ReLU epilogue's backward: x where the mask array is > 0 (exactly 0 counts as not),
-    else 0; fast path and fallback against the reference, a reused buffer included."""
+def test_to_grid_mask_applies_on_the_way(backend, reuse):
+    """A ReLU epilogue's backward: x where the boolean mask is True, else 0; fast path and
+    fallback against the reference, a reused buffer included."""
     shape, k, p = (2, 3, 5, 6), 3, 1
     ws = threads.Workspace() if reuse else None
     for seed in range(2):
         host = _rand(shape, seed=seed)
-        relu_out = np.maximum(_rand(shape, seed=seed + 7), 0.0)
-        relu_out[0, 0, 0, :3] = 0.0
-        flat_ref, _, wg, _ = _grid_ref(np.where(relu_out > 0, host, 0.0), k, p)
+        mask = _rand(shape, seed=seed + 7) > 0
+        flat_ref, _, wg, _ = _grid_ref(np.where(mask, host, 0.0), k, p)
         hw, tail = (shape[2] + 2 * p, wg), (k - 1) * (wg + 1)
-        fast = ops.to_grid(dev(host), hw, (p, p), tail, ws=ws, key="d",
-                           where_positive=dev(relu_out))
-        generic = fallback(ops.to_grid, dev(host), hw, (p, p), tail,
-                           where_positive=dev(relu_out))
+        fast = ops.to_grid(dev(host), hw, (p, p), tail, ws=ws, key="d", mask=dev(mask))
+        generic = fallback(ops.to_grid, dev(host), hw, (p, p), tail, mask=dev(mask))
         np.testing.assert_array_equal(to_np(fast), flat_ref)
         np.testing.assert_array_equal(to_np(generic), flat_ref)
 

@@ -291,12 +291,12 @@ def col2im(cols: Array, x_shape: tuple[int, int, int, int], kh: int, kw: int, st
 # strided gather), and the matmul's (F, N*Hg*Wg) output, seen as (F, N, Hg, Wg), holds the
 # convolution in its top-left (OH, OW) corner (the rest, where windows wrap, is discarded).
 def _to_grid_generic(xp: Any, x: Array, grid_hw: tuple[int, int], start: tuple[int, int], tail: int,
-                     ws: Workspace | None, key: str, where_positive: Array | None) -> Array:
+                     ws: Workspace | None, key: str, mask: Array | None) -> Array:
     n, c, h, w = x.shape
     hg, wg = grid_hw
     r0, c0 = start
-    if where_positive is not None:
-        x = xp.where(where_positive > 0, x, xp.zeros_like(x))
+    if mask is not None:
+        x = xp.where(mask, x, xp.zeros_like(x))
     g = alloc(xp.zeros, (c, n, hg, wg), x.dtype, device(x))
     g[:, :, r0:r0 + h, c0:c0 + w] = xp.permute_dims(x, (1, 0, 2, 3))
     flat = xp.reshape(g, (c, n * hg * wg))
@@ -306,7 +306,7 @@ def _to_grid_generic(xp: Any, x: Array, grid_hw: tuple[int, int], start: tuple[i
 
 
 def _to_grid_into(xp: Any, x: Array, grid_hw: tuple[int, int], start: tuple[int, int], tail: int,
-                  ws: Workspace | None, key: str, where_positive: Array | None) -> Array:
+                  ws: Workspace | None, key: str, mask: Array | None) -> Array:
     n, c, h, w = x.shape
     hg, wg = grid_hw
     r0, c0 = start
@@ -318,14 +318,13 @@ def _to_grid_into(xp: Any, x: Array, grid_hw: tuple[int, int], start: tuple[int,
         buf, _ = ws.get(key, shape, x.dtype, xp=xp, like=x, zero=True)
     grid = buf[:, :length].reshape(c, n, hg, wg)
     src = xp.permute_dims(x, (1, 0, 2, 3))
-    if where_positive is None:
+    if mask is None:
         grid[:, :, r0:r0 + h, c0:c0 + w] = src
     elif fast_path_kind(xp) == "numpy":  # the mask applied while copying: no masked temporary
-        np.multiply(src, xp.permute_dims(where_positive, (1, 0, 2, 3)) > 0,
+        np.multiply(src, xp.permute_dims(mask, (1, 0, 2, 3)),
                     out=grid[:, :, r0:r0 + h, c0:c0 + w])
     else:
-        grid[:, :, r0:r0 + h, c0:c0 + w] = src * (xp.permute_dims(where_positive,
-                                                                  (1, 0, 2, 3)) > 0)
+        grid[:, :, r0:r0 + h, c0:c0 + w] = src * xp.permute_dims(mask, (1, 0, 2, 3))
     return buf
 
 
@@ -333,12 +332,12 @@ _TO_GRID = {"numpy": _to_grid_into, "cupy": _to_grid_into, "torch": _to_grid_int
 
 
 def to_grid(x: Array, grid_hw: tuple[int, int], start: tuple[int, int] = (0, 0), tail: int = 0,
-            *, ws: Workspace | None = None, key: str = "grid", where_positive: Array | None = None,
+            *, ws: Workspace | None = None, key: str = "grid", mask: Array | None = None,
             xp: Any = None) -> Array:
     """Place NCHW ``x`` into a zero grid of (N, C, Hg, Wg) at row, column ``start`` and return
     it channel-major and flat, (C, N*Hg*Wg + tail), the last ``tail`` columns zero.
 
-    ``where_positive`` (x's shape) masks x on the way: x where it is > 0, else 0 (a ReLU's
+    ``mask`` (boolean, x's shape) masks x on the way: x where it is True, else 0 (a ReLU's
     backward, fused into the copy a convolution's backward makes anyway).
 
     The fast paths keep the buffer in workspace ``ws`` under ``key`` (if given) and write only
@@ -346,7 +345,7 @@ def to_grid(x: Array, grid_hw: tuple[int, int], start: tuple[int, int] = (0, 0),
     """
     xp = xp or array_namespace(x)
     fn = _dispatch(_TO_GRID, _to_grid_generic, xp)
-    return fn(xp, x, tuple(grid_hw), tuple(start), tail, ws, key, where_positive)
+    return fn(xp, x, tuple(grid_hw), tuple(start), tail, ws, key, mask)
 
 
 def _grid_cols_generic(xp: Any, flat: Array, k: int, wg: int, length: int,

@@ -99,13 +99,16 @@ class Sequential(Module):
     def run_plan(self) -> list[tuple[int, ...]]:
         """The steps forward runs: :meth:`run_order` with each Conv2d directly followed by a
         ReLU (exact classes, with :attr:`fuse`) as one step ``(conv, relu)``, run as
-        ``conv.forward(x, relu=True)``; every other layer is a step of its own."""
+        ``conv.forward(x, relu=True)``; every other layer is a step of its own. A layer whose
+        ``forward`` was replaced on the instance (a spy, as :meth:`Module.summary` uses, or a
+        user's wrapper) is never fused: the ReLU's own forward would not run."""
         order, plan = self.run_order(), []  # type: tuple[list[int], list[tuple[int, ...]]]
         i = 0
         while i < len(order):
             pair = order[i:i + 2]
             if self.fuse and len(pair) == 2 and type(self.layers[pair[0]]) is Conv2d \
-                    and type(self.layers[pair[1]]) is ReLU:
+                    and type(self.layers[pair[1]]) is ReLU \
+                    and not any("forward" in vars(self.layers[j]) for j in pair):
                 plan.append((pair[0], pair[1]))
                 i += 2
             else:

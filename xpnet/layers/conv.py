@@ -21,8 +21,8 @@ A path is an object whose ``forward`` returns the output and ONE record, and who
 The grid and im2col paths are the portable fallback every native path is tested against.
 
 ``Conv2d.forward(x, relu=True)`` is ``relu(conv(x))`` with the ReLU as an epilogue: applied in
-place to the path's fresh, contiguous output (:func:`xpnet.ops.relu_`), and its backward mask
-read off that output and applied while backward copies the output gradient (:class:`Sequential
+place to the path's fresh, contiguous output (:func:`xpnet.ops.relu_`), and its boolean mask
+applied while backward copies the output gradient (:class:`Sequential
 <xpnet.layers.Sequential>` runs a Conv2d followed by a ReLU this way).
 """
 
@@ -124,20 +124,20 @@ def _grid_input_grad(layer: Conv2d, xp: Any, dout: Array, x_shape: tuple[int, ..
 
 
 def _dout_grid(layer: Conv2d, xp: Any, dout: Array, x_shape: tuple[int, ...],
-               positive: Array | None = None) -> Array:
+               relu_mask: Array | None = None) -> Array:
     """dout padded by k - 1 - p on the forward's grid (a transient workspace array); with
-    ``positive`` (a ReLU epilogue's output), dout where it is > 0, else 0."""
+    ``relu_mask`` (a ReLU epilogue's "output > 0"), dout where it is True, else 0."""
     _, _, h, w = x_shape
     k, p = layer.k, layer.padding
     hg, wg, tail = grid_geometry(h, w, k, p)
     q = k - 1 - p
     return ops.to_grid(dout, (hg, wg), (q, q), tail, ws=layer._workspace(), key="dout",
-                       where_positive=positive, xp=xp)
+                       mask=relu_mask, xp=xp)
 
 
-def _relu_grad(xp: Any, dout: Array, positive: Array | None) -> Array:
-    """dout through a ReLU epilogue whose output was ``positive`` (None: no epilogue)."""
-    return dout if positive is None else xp.where(positive > 0, dout, xp.zeros_like(dout))
+def _relu_grad(xp: Any, dout: Array, relu_mask: Array | None) -> Array:
+    """dout through a ReLU epilogue whose "output > 0" was ``relu_mask`` (None: none)."""
+    return dout if relu_mask is None else xp.where(relu_mask, dout, xp.zeros_like(dout))
 
 
 class NativePath:
@@ -158,9 +158,9 @@ class NativePath:
         return y, NativeRecord(self, x) if layer.training else None
 
     def backward(self, layer: Conv2d, xp: Any, rec: NativeRecord, dout: Array,
-                 input_grad: bool, positive: Array | None = None
+                 input_grad: bool, relu_mask: Array | None = None
                  ) -> tuple[Array | None, Array, Array]:
-        return self.impl.backward(_relu_grad(xp, dout, positive), rec.x, layer.W.data,
+        return self.impl.backward(_relu_grad(xp, dout, relu_mask), rec.x, layer.W.data,
                                   layer.stride, layer.padding, input_grad)
 
 
@@ -189,7 +189,7 @@ class GridPath:
         return xp.permute_dims(out[:, :, :oh, :ow], (1, 0, 2, 3)), rec
 
     def backward(self, layer: Conv2d, xp: Any, rec: GridRecord, dout: Array,
-                 input_grad: bool, positive: Array | None = None
+                 input_grad: bool, relu_mask: Array | None = None
                  ) -> tuple[Array | None, Array, Array]:
         n = dout.shape[0]
         _, _, h, w = rec.x_shape
@@ -200,7 +200,7 @@ class GridPath:
         # the same array shifted by q rows and q columns is dout at the grid's corner, zeros
         # elsewhere: the output gradient matching the forward's columns (weight gradient)
         # (through a ReLU epilogue's mask, applied during this copy)
-        dflat = _dout_grid(layer, xp, dout, rec.x_shape, positive)
+        dflat = _dout_grid(layer, xp, dout, rec.x_shape, relu_mask)
         shift = q * wg + q
         dgrid = dflat[:, shift:shift + n * hg * wg]
         dw, db = _split_aug(layer, xp, ops.grid_matmul(dgrid, rec.grid, k, wg, n * hg * wg,
@@ -248,9 +248,9 @@ class Im2colPath:
         return dx, dw, db
 
     def backward(self, layer: Conv2d, xp: Any, rec: Im2colRecord, dout: Array,
-                 input_grad: bool, positive: Array | None = None
+                 input_grad: bool, relu_mask: Array | None = None
                  ) -> tuple[Array | None, Array, Array]:
-        dout = _relu_grad(xp, dout, positive)
+        dout = _relu_grad(xp, dout, relu_mask)
         d = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (layer.out_channels, -1))
         return self.matrix_backward(layer, xp, rec, d, dout, input_grad)
 
@@ -328,30 +328,30 @@ class Conv2d(Module):
 
     def forward(self, x: Array, *, relu: bool = False) -> Array:
         """The convolution of x; with ``relu=True``, relu of it, the ReLU fused as an epilogue
-        (in place on the fresh output; its mask applied during backward's own copy of the
-        output gradient). backward then takes the gradient of that ReLU's output. The output
-        is kept for that mask: like every input and output xpnet layers pass on, it must not
-        be changed in place before backward."""
+        (in place on the fresh output; its boolean mask kept, a quarter of the output's size,
+        and applied during backward's own copy of the output gradient). backward then takes
+        the gradient of that ReLU's output."""
         xp = self._check(x)
         validate.flag(repr(self), "relu", relu)
         out_hw(self, x, self.k, self.stride, self.padding)
         y, rec = self._select_path(xp).forward(self, xp, x, self._slot(), relu)
-        self.save_for_backward(rec, y if relu and rec is not None else None)
+        # the mask, not y: a caller may change y in place before backward
+        self.save_for_backward(rec, y > 0 if relu and rec is not None else None)
         return y
 
     def _record(self) -> tuple[Any, Array | None]:
-        rec, positive = self.saved()
+        rec, relu_mask = self.saved()
         if rec is None:
             raise RuntimeError(f"{self!r}: backward needs a forward pass in training mode "
                                "first")
-        return rec, positive
+        return rec, relu_mask
 
     def backward(self, dout: Array, *, input_grad: bool = True) -> Array | None:
         """Fill W.grad and b.grad; return the input gradient, or None with
         ``input_grad=False`` (a first layer: the input gradient is then never computed)."""
-        rec, positive = self._record()
+        rec, relu_mask = self._record()
         dx, dw, db = rec.path.backward(self, array_namespace(dout), rec, dout, input_grad,
-                                       positive)
+                                       relu_mask)
         self.W.grad, self.b.grad = dw, db
         return dx if input_grad else None
 
