@@ -848,3 +848,24 @@ def test_cli_bad_input(case, tmp_path, monkeypatch, capsys):
     for word in words:
         assert word.replace("{tmp}", str(tmp_path)) in lines[0], (word, lines[0])
     assert _files(tmp_path) == files_before
+
+
+@pytest.mark.parametrize("make", [
+    lambda rng: xpnet.Linear(2, 4, rng=rng),
+    lambda rng: xpnet.Conv2d(2, 4, 3, rng=rng),
+    lambda rng: xpnet.ConvMaxPool2d(1, 2, 3, rng=rng),
+    lambda rng: xpnet.Dropout(0.5, rng=rng),
+], ids=["Linear", "Conv2d", "ConvMaxPool2d", "Dropout"])
+@pytest.mark.parametrize("rng", [np.random.default_rng(0), np.random.RandomState(0), 7],
+                         ids=["numpy-Generator", "RandomState", "seed"])
+def test_a_layer_refuses_an_rng_that_is_not_an_xpnet_generator(make, rng):
+    """A NumPy generator's normal(shape, std) reads the shape as the mean: without the check
+    Conv2d(2, 4, 3, rng=np.random.default_rng(0)) built a W of shape (4,)."""
+    with pytest.raises(TypeError, match=r"rng must be an xpnet\.Generator"):
+        make(rng)
+
+
+def test_init_array_refuses_a_numpy_generator():
+    from xpnet.init import init_array
+    with pytest.raises(TypeError, match=r"init: rng must be an xpnet\.Generator"):
+        init_array("he", np.random.default_rng(0), (4, 2, 3, 3), 18, 36)

@@ -358,6 +358,14 @@ def test_grid_matmul_fast_matches_generic(backend, shape, k, p, chunk_bytes, thr
                                        atol=1e-12)
 
 
+def test_grid_chunks_cover_the_columns_once_and_respect_the_minimum():
+    for length, min_step in ((1000, 256), (10**6, 5000), (300, 256), (1, 256)):
+        chunks = ops._grid_chunks(10, length, 4, 2, min_step=min_step)
+        assert chunks[0][0] == 0 and chunks[-1][1] == length
+        assert all(b == c for (_, b), (c, _) in zip(chunks, chunks[1:]))
+        assert all(b - a >= min_step for a, b in chunks[:-1])
+
+
 def test_grid_threading_is_read_from_the_environment_and_checked(monkeypatch):
     monkeypatch.delenv("XPNET_GRID_THREADING", raising=False)
     assert ops.grid_threading() == "blas"

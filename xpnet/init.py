@@ -13,7 +13,7 @@ from typing import Any, Union
 import numpy as np
 
 from .backend import Backend, to_device
-from .rng import Generator
+from .rng import Generator, check_generator
 
 __all__ = ["he_normal", "he_uniform", "init_array", "normal", "xavier_normal",
            "xavier_uniform", "zeros"]
@@ -71,6 +71,7 @@ def init_array(spec: InitSpec, rng: Generator, shape: tuple[int, ...], fan_in: i
     std of a normal, as in the textbook's ``weight_init_std``) or a callable
     ``f(rng, shape, fan_in=..., fan_out=...) -> np.ndarray``.
     """
+    check_generator("init", rng)
     if isinstance(spec, str):
         key = spec.lower()
         if key not in _NAMED:

@@ -418,10 +418,12 @@ def grid_threading() -> str:
                                {"blas": "", "tasks": ""})
 
 
-def _grid_chunks(rows: int, length: int, itemsize: int, threads: int) -> list[tuple[int, int]]:
-    # cache-sized, and at least 4 per thread where the columns allow (load balance)
+def _grid_chunks(rows: int, length: int, itemsize: int, threads: int,
+                 min_step: int = 256) -> list[tuple[int, int]]:
+    # cache-sized, and at least 4 per thread where the columns allow (load balance); never
+    # below min_step columns
     step = min(GRID_CHUNK_BYTES // max(1, rows * itemsize), -(-length // (4 * threads)))
-    step = max(256, step)
+    step = max(min_step, step)
     return [(a, min(a + step, length)) for a in range(0, length, step)]
 
 
@@ -538,7 +540,10 @@ def _grid_matmul_rows(xp: Any, w: Array, flat: Array, k: int, wg: int,
     tasks = grid_threading() == "tasks"
     c = flat.shape[0]
     rows, ext = k * c + int(ones_row), (k - 1) * wg
-    chunks = _grid_chunks(rows, length, flat.itemsize, copy_threads() if tasks else 1)
+    # blocks of at least 8 row shifts' worth of columns: each block computes (k-1)*wg
+    # columns it does not keep (at most 1/8 more work on very wide grids)
+    chunks = _grid_chunks(rows, length, flat.itemsize, copy_threads() if tasks else 1,
+                          min_step=max(256, 8 * ext))
     m = w.shape[0]
     stacked: Array = None if transpose else _stack_rows(w, k, ones_row)
     out: Array = None if transpose else np.empty((m, length), dtype=flat.dtype)

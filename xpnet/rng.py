@@ -22,7 +22,7 @@ from . import ops, validate
 from .backend import current
 from .backend.random import UNIFORM
 
-__all__ = ["Generator", "default_generator", "device_uniform", "manual_seed",
+__all__ = ["Generator", "check_generator", "default_generator", "device_uniform", "manual_seed",
            "spawn_generator"]
 
 
@@ -101,6 +101,17 @@ class Generator:
 
 
 _default = Generator(0)
+
+
+def check_generator(owner: str, rng: Any) -> Generator | None:
+    """``rng`` itself when it is None or an :class:`xpnet.Generator`; anything else (a NumPy
+    ``Generator`` or ``RandomState``, a seed) is refused by name: a NumPy generator's
+    ``normal(shape, std)`` reads the shape as the mean and would draw a wrongly shaped
+    array without an error."""
+    if rng is not None and not isinstance(rng, Generator):
+        raise TypeError(f"{owner}: rng must be an xpnet.Generator (xpnet.Generator(seed)), "
+                        f"got {type(rng).__module__}.{type(rng).__qualname__}")
+    return rng
 
 
 def default_generator() -> Generator:

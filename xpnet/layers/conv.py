@@ -37,7 +37,7 @@ from ..backend import Backend
 from ..grad_mode import grad_enabled
 from ..init import InitSpec, init_array
 from ..module import Module
-from ..rng import Generator, default_generator
+from ..rng import Generator, check_generator, default_generator
 from ..threads import Workspace
 from .pooling import check_window, max_of, out_hw, route_max_grad
 
@@ -284,7 +284,7 @@ class Conv2d(Module):
         check_window(owner, kernel_size, stride, padding)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.k, self.stride, self.padding = kernel_size, stride, padding
-        rng = rng or default_generator()  # advances: same-shaped layers differ
+        rng = check_generator(type(self).__name__, rng) or default_generator()  # advances
         fan_in, fan_out = in_channels * kernel_size ** 2, out_channels * kernel_size ** 2
         shape = (out_channels, in_channels, kernel_size, kernel_size)
         self.W = self.add_param("W", init_array(init, rng, shape, fan_in, fan_out, dtype,

@@ -8,7 +8,7 @@ from array_api_compat import array_namespace, device
 
 from .. import validate
 from ..module import Module
-from ..rng import Generator, spawn_generator
+from ..rng import Generator, check_generator, spawn_generator
 
 __all__ = ["Dropout"]
 
@@ -23,7 +23,7 @@ class Dropout(Module):
     def __init__(self, p: float = 0.5, *, rng: Generator | None = None):
         super().__init__()
         self.p = validate.probability("Dropout", "p", p)
-        self.rng = rng or spawn_generator()  # its own stream: two Dropouts differ
+        self.rng = check_generator("Dropout", rng) or spawn_generator()  # its own stream
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

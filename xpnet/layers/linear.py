@@ -10,7 +10,7 @@ from .. import validate
 from ..backend import Backend
 from ..init import InitSpec, init_array
 from ..module import Module
-from ..rng import Generator, default_generator
+from ..rng import Generator, check_generator, default_generator
 
 __all__ = ["Linear"]
 
@@ -34,7 +34,7 @@ class Linear(Module):
         super().__init__()
         self.in_features = validate.positive_int("Linear", "in_features", in_features)
         self.out_features = validate.positive_int("Linear", "out_features", out_features)
-        rng = rng or default_generator()  # advances: same-shaped layers differ
+        rng = check_generator(type(self).__name__, rng) or default_generator()  # advances
         self.W = self.add_param("W", init_array(init, rng, (in_features, out_features),
                                                 in_features, out_features, dtype, backend))
         self.b = self.add_param("b", init_array("zeros", rng, (out_features,), in_features,
