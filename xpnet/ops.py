@@ -409,9 +409,10 @@ def grid_threading() -> str:
     - ``"blas"`` (default): one thread walks the blocks and the BLAS threads each product.
       Fastest on a machine of one's own (BENCHMARKS.md has the figures).
     - ``"tasks"``: the blocks are tasks spread over :func:`copy_threads` Python threads, each
-      with a single-threaded BLAS. Slower on a quiet machine, but a thread that loses its core
-      to another process delays only its own blocks (a multi-threaded BLAS call waits for its
-      slowest thread, many times per matmul): for shared, oversubscribed machines.
+      with a single-threaded BLAS: a thread that loses its core to another process delays
+      only its own blocks (a multi-threaded BLAS call waits for its slowest thread). Measured
+      slower (0.73-0.78x of "blas" on DeepConvNet): the scipy-openblas build NumPy ships
+      barely overlaps single-threaded calls from two threads (BENCHMARKS.md, session 7).
     """
     return validate.env_choice("XPNET_GRID_THREADING",
                                os.environ.get("XPNET_GRID_THREADING", "blas") or "blas",
@@ -533,10 +534,11 @@ def _grid_matmul_rows(xp: Any, w: Array, flat: Array, k: int, wg: int,
     # - weight gradient: for each kernel row i, cols shifted by i*wg times the output
     #   gradient's block, in the orientation (rows, M) = cols @ dout.T that OpenBLAS runs
     #   fastest for this long-K product; partial sums added in block order (deterministic).
-    # k times less copying and packing than the k*k-shift column matrix: 1.5-2x faster per
-    # product on DeepConvNet's layers, and far less hurt when other processes contend for the
-    # shared cache. grid_threading() "blas": one thread walks the blocks, the BLAS threads
-    # each product; "tasks": blocks spread over copy_threads() threads, one-threaded BLAS.
+    # k times less copying and packing than the k*k-shift column matrix: per product 0.9-1.4x
+    # on DeepConvNet's layers on a quiet host (more while other processes contend for the
+    # shared cache), the whole step 1.06x (BENCHMARKS.md, session 7). grid_threading()
+    # "blas": one thread walks the blocks, the BLAS threads each product; "tasks": blocks
+    # spread over copy_threads() threads, one-threaded BLAS.
     tasks = grid_threading() == "tasks"
     c = flat.shape[0]
     rows, ext = k * c + int(ones_row), (k - 1) * wg

@@ -335,8 +335,10 @@ class Conv2d(Module):
         validate.flag(repr(self), "relu", relu)
         out_hw(self, x, self.k, self.stride, self.padding)
         y, rec = self._select_path(xp).forward(self, xp, x, self._slot(), relu)
-        # the mask, not y: a caller may change y in place before backward
-        self.save_for_backward(rec, y > 0 if relu and rec is not None else None)
+        # the mask, not y: a caller may change y in place before backward (none kept, and
+        # none computed, without a record or under no_grad)
+        keep_mask = relu and rec is not None and grad_enabled()
+        self.save_for_backward(rec, y > 0 if keep_mask else None)
         return y
 
     def _record(self) -> tuple[Any, Array | None]:
